@@ -1,0 +1,397 @@
+"""The event catalog: every fact autotune records, as frozen msgspec Structs in one tagged union.
+
+Rules (DESIGN.md): each event has a deterministic `id` derived from what it records (sent as
+`Nats-Msg-Id`, so a retried publish is stored once) and a tz-aware UTC `at`. Adding a field with a
+default is compatible; anything else is a new event type. Unknown fields are ignored when decoding,
+so older services read newer events. The wire tag is explicit: renaming a class changes nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from autotune.schemas.metrics import ExperimentMetrics, RunMetrics
+
+Params = dict[str, str | int | float | bool | None]
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    id: str
+    at: datetime = msgspec.field(default_factory=now)
+
+
+# --- tasks -------------------------------------------------------------------------------------------
+
+
+class TaskSubmitted(Event, frozen=True, kw_only=True, tag="task.submitted"):
+    """The API (or CLI) accepted a task spec. `spec` is the validated spec as plain JSON."""
+
+    task: str
+    name: str
+    spec: dict[str, Any]
+    simulate: bool = False  # rehearse on simulated engines and GPUs, whatever deployment_mode says
+    submitted_by: str = ""
+    cloned_from: str | None = None
+
+
+class TaskStarted(Event, frozen=True, kw_only=True, tag="task.started"):
+    """The scheduler accepted the task and began planning."""
+
+    task: str
+    strategy: str
+    space_size: int | None = None  # None for continuous spaces
+    budget: int = 0  # experiments at most
+
+
+class TaskRejected(Event, frozen=True, kw_only=True, tag="task.rejected"):
+    """The scheduler refused a submitted task (e.g. a spec it cannot expand)."""
+
+    task: str
+    reason: str
+    path: str = ""
+
+
+class TaskCancelRequested(Event, frozen=True, kw_only=True, tag="task.cancel_requested"):
+    """A user asked to cancel a task (API/CLI)."""
+
+    task: str
+    reason: str = ""
+    requested_by: str = ""
+
+
+class TaskCompleted(Event, frozen=True, kw_only=True, tag="task.completed"):
+    """The scheduler finished a task: budget spent, grid exhausted, time budget or convergence."""
+
+    task: str
+    reason: str
+    experiments: int = 0
+    best_experiment: int | None = None
+    best_attempt: int | None = None
+    best_score: float | None = None
+    best_parameters: Params | None = None
+    pareto: list[int] = []
+
+
+class TaskFailed(Event, frozen=True, kw_only=True, tag="task.failed"):
+    """The scheduler gave up on a task (e.g. no experiment could succeed)."""
+
+    task: str
+    reason: str
+
+
+class TaskCancelled(Event, frozen=True, kw_only=True, tag="task.cancelled"):
+    """The scheduler stopped a cancelled task once none of its experiments was running."""
+
+    task: str
+    experiments: int = 0
+
+
+# --- experiments -------------------------------------------------------------------------------------
+
+
+class ExperimentPlanned(Event, frozen=True, kw_only=True, tag="experiment.planned"):
+    """The scheduler chose a configuration (experiment n) or re-planned a retry (attempt > 0)."""
+
+    task: str
+    n: int
+    attempt: int = 0
+    parameters: Params
+    gpus: int = 1
+    retry_of: str | None = None  # the failure that caused this attempt
+
+
+class ExperimentAssigned(Event, frozen=True, kw_only=True, tag="experiment.assigned"):
+    """The scheduler placed an experiment attempt on a host's GPUs. Addressed to that host."""
+
+    task: str
+    n: int
+    attempt: int = 0
+    host: str
+    gpu_indices: list[int] = []
+    gpu_uuids: list[str] = []
+    parameters: Params
+    spec: dict[str, Any]  # the task spec, so the runner needs nothing else
+    deployment_mode: str = "simulated"  # effective runtime on that host
+    timeout_s: float = 1800.0
+    simulated: bool = False
+    gpu_type: str = ""  # what the host's GPUs are (the simulator imitates it)
+
+
+class ExperimentCancelRequested(Event, frozen=True, kw_only=True, tag="experiment.cancel_requested"):
+    """The scheduler asked the host running an experiment attempt to stop it."""
+
+    task: str
+    n: int
+    attempt: int = 0
+    host: str
+    reason: str = ""
+
+
+class ExperimentStarted(Event, frozen=True, kw_only=True, tag="experiment.started"):
+    """The runner launched the engine."""
+
+    task: str
+    n: int
+    attempt: int = 0
+    host: str
+    instance: str
+    runtime: str
+    command: list[str] = []
+    handle: str = ""  # pid, container id or deployment name
+
+
+class ExperimentReady(Event, frozen=True, kw_only=True, tag="experiment.ready"):
+    """The runner saw the engine answer its health check."""
+
+    task: str
+    n: int
+    attempt: int = 0
+    host: str
+    startup_s: float
+
+
+class ExperimentProgress(Event, frozen=True, kw_only=True, tag="experiment.progress"):
+    """The runner finished one benchmark run (scenario x concurrency)."""
+
+    task: str
+    n: int
+    attempt: int = 0
+    host: str
+    run_index: int
+    runs_total: int
+    run: RunMetrics
+
+
+class TelemetrySummary(msgspec.Struct, frozen=True, kw_only=True):
+    """The leased GPUs during the benchmark window."""
+
+    samples: int = 0
+    mean_util_gpu: float | None = None
+    max_util_gpu: float | None = None
+    max_memory_used_mib: float | None = None
+    mean_power_w: float | None = None
+    max_temperature_c: float | None = None
+
+
+class ExperimentCompleted(Event, frozen=True, kw_only=True, tag="experiment.completed"):
+    """The runner benchmarked the engine and scored the result (lower score is better)."""
+
+    task: str
+    n: int
+    attempt: int = 0
+    host: str
+    metrics: ExperimentMetrics
+    score: float
+    objective_value: float = 0.0
+    objectives: list[float] = []
+    slo_met: bool = True
+    slo_violations: dict[str, float] = {}
+    hard_fail: bool = False
+    startup_s: float = 0.0
+    duration_s: float = 0.0
+    telemetry: TelemetrySummary = TelemetrySummary()
+
+
+FAILURE_KINDS = (
+    "oom",
+    "startup_timeout",
+    "crashed",
+    "unhealthy",
+    "benchmark_error",
+    "timeout",
+    "gpus_busy",
+    "cancelled",
+    "runner_restarted",
+    "host_lost",
+    "slo_hard_fail",
+    "launch_error",
+)
+RETRYABLE = frozenset({"gpus_busy", "runner_restarted", "host_lost", "launch_error"})
+
+
+class ExperimentFailed(Event, frozen=True, kw_only=True, tag="experiment.failed"):
+    """The runner (or the scheduler, for a lost host) recorded that an attempt failed."""
+
+    task: str
+    n: int
+    attempt: int = 0
+    host: str = ""
+    kind: str
+    stage: str = "benchmark"  # launch | startup | benchmark
+    retryable: bool = False  # an infrastructure failure: the scheduler re-plans it
+    message: str = ""
+    log_tail: list[str] = []
+    startup_s: float | None = None
+    duration_s: float = 0.0
+    metrics: ExperimentMetrics | None = None
+
+
+class ExperimentCancelled(Event, frozen=True, kw_only=True, tag="experiment.cancelled"):
+    """The runner stopped an attempt on request and freed its GPUs."""
+
+    task: str
+    n: int
+    attempt: int = 0
+    host: str = ""
+    reason: str = ""
+
+
+# --- hosts -------------------------------------------------------------------------------------------
+
+
+class GpuInfo(msgspec.Struct, frozen=True, kw_only=True):
+    index: int
+    uuid: str
+    name: str
+    memory_total_mib: float = 0.0
+
+
+class HostRegistered(Event, frozen=True, kw_only=True, tag="host.registered"):
+    """A runner instance started and announced its host's GPUs, runtimes and engines."""
+
+    host: str
+    instance: str
+    hostname: str = ""
+    gpus: list[GpuInfo] = []
+    runtimes: list[str] = []
+    engines: list[str] = []
+    simulated: bool = False
+    node: str | None = None
+    version: str = ""
+
+
+class HostDrainRequested(Event, frozen=True, kw_only=True, tag="host.drain_requested"):
+    """A user asked a host to take no new experiments (API/CLI)."""
+
+    host: str
+    requested_by: str = ""
+
+
+class HostDrained(Event, frozen=True, kw_only=True, tag="host.drained"):
+    """The runner finished its running experiments after a drain request."""
+
+    host: str
+    instance: str = ""
+
+
+class HostRemoved(Event, frozen=True, kw_only=True, tag="host.removed"):
+    """A user removed a host from the fleet (API/CLI)."""
+
+    host: str
+    requested_by: str = ""
+
+
+class HostLost(Event, frozen=True, kw_only=True, tag="host.lost"):
+    """The scheduler saw a host's liveness key expire."""
+
+    host: str
+    instance: str = ""
+
+
+# --- telemetry and logs ------------------------------------------------------------------------------
+
+
+class GpuProcess(msgspec.Struct, frozen=True, array_like=True):
+    pid: int
+    used_memory_mib: float
+
+
+class GpuSample(Event, frozen=True, kw_only=True, tag="gpu.sample"):
+    """gpumon's once-a-second reading of one GPU."""
+
+    host: str
+    index: int
+    uuid: str = ""
+    name: str = ""
+    memory_total_mib: float = 0.0
+    memory_used_mib: float = 0.0
+    memory_free_mib: float = 0.0
+    util_gpu: float = 0.0
+    util_memory: float = 0.0
+    temperature_c: float = 0.0
+    power_w: float = 0.0
+    power_limit_w: float = 0.0
+    sm_clock_mhz: float = 0.0
+    mem_clock_mhz: float = 0.0
+    processes: list[GpuProcess] = []
+    node: str | None = None
+    simulated: bool = False
+
+
+class LogLines(Event, frozen=True, kw_only=True, tag="log.lines"):
+    """The runner's batch of engine (and runner) output lines for one experiment attempt."""
+
+    task: str
+    n: int
+    attempt: int = 0
+    host: str = ""
+    stream: str = "engine"  # engine | runner
+    seq: int = 0
+    lines: list[str] = []
+
+
+AnyEvent = (
+    TaskSubmitted
+    | TaskStarted
+    | TaskRejected
+    | TaskCancelRequested
+    | TaskCompleted
+    | TaskFailed
+    | TaskCancelled
+    | ExperimentPlanned
+    | ExperimentAssigned
+    | ExperimentCancelRequested
+    | ExperimentStarted
+    | ExperimentReady
+    | ExperimentProgress
+    | ExperimentCompleted
+    | ExperimentFailed
+    | ExperimentCancelled
+    | HostRegistered
+    | HostDrainRequested
+    | HostDrained
+    | HostRemoved
+    | HostLost
+    | GpuSample
+    | LogLines
+)
+
+ALL_EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]
+
+encoder = msgspec.json.Encoder()
+decoder = msgspec.json.Decoder(AnyEvent)
+
+# experiment-scoped events that a runner writes while it owns the attempt
+TERMINAL_EXPERIMENT = (ExperimentCompleted, ExperimentFailed, ExperimentCancelled)
+TERMINAL_TASK = (TaskCompleted, TaskFailed, TaskCancelled, TaskRejected)
+
+
+def encode(event: Event) -> bytes:
+    return encoder.encode(event)
+
+
+def decode(data: bytes) -> AnyEvent:
+    """Decode one event; raises msgspec.DecodeError/ValidationError for bad or unknown payloads."""
+    return decoder.decode(data)
+
+
+def tag_of(event_type: type[Event]) -> str:
+    return event_type.__struct_config__.tag  # type: ignore[return-value]
+
+
+# --- deterministic ids ----------------------------------------------------------------------------------
+
+
+def exp_id(task: str, n: int, attempt: int, what: str) -> str:
+    return f"{task}.{n}.{attempt}.{what}"
+
+
+def task_event_id(task: str, what: str) -> str:
+    return f"{task}.{what}"

@@ -1,0 +1,386 @@
+"""NATS: connect, provision the streams and KV buckets, append events, consume them.
+
+Every append carries `Nats-Msg-Id` (the event's deterministic id), so a retried publish is stored
+once. Appends to a task or an experiment also carry the optimistic-concurrency headers, so a writer
+whose view is stale (a runner presumed dead, a deposed scheduler) is refused by the server (10071)
+instead of corrupting history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as jsapi
+from nats.js.errors import APIError, BadRequestError, NotFoundError
+
+from autotune.schemas import events as ev
+from autotune.schemas import subjects as subj
+from autotune.shared import log as logging
+from autotune.shared.settings import Settings
+
+log = logging.get("bus")
+
+WRONG_LAST_SEQUENCE = 10071
+MAX_PAYLOAD = 8 * 1024 * 1024
+
+
+async def connect(settings: Settings, name: str, *, connect_timeout: float = 5.0, **kw: Any) -> NATS:
+    """Connect with reconnects forever; the client name shows who is who in `nats server report`."""
+    opts: dict[str, Any] = dict(
+        servers=[u.strip() for u in settings.nats_url.split(",")],
+        name=f"autotune-{name}@{socket.gethostname()}",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=connect_timeout,
+        allow_reconnect=True,
+    )
+    if settings.creds:
+        opts["user_credentials"] = settings.creds
+
+    async def _err(e: Exception) -> None:
+        log.warning("nats error", error=repr(e))
+
+    opts["error_cb"] = _err
+    opts.update(kw)
+    return await nats.connect(**opts)
+
+
+# --- provisioning -------------------------------------------------------------------------------------
+
+
+def stream_configs(settings: Settings) -> list[jsapi.StreamConfig]:
+    r = settings.replicas
+    return [
+        jsapi.StreamConfig(
+            name=subj.EVENTS_STREAM,
+            subjects=["autotune.task.>", "autotune.host.>"],
+            retention=jsapi.RetentionPolicy.LIMITS,
+            storage=jsapi.StorageType.FILE,
+            num_replicas=r,
+            duplicate_window=300,
+            max_msg_size=MAX_PAYLOAD,
+            description="autotune: the truth (tasks, experiments, hosts)",
+        ),
+        jsapi.StreamConfig(
+            name=subj.TELEMETRY_STREAM,
+            subjects=["autotune.gpu.>"],
+            storage=jsapi.StorageType.FILE,
+            num_replicas=r,
+            max_age=settings.telemetry_max_age_s,
+            duplicate_window=60,
+            description="autotune: GPU samples",
+        ),
+        jsapi.StreamConfig(
+            name=subj.LOGS_STREAM,
+            subjects=["autotune.log.>"],
+            storage=jsapi.StorageType.FILE,
+            num_replicas=r,
+            max_age=settings.logs_max_age_s,
+            duplicate_window=60,
+            description="autotune: engine and runner log lines",
+        ),
+    ]
+
+
+async def provision(js: JetStreamContext, settings: Settings) -> None:
+    """Create or update the streams and KV buckets. Idempotent: every service may call it at start."""
+    for cfg in stream_configs(settings):
+        try:
+            await js.add_stream(cfg)
+        except BadRequestError as e:
+            if e.err_code != 10058:  # stream name already in use with a different configuration
+                raise
+            await js.update_stream(cfg)
+    await kv_bucket(js, subj.HOSTS_BUCKET, settings, ttl_markers=True)
+    await kv_bucket(js, subj.LEASES_BUCKET, settings, ttl_markers=True)
+    await kv_bucket(js, subj.NAMES_BUCKET, settings)
+
+
+async def kv_bucket(js: JetStreamContext, name: str, settings: Settings, *, ttl_markers: bool = False):
+    try:
+        return await js.key_value(name)
+    except (NotFoundError, APIError):
+        pass
+    cfg = jsapi.KeyValueConfig(
+        bucket=name,
+        history=1,
+        replicas=settings.replicas,
+        storage=jsapi.StorageType.FILE,
+        # per-key TTLs with delete markers: an expired liveness key or lease is seen by watchers
+        limit_marker_ttl=5.0 if ttl_markers else None,
+    )
+    try:
+        return await js.create_key_value(cfg)
+    except BadRequestError:  # created concurrently by another service
+        return await js.key_value(name)
+
+
+async def kv_claim(kv: Any, key: str, value: bytes, *, ttl: float | None = None) -> int | None:
+    """Create `key` only if it does not exist (or has expired). Returns the revision, or None if taken."""
+    from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+
+    try:
+        return await kv.create(key, value, msg_ttl=ttl)
+    except KeyWrongLastSequenceError:
+        pass
+    # An expired key leaves a server-placed marker that nats-py's create() does not treat as deleted.
+    try:
+        await kv.get(key)
+        return None  # alive
+    except (KeyDeletedError, KeyNotFoundError):
+        pass
+    try:
+        last = await kv._js.get_last_msg(kv._stream, f"{kv._pre}{key}")
+    except NotFoundError:
+        return None
+    try:
+        return await kv.update(key, value, last=last.seq, msg_ttl=ttl)
+    except KeyWrongLastSequenceError:
+        return None
+
+
+# --- appending ---------------------------------------------------------------------------------------
+
+
+class StaleWrite(Exception):
+    """The server refused an append because the writer's view of the subject was stale (10071)."""
+
+
+async def append(
+    js: JetStreamContext,
+    subject: str,
+    event: ev.Event,
+    *,
+    expect_seq: int | None = None,
+    expect_filter: str | None = None,
+    timeout: float = 5.0,
+    retries: int = 20,
+) -> jsapi.PubAck:
+    """Publish one event. With `expect_seq`, the server refuses it unless the last message on
+    `expect_filter` has that sequence (0: none yet); that refusal raises StaleWrite.
+
+    Transient failures (no responders while a cluster elects a leader, timeouts) are retried; the
+    msg id makes the retry safe.
+    """
+    headers = {"Nats-Msg-Id": event.id}
+    if expect_seq is not None:
+        headers["Nats-Expected-Last-Subject-Sequence"] = str(expect_seq)
+        headers["Nats-Expected-Last-Subject-Sequence-Subject"] = expect_filter or subject
+    data = ev.encode(event)
+    delay = 0.1
+    for attempt in range(retries + 1):
+        try:
+            ack = await js.publish(subject, data, headers=headers, timeout=timeout)
+        except APIError as e:
+            if e.err_code == WRONG_LAST_SEQUENCE:
+                raise StaleWrite(f"{subject}: {e.description}") from None
+            if attempt == retries or (e.code or 0) < 500 and e.code != 503:
+                raise
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError):
+            if attempt == retries:
+                raise
+        else:
+            return ack
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")
+
+
+async def last_seq(js: JetStreamContext, filter_subject: str, stream: str = subj.EVENTS_STREAM) -> int:
+    """The stream sequence of the last message matching `filter_subject` (wildcards allowed), 0 if none."""
+    try:
+        msg = await js.get_last_msg(stream, filter_subject)
+    except NotFoundError:
+        return 0
+    return msg.seq or 0
+
+
+async def messages_after(
+    js: JetStreamContext, filter_subject: str, after_seq: int, stream: str = subj.EVENTS_STREAM
+) -> list[tuple[int, ev.AnyEvent | None]]:
+    """Every message on `filter_subject` after `after_seq`, decoded (None when undecodable)."""
+    out: list[tuple[int, ev.AnyEvent | None]] = []
+    end = await last_seq(js, filter_subject, stream)
+    seq = after_seq
+    while seq < end:
+        try:
+            raw = await js._jsm.get_msg(stream, seq=seq + 1, next=True, subject=filter_subject)
+        except NotFoundError:
+            break
+        seq = raw.seq
+        try:
+            out.append((seq, ev.decode(raw.data or b"")))
+        except msgspec.MsgspecError:
+            out.append((seq, None))
+    return out
+
+
+# --- consuming ---------------------------------------------------------------------------------------
+
+
+class Delivery(msgspec.Struct):
+    """One decoded message with its stream position."""
+
+    seq: int
+    subject: str
+    event: Any  # ev.AnyEvent
+    msg: Msg | None = None
+
+
+async def replay(
+    js: JetStreamContext,
+    subjects: str | list[str],
+    *,
+    stream: str = subj.EVENTS_STREAM,
+    start_seq: int = 1,
+    stop: asyncio.Event | None = None,
+    follow: bool = True,
+    on_bad: Callable[[Msg, Exception], Awaitable[None]] | None = None,
+) -> AsyncIterator[Delivery]:
+    """Every message on `subjects` from `start_seq` in order, then (with follow) live ones.
+
+    An ordered consumer: no acks, no server-side state, gaps healed by the client. This is how the
+    scheduler rebuilds its state and how live views replay history.
+    """
+    filters = [subjects] if isinstance(subjects, str) else list(subjects)
+    cfg = jsapi.ConsumerConfig(
+        deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE if start_seq > 1 else jsapi.DeliverPolicy.ALL,
+        opt_start_seq=start_seq if start_seq > 1 else None,
+        filter_subjects=filters if len(filters) > 1 else None,
+    )
+    sub = await js.subscribe(
+        filters[0] if len(filters) == 1 else ">",
+        stream=stream,
+        ordered_consumer=True,
+        config=cfg,
+        pending_msgs_limit=-1,
+        cb=None,
+    )
+    try:
+        pending = None
+        while True:
+            if stop is not None and stop.is_set():
+                return
+            try:
+                msg = await sub.next_msg(timeout=0.25)
+            except nats.errors.TimeoutError:
+                if not follow:
+                    if pending is None:
+                        info = await sub.consumer_info()
+                        pending = info.num_pending
+                    if pending == 0:
+                        return
+                continue
+            meta = msg.metadata
+            if not follow:
+                pending = meta.num_pending
+            try:
+                event = ev.decode(msg.data)
+            except msgspec.MsgspecError as e:
+                if on_bad is not None:
+                    await on_bad(msg, e)
+                else:
+                    log.warning("undecodable event skipped", subject=msg.subject, seq=meta.sequence.stream, error=str(e))
+                if not follow and pending == 0:
+                    return
+                continue
+            yield Delivery(meta.sequence.stream, msg.subject, event, msg)
+            if not follow and pending == 0:
+                return
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def durable_consume(
+    js: JetStreamContext,
+    *,
+    stream: str,
+    durable: str,
+    subjects: list[str],
+    handler: Callable[[Delivery], Awaitable[None]],
+    stop: asyncio.Event,
+    batch: int = 64,
+    ack_wait: float = 30.0,
+    burst: bool = False,
+    on_bad: Callable[[Msg, Exception], Awaitable[None]] | None = None,
+) -> None:
+    """A pull-consumer loop on a durable consumer.
+
+    Each message is acked after `handler` returns; a handler error naks it with a backoff that grows
+    with the delivery count; a long handler keeps its message alive with in-progress acks; an
+    undecodable message is handed to `on_bad` (default: logged) and terminated, so it never blocks
+    the loop. `burst` returns once nothing is pending (for deterministic tests).
+    """
+    cfg = jsapi.ConsumerConfig(
+        durable_name=durable,
+        ack_policy=jsapi.AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_deliver=-1,
+        filter_subjects=subjects if len(subjects) > 1 else None,
+        filter_subject=subjects[0] if len(subjects) == 1 else None,
+        max_ack_pending=1000,
+    )
+    await js.add_consumer(stream, cfg)
+    psub = await js.pull_subscribe_bind(durable, stream)
+    try:
+        while not stop.is_set():
+            try:
+                msgs = await psub.fetch(batch, timeout=1.0)
+            except nats.errors.TimeoutError:
+                if burst:
+                    info = await psub.consumer_info()
+                    if info.num_pending == 0 and info.num_ack_pending == 0:
+                        return
+                continue
+            for msg in msgs:
+                await _handle_one(msg, handler, ack_wait, on_bad)
+    finally:
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()
+
+
+async def _handle_one(
+    msg: Msg,
+    handler: Callable[[Delivery], Awaitable[None]],
+    ack_wait: float,
+    on_bad: Callable[[Msg, Exception], Awaitable[None]] | None,
+) -> None:
+    meta = msg.metadata
+    try:
+        event = ev.decode(msg.data)
+    except msgspec.MsgspecError as e:
+        if on_bad is not None:
+            await on_bad(msg, e)
+        else:
+            log.warning("undecodable message terminated", subject=msg.subject, seq=meta.sequence.stream, error=str(e))
+        await msg.term()
+        return
+
+    async def keepalive() -> None:
+        while True:
+            await asyncio.sleep(ack_wait / 3)
+            await msg.in_progress()
+
+    ka = asyncio.create_task(keepalive())
+    try:
+        await handler(Delivery(meta.sequence.stream, msg.subject, event, msg))
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        delay = min(0.5 * 2 ** min(meta.num_delivered - 1, 6), 30.0)
+        log.error("handler failed; will redeliver", exc=True, subject=msg.subject, delay=delay, error=repr(e))
+        await msg.nak(delay=delay)
+        return
+    finally:
+        ka.cancel()
+    await msg.ack()

@@ -1,0 +1,39 @@
+"""Graceful shutdown: SIGTERM/SIGINT set an asyncio.Event; services end their loop and drain."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+
+
+def install_stop(loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = loop or asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+    return stop
+
+
+def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """asyncio.run(main(stop)) with stop set by SIGTERM/SIGINT; Ctrl-C never prints a traceback."""
+
+    async def _runner() -> None:
+        await main(install_stop())
+
+    try:
+        asyncio.run(_runner())
+    except KeyboardInterrupt:
+        pass
+
+
+async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to `seconds`; True when stop was set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+        return True
+    except TimeoutError:
+        return False

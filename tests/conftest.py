@@ -1,0 +1,47 @@
+"""Shared fixtures: a fresh real nats-server per test (random port, temp store, readiness from its log)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+import pytest
+
+from autotune.shared import bus
+from autotune.shared.natsserver import NatsServer
+from autotune.shared.settings import Settings
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    with NatsServer(tmp_path / "nats") as server:
+        yield server
+
+
+@pytest.fixture
+def settings(nats_server, tmp_path) -> Settings:
+    return Settings(nats_url=nats_server.url, data_dir=str(tmp_path / "data"), host_ttl_s=3.0)
+
+
+@pytest.fixture
+async def nc(settings):
+    conn = await bus.connect(settings, "test")
+    await bus.provision(conn.jetstream(), settings)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+def js(nc):
+    return nc.jetstream()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def docker_available() -> bool:
+    return shutil.which("docker") is not None and os.path.exists("/var/run/docker.sock")
