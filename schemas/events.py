@@ -114,6 +114,7 @@ class ExperimentAssigned(Event, frozen=True, kw_only=True, tag="experiment.assig
     n: int
     attempt: int = 0
     host: str
+    instance: str = ""  # the runner instance it was placed with; another instance must not run it
     gpu_indices: list[int] = []
     gpu_uuids: list[str] = []
     parameters: Params

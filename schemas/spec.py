@@ -45,13 +45,13 @@ class _Spec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     pass
 
 
-class Model(_Spec):
+class Model(_Spec, kw_only=True):
     id_or_path: str
     namespace: str = "autotuner"
     hf_token: str | None = None
 
 
-class ParameterRange(_Spec):
+class ParameterRange(_Spec, kw_only=True):
     """A search dimension given as a dict; a plain list is shorthand for `{type: choice, values}`."""
 
     type: Literal["choice", "categorical", "continuous", "integer", "float", "int"]
@@ -62,7 +62,7 @@ class ParameterRange(_Spec):
     step: float | None = None
 
 
-class Optimization(_Spec):
+class Optimization(_Spec, kw_only=True):
     strategy: str = "grid_search"
     objective: str = "minimize_latency"
     max_iterations: int = 100
@@ -78,12 +78,12 @@ class Optimization(_Spec):
     max_retries: int = 3  # retries of an experiment that failed for infrastructure reasons
 
 
-class Benchmark(_Spec):
+class Benchmark(_Spec, kw_only=True):
     task: str = "text-to-text"
     model_name: str | None = None
     model_tokenizer: str | None = None
-    traffic_scenarios: list[str] = ["D(100,100)"]
-    num_concurrency: list[int] = [1]
+    traffic_scenarios: list[str] = msgspec.field(default_factory=lambda: ["D(100,100)"])
+    num_concurrency: list[int] = msgspec.field(default_factory=lambda: [1])
     max_time_per_iteration: float = 10.0  # MINUTES, per scenario x concurrency run
     max_requests_per_iteration: int = 50
     additional_params: dict[str, Any] = {}
@@ -92,20 +92,20 @@ class Benchmark(_Spec):
     driver: Literal["builtin", "genai-bench"] = "builtin"
 
 
-class SLOTerm(_Spec):
+class SLOTerm(_Spec, kw_only=True):
     threshold: float  # seconds
     weight: float = 1.0
     hard_fail: bool = False
     fail_ratio: float = 0.5
 
 
-class LatencySLO(_Spec):
+class LatencySLO(_Spec, kw_only=True):
     p50: SLOTerm | None = None
     p90: SLOTerm | None = None
     p99: SLOTerm | None = None
 
 
-class SLO(_Spec):
+class SLO(_Spec, kw_only=True):
     latency: LatencySLO | None = None
     ttft: SLOTerm | None = None
     tpot: SLOTerm | None = None
@@ -115,7 +115,7 @@ class SLO(_Spec):
 Multi = Scalar | list[Scalar]
 
 
-class QuantConfig(_Spec):
+class QuantConfig(_Spec, kw_only=True):
     gemm_dtype: Multi = None
     kvcache_dtype: Multi = None
     attention_dtype: Multi = None
@@ -124,7 +124,7 @@ class QuantConfig(_Spec):
     presets: list[str] | None = None
 
 
-class ParallelConfig(_Spec):
+class ParallelConfig(_Spec, kw_only=True):
     tp: Multi = None
     pp: Multi = None
     dp: Multi = None
@@ -139,7 +139,7 @@ class ParallelConfig(_Spec):
     presets: list[str] | None = None
 
 
-class TaskSpec(_Spec):
+class TaskSpec(_Spec, kw_only=True):
     task_name: str
     description: str = ""
     model: Model | str

@@ -1,0 +1,39 @@
+# autotune: every command a person runs. `just` lists them.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# list the recipes
+default:
+    @just --list --unsorted
+
+# install everything into .venv (Python deps, nats-server binary) from the lock file
+setup:
+    uv sync --locked --quiet
+
+# run a small tuning task end to end on this machine (simulated engines and GPUs when there is no GPU)
+demo: setup
+    uv run --locked autotune demo
+
+# start nats-server and every service, supervised (Ctrl-C stops everything)
+up *ARGS: setup
+    uv run --locked autotune up {{ARGS}}
+
+# the autotune command line, e.g. `just autotune tasks`
+autotune *ARGS: setup
+    uv run --locked autotune {{ARGS}}
+
+# run the whole test suite (real nats-server, DuckDB files, engine processes; Docker tests when dockerd runs)
+test *ARGS: setup
+    uv run --locked pytest -q {{ARGS}}
+
+# a benchmark: loadgen | tuning | projector — prints one JSON line of figures at the end
+bench NAME *ARGS: setup
+    uv run --locked python tests/benchmarks/{{NAME}}.py {{ARGS}}
+
+# lint with ruff
+lint: setup
+    uv run --locked ruff check services shared schemas tests
+
+# delete the local data directory (event log, DuckDB projection, logs) after asking
+clean-data:
+    @read -p "delete ${XDG_DATA_HOME:-$HOME/.local/share}/autotune ? [y/N] " a && [ "$a" = y ] && rm -rf "${XDG_DATA_HOME:-$HOME/.local/share}/autotune" || true

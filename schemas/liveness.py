@@ -1,0 +1,32 @@
+"""The value of a host's key in the `autotune-hosts` KV bucket: written by its runner on every
+heartbeat, with a per-key TTL, so the key disappears on its own when the runner dies."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class LiveGpu(msgspec.Struct, frozen=True, kw_only=True):
+    index: int
+    uuid: str = ""
+    name: str = ""
+    memory_total_mib: float = 0.0
+
+
+class LiveHost(msgspec.Struct, kw_only=True):
+    host: str
+    instance: str
+    hostname: str = ""
+    pid: int = 0
+    gpus: list[LiveGpu] = []
+    runtimes: list[str] = []
+    engines: list[str] = []
+    simulated: bool = False
+    draining: bool = False
+    running: list[str] = []  # "<task>/<n>/<attempt>" the runner is executing
+    at: float = 0.0  # heartbeat time (epoch seconds)
+    node: str | None = None
+
+
+def running_key(task: str, n: int, attempt: int) -> str:
+    return f"{task}/{n}/{attempt}"

@@ -1,0 +1,30 @@
+"""The API service: a NATS connection and a Litestar app under uvicorn, stopped by the stop event."""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+
+from autotune.api.app import create_app
+from autotune.shared import bus
+from autotune.shared import log as logging
+from autotune.shared.settings import Settings
+
+log = logging.get("api")
+
+
+async def run(settings: Settings, *, stop: asyncio.Event, host: str = "127.0.0.1", port: int = 8080) -> None:
+    nc = await bus.connect(settings, "api")
+    try:
+        await bus.provision(nc.jetstream(), settings)
+        app = create_app(nc=nc, settings=settings)
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we own the signals
+        serving = asyncio.create_task(server.serve())
+        log.info("api listening", url=f"http://{host}:{port}", openapi=f"http://{host}:{port}/schema")
+        await asyncio.wait([serving, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        await serving
+    finally:
+        await nc.drain()

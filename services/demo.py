@@ -1,0 +1,114 @@
+"""`autotune demo`: a small tuning task end to end on this machine, with live progress.
+
+Uses the running stack when `autotune up` is up; otherwise starts one (nats-server + every service,
+two simulated hosts) for the length of the demo. The event log stays in the data directory, so a
+later `autotune up` still shows the demo task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from autotune.schemas.spec import SpecError, load_spec_file, spec_from_obj
+
+
+def _demo_file(args) -> Path:
+    if args.task_file:
+        return Path(args.task_file)
+    here = Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"
+    return here if here.exists() else Path("examples/demo.yaml")
+
+
+def run_demo(args) -> int:
+    from autotune import supervisor as sv
+    from autotune.cli import EXIT_INPUT, _settings
+    from autotune.shared import lifecycle
+    from autotune.shared import log as logging
+
+    logging.setup("WARNING")
+    try:
+        spec = load_spec_file(str(_demo_file(args)))
+    except SpecError as e:
+        sys.stderr.write(f"autotune: invalid task file {e}\n")
+        return EXIT_INPUT
+    raw = json.loads(json.dumps(__import__("msgspec").to_builtins(spec)))
+    raw["task_name"] = f"{spec.task_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    spec = spec_from_obj(raw)
+    settings = _settings(args)
+    data = Path(settings.data_dir)
+    result = {"code": 1}
+
+    async def main(stop: asyncio.Event) -> None:
+        from autotune.cli import _watch_and_report
+        from autotune.shared import bus, commands
+
+        info = sv.read_stack_info(data)
+        nats = None
+        children: list[sv.Child] = []
+        sup = None
+        print("autotune demo: the engines and GPUs here are SIMULATED (this machine has no GPU);")
+        print("the runner launches the engine simulator with SGLang's real command line and benchmarks it over HTTP.\n")
+        try:
+            if info:
+                url = info["nats_url"]
+                print(f"using the running stack at {url}")
+            else:
+                (data / "logs").mkdir(parents=True, exist_ok=True)
+                nats = sv.start_nats(data, -1)
+                url = nats.url
+                children = sv.build_children(url, data, api_port=_free_port(), hosts=2, simulate="2xH100", time_scale=args.time_scale, api_token=None)
+                sup = asyncio.create_task(sv.supervise(children, data / "logs", stop))
+                print(f"started NATS at {url}, a scheduler, a projector, an API and two simulated hosts (2xH100 each)")
+            settings.nats_url = url
+            nc = await bus.connect(settings, "demo")
+            js = nc.jetstream()
+            await bus.provision(js, settings)
+            task, _ = await commands.submit_task(js, spec, submitted_by="demo")
+            print(f"submitted task {task}: {spec.description}\n")
+            result["code"] = await _watch_and_report(js, task, spec_dict=raw, simulated=True)
+            await _show_sql(nc, task)
+            print("\nlook further:")
+            print("  autotune up                       # keep the stack running (the log is on disk: this task is still there)")
+            print(f"  autotune experiments {task} --sort score")
+            print(f'  autotune sql "select n, parameters, score from experiments where task = \'{task}\' order by score"')
+            print("  nats sub 'autotune.>'             # every event, as JSON (any NATS client can read them)")
+            print("  http://127.0.0.1:8080/schema      # the HTTP API, once `autotune up` runs")
+            await nc.close()
+        finally:
+            if sup is not None:
+                stop.set()
+                await sup
+            if nats is not None:
+                nats.stop()
+
+    lifecycle.run_until_signal(main)
+    return result["code"]
+
+
+async def _show_sql(nc, task: str) -> None:
+    from autotune.shared import query as q
+
+    try:
+        res = await q.sql(
+            nc,
+            "SELECT count(*) FILTER (WHERE status = 'completed') AS completed, count(*) FILTER (WHERE status = 'failed') AS failed, "
+            "round(min(score), 4) AS best_score FROM experiments WHERE task = ?",
+            [task],
+            timeout=15,
+        )
+        row = res.rows_as_dicts()[0] if res.rows else {}
+        print(f"\nfrom the DuckDB projection (autotune sql): {row}")
+    except q.QueryError as e:
+        print(f"\n(the projection did not answer: {e})")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

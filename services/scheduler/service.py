@@ -1,0 +1,172 @@
+"""The scheduler service: replay the log into state, hold the leader lease, decide, append.
+
+Every instance replays AUTOTUNE_EVENTS and keeps its state hot; only the holder of the
+`scheduler` key in the `autotune-leases` bucket decides. A standby takes over when the key expires
+(a few seconds after the leader dies). Two schedulers can never emit conflicting events: every
+decision is appended with the sequence it was based on, so the loser's append is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from datetime import UTC, datetime
+
+import msgspec
+from nats.js.errors import KeyWrongLastSequenceError
+
+from autotune.schemas import subjects as subj
+from autotune.scheduler.decide import Action, Limits, decide
+from autotune.schemas.liveness import LiveHost
+from autotune.scheduler.state import State, evolve
+from autotune.shared import bus
+from autotune.shared import log as logging
+from autotune.shared.settings import Settings
+
+log = logging.get("scheduler")
+
+LEASE_KEY = "scheduler"
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, *, lease_ttl_s: float = 6.0, tick_s: float = 0.5, limits: Limits | None = None) -> None:
+        self.settings = settings
+        self.instance = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.state = State()
+        self.fleet: dict[str, LiveHost] = {}
+        self.fleet_loaded = asyncio.Event()
+        self.caught_up = asyncio.Event()
+        self.leader = False
+        self.lease_ttl_s = lease_ttl_s
+        self.tick_s = tick_s
+        self.limits = limits or Limits(host_grace_s=max(2.0, settings.host_ttl_s))
+        self.wake = asyncio.Event()
+        self.foreign_busy: dict[str, set[int]] = {}
+
+    async def run(self, stop: asyncio.Event, *, burst: bool = False) -> None:
+        nc = await bus.connect(self.settings, "scheduler")
+        js = nc.jetstream()
+        await bus.provision(js, self.settings)
+        self.js = js
+        tasks = [
+            asyncio.create_task(self._follow(js, stop), name="follow"),
+            asyncio.create_task(self._watch_fleet(js, stop), name="fleet"),
+            asyncio.create_task(self._lease(js, stop), name="lease"),
+            asyncio.create_task(self._decide_loop(js, stop, burst), name="decide"),
+        ]
+        log.info("scheduler started", instance=self.instance)
+        try:
+            done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), tasks[3]], return_when=asyncio.FIRST_COMPLETED)
+            for t in tasks:
+                if t.done() and t.exception():
+                    raise t.exception()  # type: ignore[misc]
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.leader:
+                with contextlib.suppress(Exception):
+                    kv = await js.key_value(subj.LEASES_BUCKET)
+                    await kv.delete(LEASE_KEY)
+            await nc.drain()
+            log.info("scheduler stopped", instance=self.instance)
+
+    async def _follow(self, js, stop: asyncio.Event) -> None:
+        last = await bus.last_seq(js, ">")
+        if last == 0:
+            self.caught_up.set()
+        async for d in bus.replay(js, "autotune.>", stop=stop):
+            try:
+                evolve(self.state, d.seq, d.subject, d.event)
+            except Exception:
+                log.error("cannot apply event; skipped", exc=True, subject=d.subject, seq=d.seq)
+                self.state.applied_seq = d.seq
+            if d.seq >= last:
+                self.caught_up.set()
+            self.wake.set()
+
+    async def _watch_fleet(self, js, stop: asyncio.Event) -> None:
+        kv = await js.key_value(subj.HOSTS_BUCKET)
+        watcher = await kv.watchall()
+        decoder = msgspec.json.Decoder(LiveHost)
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    self.fleet_loaded.set()
+                    self.wake.set()
+                    continue
+                if entry.operation in ("DEL", "PURGE") or not entry.value:
+                    self.fleet.pop(entry.key, None)
+                else:
+                    try:
+                        self.fleet[entry.key] = decoder.decode(entry.value)
+                    except msgspec.MsgspecError as e:
+                        log.warning("bad liveness value ignored", host=entry.key, error=str(e))
+                self.wake.set()
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+
+    async def _lease(self, js, stop: asyncio.Event) -> None:
+        kv = await js.key_value(subj.LEASES_BUCKET)
+        rev: int | None = None
+        value = self.instance.encode()
+        while not stop.is_set():
+            try:
+                if rev is None:
+                    rev = await bus.kv_claim(kv, LEASE_KEY, value, ttl=self.lease_ttl_s)
+                    if rev is not None:
+                        log.info("became leader", instance=self.instance)
+                else:
+                    rev = await kv.update(LEASE_KEY, value, last=rev, msg_ttl=self.lease_ttl_s)
+            except KeyWrongLastSequenceError:
+                log.warning("lost the leader lease", instance=self.instance)
+                rev = None
+            except Exception as e:  # NATS hiccup: keep trying; the TTL decides
+                log.warning("lease renewal failed", error=repr(e))
+            self.leader = rev is not None
+            if self.leader:
+                self.wake.set()
+            await asyncio.sleep(self.lease_ttl_s / 4)
+
+    async def _decide_loop(self, js, stop: asyncio.Event, burst: bool) -> None:
+        await self.caught_up.wait()
+        await self.fleet_loaded.wait()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.tick_s)
+            self.wake.clear()
+            if not self.leader:
+                continue
+            actions = decide(self.state, self.fleet, datetime.now(UTC), foreign_busy=self.foreign_busy, limits=self.limits)
+            if actions:
+                await self._execute(js, actions)
+            elif burst and self.state.tasks and all(t.finished for t in self.state.tasks.values()):
+                return
+
+    async def _execute(self, js, actions: list[Action]) -> None:
+        target = self.state.applied_seq
+        for a in actions:
+            try:
+                ack = await bus.append(js, a.subject, a.event, expect_seq=a.expect_seq, expect_filter=a.expect_filter)
+                target = max(target, ack.seq)
+                log.info(ev_name(a), subject=a.subject)
+            except bus.StaleWrite as e:
+                log.info("decision was based on a stale view; deciding again", detail=str(e))
+        # decide again only once our own appends have come back through the log
+        for _ in range(200):
+            if self.state.applied_seq >= target:
+                return
+            await asyncio.sleep(0.01)
+
+
+def ev_name(a: Action) -> str:
+    from autotune.schemas import events as ev
+
+    return ev.tag_of(type(a.event))
+
+
+async def run(settings: Settings, *, stop: asyncio.Event, burst: bool = False) -> None:
+    await Scheduler(settings).run(stop, burst=burst)

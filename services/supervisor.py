@@ -1,0 +1,168 @@
+"""`autotune up`: nats-server plus every service as supervised child processes on one machine.
+
+A crashed service is restarted (with a growing back-off) and the crash is logged with the last lines
+it wrote. Ctrl-C stops the services first (the runner tears down its engines), nats-server last, and
+leaves no child behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autotune.shared import log as logging
+from autotune.shared.natsserver import NatsServer
+
+log = logging.get("up")
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    nats_url: str
+    api_url: str
+    api_token: str | None
+    nats: NatsServer
+    children: list[Child]
+
+    def info(self) -> dict:
+        return {"nats_url": self.nats_url, "api_url": self.api_url, "api_token": self.api_token, "pid": os.getpid(), "data_dir": str(self.data_dir)}
+
+
+def stack_file(data_dir: Path) -> Path:
+    return data_dir / "up.json"
+
+
+def read_stack_info(data_dir: Path) -> dict | None:
+    try:
+        info = json.loads(stack_file(data_dir).read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(int(info.get("pid", 0)), 0)
+    except (OSError, ValueError):
+        return None
+    return info
+
+
+def service_argv(service: str, nats_url: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "autotune.cli", "run", service, "--nats", nats_url, *extra]
+
+
+def start_nats(data_dir: Path, port: int) -> NatsServer:
+    return NatsServer(data_dir / "nats", port=port, log_file=str(data_dir / "logs" / "nats-server.log")).start()
+
+
+def build_children(
+    nats_url: str, data_dir: Path, *, api_port: int, hosts: int, simulate: str | None, time_scale: float, api_token: str | None
+) -> list[Child]:
+    env = {"AUTOTUNE_DATA_DIR": str(data_dir)}
+    if api_token:
+        env["AUTOTUNE_API_TOKEN"] = api_token
+    children = [
+        Child("projector", service_argv("projector", nats_url), env),
+        Child("scheduler", service_argv("scheduler", nats_url), env),
+        Child("api", service_argv("api", nats_url, "--port", str(api_port)), env),
+    ]
+    for i in range(hosts):
+        host = "local" if hosts == 1 else f"local-{i}"
+        extra = ["--host", host, "--time-scale", str(time_scale)]
+        if simulate:
+            extra += ["--simulate", simulate]
+        children.append(Child(f"runner-{host}", service_argv("runner", nats_url, *extra), env))
+        gm = ["--host", host] + (["--simulate", simulate] if simulate else [])
+        children.append(Child(f"gpumon-{host}", service_argv("gpumon", nats_url, *gm), env))
+    return children
+
+
+async def _spawn(child: Child, logs: Path) -> None:
+    out = open(logs / f"{child.name}.log", "ab")  # noqa: SIM115 - handed to the child
+    child.proc = await asyncio.create_subprocess_exec(
+        *child.argv, env={**os.environ, **child.env}, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+    )
+    out.close()
+    child.started_at = time.monotonic()
+
+
+def _tail(path: Path, n: int = 8) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+async def supervise(children: list[Child], logs: Path, stop: asyncio.Event) -> None:
+    logs.mkdir(parents=True, exist_ok=True)
+    for c in children:
+        await _spawn(c, logs)
+    waits = {asyncio.create_task(c.proc.wait()): c for c in children if c.proc}
+    stop_wait = asyncio.create_task(stop.wait())
+    try:
+        while not stop.is_set():
+            done, _ = await asyncio.wait([*waits, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is stop_wait:
+                    continue
+                c = waits.pop(t)
+                if stop.is_set():
+                    continue
+                c.restarts += 1
+                backoff = min(30.0, 0.5 * 2 ** min(c.restarts, 6)) if time.monotonic() - c.started_at < 30 else 0.5
+                log.error(f"{c.name} exited with code {t.result()}; restarting in {backoff:.1f}s", restarts=c.restarts)
+                if tail := _tail(logs / f"{c.name}.log"):
+                    sys.stderr.write(f"--- last lines of {c.name} ---\n{tail}\n---\n")
+                if await _sleep_or_stop(stop, backoff):
+                    break
+                await _spawn(c, logs)
+                waits[asyncio.create_task(c.proc.wait())] = c  # type: ignore[union-attr]
+    finally:
+        stop_wait.cancel()
+        await stop_children(children)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
+async def stop_children(children: list[Child], grace_s: float = 20.0) -> None:
+    """SIGTERM every service (runners first, so they tear their engines down), SIGKILL what lingers."""
+    order = sorted(children, key=lambda c: 0 if c.name.startswith("runner") else 1)
+    for c in order:
+        if c.proc and c.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(c.proc.pid, signal.SIGTERM)
+    for c in order:
+        if c.proc and c.proc.returncode is None:
+            try:
+                await asyncio.wait_for(c.proc.wait(), grace_s)
+            except TimeoutError:
+                log.warning(f"{c.name} did not stop in {grace_s:.0f}s; killing it")
+        if c.proc:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(c.proc.pid, signal.SIGKILL)  # its whole group: nothing survives
+            with contextlib.suppress(ProcessLookupError):
+                await c.proc.wait()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)

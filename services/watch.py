@@ -1,0 +1,118 @@
+"""Live view of one task, straight from the event log: a progress bar and the finished experiments."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from autotune.schemas import events as ev
+from autotune.schemas import subjects as subj
+from autotune.shared import bus
+
+
+def _fmt(v: float | None, unit: str = "", digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}{unit}"
+
+
+def params_text(p: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in p.items() if not str(k).startswith("__"))
+
+
+class TaskView:
+    def __init__(self, task: str, simulated: bool) -> None:
+        self.task = task
+        self.simulated = simulated
+        self.rows: dict[int, dict] = {}
+        self.params: dict[int, dict] = {}
+        self.budget = 0
+        self.final: ev.Event | None = None
+        self.rejected: ev.TaskRejected | None = None
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        self.bar = self.progress.add_task(f"{task}: waiting for the scheduler", total=None)
+
+    def apply(self, e: ev.AnyEvent) -> None:
+        match e:
+            case ev.TaskSubmitted():
+                self.simulated = self.simulated or e.simulate or e.spec.get("deployment_mode") == "simulated"
+            case ev.TaskStarted():
+                self.budget = e.budget
+                self.progress.update(self.bar, total=e.budget, description=f"{self.task}: {e.strategy}")
+            case ev.ExperimentPlanned():
+                self.params[e.n] = dict(e.parameters)
+                self.rows.setdefault(e.n, {"status": "queued"})["status"] = "queued" if e.attempt == 0 else f"retry {e.attempt}"
+            case ev.ExperimentAssigned():
+                self.rows.setdefault(e.n, {})["status"] = f"on {e.host}"
+                self.rows[e.n]["gpus"] = ",".join(map(str, e.gpu_indices))
+            case ev.ExperimentReady():
+                self.rows.setdefault(e.n, {})["status"] = "benchmarking"
+            case ev.ExperimentCompleted():
+                m = e.metrics
+                self.rows[e.n] = {
+                    **self.rows.get(e.n, {}), "status": "done" if not e.hard_fail else "slo fail", "score": e.score,
+                    "tps": m.mean_total_tps_per_gpu, "ttft": m.mean_ttft, "tpot": m.mean_tpot, "e2e": m.mean_e2e_latency, "slo": e.slo_met,
+                }
+                self._advance()
+            case ev.ExperimentFailed():
+                self.rows.setdefault(e.n, {})["status"] = f"failed: {e.kind}" + (" (will retry)" if e.retryable else "")
+                if not e.retryable:
+                    self._advance()
+            case ev.ExperimentCancelled():
+                self.rows.setdefault(e.n, {})["status"] = "cancelled"
+            case ev.TaskRejected():
+                self.rejected = e
+                self.final = e
+            case ev.TaskCompleted() | ev.TaskFailed() | ev.TaskCancelled():
+                self.final = e
+            case _:
+                pass
+
+    def _advance(self) -> None:
+        done = sum(1 for r in self.rows.values() if r.get("status", "").startswith(("done", "slo fail", "failed: ")) and "retry" not in r.get("status", ""))
+        self.progress.update(self.bar, completed=done)
+
+    def table(self) -> Table:
+        title = f"task {self.task}" + ("  [SIMULATED engines and GPUs]" if self.simulated else "")
+        t = Table(title=title, title_justify="left")
+        for col in ("#", "status", "parameters", "score", "tok/s/GPU", "TTFT s", "TPOT s", "e2e s", "SLO"):
+            t.add_column(col, justify="right" if col not in ("status", "parameters") else "left")
+        best = min((r["score"] for r in self.rows.values() if r.get("status") == "done"), default=None)
+        for n in sorted(self.rows):
+            r = self.rows[n]
+            star = " *" if best is not None and r.get("score") == best else ""
+            t.add_row(
+                f"{n}{star}", r.get("status", ""), params_text(self.params.get(n, {})), _fmt(r.get("score")), _fmt(r.get("tps"), digits=1),
+                _fmt(r.get("ttft")), _fmt(r.get("tpot"), digits=4), _fmt(r.get("e2e")), {True: "met", False: "violated"}.get(r.get("slo"), "-"),
+            )
+        return t
+
+    def render(self):
+        from rich.console import Group
+
+        return Group(self.progress, self.table())
+
+
+async def watch_task(js, task: str, *, console: Console | None = None, simulated: bool = False, live: bool = True) -> TaskView:
+    """Follow the task's events from its first one until it finishes; returns the final view."""
+    console = console or Console()
+    view = TaskView(task, simulated)
+    stop = asyncio.Event()
+    with Live(view.render(), console=console, refresh_per_second=4, transient=False, auto_refresh=live) as lv:
+        async for d in bus.replay(js, subj.task_all(task), stop=stop):
+            view.apply(d.event)
+            lv.update(view.render())
+            if view.final is not None:
+                break
+    return view
+
+
+def best_command(spec_dict: dict, params: dict) -> str:
+    from autotune.schemas.spec import spec_from_obj
+    from autotune.shared.expand import engine_command
+
+    spec = spec_from_obj(spec_dict)
+    return shlex.join(engine_command(spec, params, port=30000))
