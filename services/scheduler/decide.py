@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import msgspec
+
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveHost
@@ -68,7 +70,8 @@ def decide(
         elif not task.active_attempts() and not touched and _retry_pending(task) == 0:
             actions.append(_finish_task(task, now))
     actions += _placements(to_place, state, fleet, leased, foreign_busy or {}, now)
-    return actions
+    # decisions are stamped with the decision's clock, so the pure core never reads the time
+    return [Action(a.subject, msgspec.structs.replace(a.event, at=now), a.expect_seq, a.expect_filter) for a in actions]
 
 
 # --- tasks -------------------------------------------------------------------------------------------

@@ -1,0 +1,87 @@
+"""Test helpers: run services in-process against the per-test nats-server, wait for events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from autotune.schemas import events as ev
+from autotune.schemas import subjects as subj
+from autotune.schemas.spec import spec_from_obj
+from autotune.shared import bus, commands
+
+
+def small_spec(name: str = "slice", **over) -> dict:
+    spec = {
+        "task_name": name,
+        "model": {"id_or_path": "meta-llama/Llama-3.1-8B-Instruct"},
+        "base_runtime": "sglang",
+        "deployment_mode": "simulated",
+        "gpu_type": "H100",
+        "parameters": {"mem-fraction-static": [0.8, 0.88], "max-running-requests": [8, 64]},
+        "optimization": {"strategy": "grid_search", "objective": "maximize_throughput", "max_iterations": 4, "timeout_per_iteration": 120, "max_parallel": 2},
+        "benchmark": {"traffic_scenarios": ["D(128,32)"], "num_concurrency": [4], "max_requests_per_iteration": 12, "max_time_per_iteration": 1, "warmup_requests": 1},
+    }
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(spec.get(k), dict):
+            spec[k] = {**spec[k], **v}
+        else:
+            spec[k] = v
+    return spec
+
+
+async def submit(js, raw: dict, **kw) -> str:
+    task, _ = await commands.submit_task(js, spec_from_obj(raw), **kw)
+    return task
+
+
+async def wait_for(js, subject: str, pred: Callable[[ev.Event], bool], timeout: float = 90.0) -> ev.Event:
+    """The first event on `subject` (from the start of the log) that satisfies `pred`."""
+
+    async def scan() -> ev.Event:
+        async for d in bus.replay(js, subject):
+            if pred(d.event):
+                return d.event
+        raise AssertionError("unreachable")
+
+    return await asyncio.wait_for(scan(), timeout)
+
+
+async def task_finished(js, task: str, timeout: float = 120.0) -> ev.Event:
+    return await wait_for(js, subj.task_all(task), lambda e: isinstance(e, ev.TERMINAL_TASK), timeout)
+
+
+async def events_of(js, subject: str) -> list[tuple[str, ev.Event]]:
+    return [(d.subject, d.event) async for d in bus.replay(js, subject, follow=False)]
+
+
+class Services:
+    """Start service coroutines as tasks; stop them all at the end (each with its own stop event)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[asyncio.Event, asyncio.Task]] = []
+
+    def start(self, factory: Callable[[asyncio.Event], object], name: str = "") -> asyncio.Event:
+        stop = asyncio.Event()
+        self.items.append((stop, asyncio.create_task(factory(stop), name=name)))  # type: ignore[arg-type]
+        return stop
+
+    async def stop_all(self, timeout: float = 30.0) -> None:
+        for stop, _ in self.items:
+            stop.set()
+        tasks = [t for _, t in self.items]
+        done, pending = await asyncio.wait(tasks, timeout=timeout)
+        for t in pending:
+            t.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for t in done:
+            if not t.cancelled() and t.exception() and not isinstance(t.exception(), asyncio.CancelledError):
+                raise t.exception()  # type: ignore[misc]
+
+
+def json_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

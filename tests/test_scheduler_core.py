@@ -1,0 +1,179 @@
+"""The scheduler's pure core: evolve the state from events, decide what to do. No NATS here."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from autotune.scheduler.decide import Limits, decide
+from autotune.scheduler.placement import place
+from autotune.scheduler.state import State, evolve
+from autotune.schemas import events as ev
+from autotune.schemas.liveness import LiveGpu, LiveHost
+from autotune.schemas.metrics import ExperimentMetrics
+from autotune.schemas.spec import spec_from_obj
+from autotune.shared.commands import spec_to_dict
+from tests.helpers import small_spec
+
+T0 = datetime(2026, 11, 22, 6, 0, tzinfo=UTC)
+
+
+def host(name: str, n: int = 2, model: str = "H100", **kw) -> LiveHost:
+    return LiveHost(host=name, instance=f"{name}-i", gpus=[LiveGpu(index=i, uuid=f"{name}-{i}", name=f"Simulated NVIDIA {model}") for i in range(n)], runtimes=["simulated"], simulated=True, **kw)
+
+
+class Log:
+    """Applies decided actions back as if the log had stored them, with increasing sequences."""
+
+    def __init__(self) -> None:
+        self.state = State()
+        self.seq = 0
+
+    def add(self, subject: str, event: ev.Event) -> None:
+        self.seq += 1
+        evolve(self.state, self.seq, subject, event)
+
+    def step(self, fleet, now=T0, **kw) -> list:
+        actions = decide(self.state, fleet, now, **kw)
+        for a in actions:
+            self.add(a.subject, a.event)
+        return actions
+
+
+def submitted(name="t", **over) -> tuple[str, ev.TaskSubmitted]:
+    spec = spec_from_obj(small_spec(name, **over))
+    return f"autotune.task.{name}.submitted", ev.TaskSubmitted(id=f"{name}.submitted", task=name, name=name, spec=spec_to_dict(spec), at=T0)
+
+
+def complete(log: Log, a: ev.ExperimentAssigned, score: float) -> None:
+    log.add(f"autotune.task.{a.task}.exp.{a.n}.completed", ev.ExperimentCompleted(id=f"{a.task}.{a.n}.{a.attempt}.completed", task=a.task, n=a.n, attempt=a.attempt, host=a.host, metrics=ExperimentMetrics(), score=score))
+
+
+def assigned(actions) -> list[ev.ExperimentAssigned]:
+    return [a.event for a in actions if isinstance(a.event, ev.ExperimentAssigned)]
+
+
+def test_placement_prefers_best_fit_and_never_reuses_a_leased_gpu():
+    fleet = {"a": host("a", 4), "b": host("b", 2)}
+    p = place(gpus_needed=2, engine="sglang", deployment_mode="simulated", gpu_type="h100", simulate=False, fleet=fleet, leased={}, foreign_busy={})
+    assert p and p.host == "b" and p.gpu_indices == [0, 1]
+    p = place(gpus_needed=2, engine="sglang", deployment_mode="simulated", gpu_type="h100", simulate=False, fleet=fleet, leased={"b": {0}}, foreign_busy={"a": {1}})
+    assert p and p.host == "a" and p.gpu_indices == [0, 2]
+    assert place(gpus_needed=1, engine="sglang", deployment_mode="simulated", gpu_type="A100", simulate=False, fleet=fleet, leased={}, foreign_busy={}) is None
+    drained = {"a": host("a", 4, draining=True)}
+    assert place(gpus_needed=1, engine="sglang", deployment_mode="simulated", gpu_type=None, simulate=False, fleet=drained, leased={}, foreign_busy={}) is None
+
+
+def test_a_task_is_started_planned_placed_and_completed_with_the_best():
+    log = Log()
+    log.add(*submitted())
+    fleet = {"h": host("h", 2)}
+    assert [type(a.event) for a in log.step(fleet)] == [ev.TaskStarted]
+    scores = iter([5.0, 3.0, 4.0, 6.0])
+    done = 0
+    for _ in range(40):
+        actions = log.step(fleet)
+        for a in assigned(actions):
+            complete(log, a, next(scores))
+            done += 1
+        # never more than max_parallel (2) attempts active at once
+        assert len(log.state.tasks["t"].active_attempts()) <= 2
+        if any(isinstance(a.event, ev.TaskCompleted) for a in actions):
+            break
+    final = [a.event for a in actions if isinstance(a.event, ev.TaskCompleted)][0]
+    assert done == 4 and final.best_experiment == 1 and final.best_score == 3.0 and final.reason in ("grid_exhausted", "max_iterations")
+
+
+def test_nothing_fits_means_queued_not_failed():
+    log = Log()
+    log.add(*submitted())
+    log.step({})
+    for _ in range(5):
+        actions = log.step({})
+    t = log.state.tasks["t"]
+    assert [a.status for a in t.active_attempts()] == ["planned", "planned"]
+    assert not any(isinstance(a.event, ev.ExperimentFailed) for a in actions)
+
+
+def test_a_lost_host_fails_its_attempt_as_retryable_and_it_is_replanned_elsewhere():
+    log = Log()
+    log.add(*submitted(optimization={"max_parallel": 1, "max_iterations": 1}))
+    log.add("autotune.host.a.registered", ev.HostRegistered(id="a.reg", host="a", instance="a-i"))
+    log.step({"a": host("a")})  # started
+    log.step({"a": host("a")})  # planned
+    a = assigned(log.step({"a": host("a")}))[0]
+    assert a.host == "a"
+    later = T0 + timedelta(seconds=30)
+    actions = log.step({"b": host("b")}, now=later, limits=Limits(host_grace_s=5))
+    kinds = {type(x.event) for x in actions}
+    assert ev.HostLost in kinds and ev.ExperimentFailed in kinds
+    failed = [x.event for x in actions if isinstance(x.event, ev.ExperimentFailed)][0]
+    assert failed.kind == "host_lost" and failed.retryable
+    retry = [x.event for x in log.step({"b": host("b")}, now=later) if isinstance(x.event, ev.ExperimentPlanned)][0]
+    assert (retry.n, retry.attempt, retry.retry_of) == (a.n, 1, failed.id)
+    again = assigned(log.step({"b": host("b")}, now=later))[0]
+    assert again.host == "b" and again.attempt == 1
+
+
+def test_cancel_asks_running_hosts_then_cancels_the_task():
+    log = Log()
+    log.add(*submitted())
+    fleet = {"h": host("h", 2)}
+    for _ in range(4):
+        log.step(fleet)
+    running = [a for a in log.state.tasks["t"].active_attempts() if a.status == "assigned"]
+    assert len(running) == 2
+    log.add("autotune.task.t.cancel_requested", ev.TaskCancelRequested(id="t.cancel_requested", task="t"))
+    actions = log.step(fleet)
+    asks = [a.event for a in actions if isinstance(a.event, ev.ExperimentCancelRequested)]
+    assert sorted(e.n for e in asks) == sorted(a.n for a in running)
+    assert not any(isinstance(a.event, (ev.ExperimentPlanned, ev.TaskCancelled)) for a in actions)
+    for e in asks:
+        log.add(f"autotune.task.t.exp.{e.n}.cancelled", ev.ExperimentCancelled(id=f"t.{e.n}.0.cancelled", task="t", n=e.n, host="h"))
+    assert [type(a.event) for a in log.step(fleet)] == [ev.TaskCancelled]
+
+
+def test_the_watchdog_cancels_then_fails_an_overdue_attempt():
+    log = Log()
+    log.add(*submitted(optimization={"max_parallel": 1, "max_iterations": 1, "timeout_per_iteration": 60}))
+    fleet = {"h": host("h")}
+    log.step(fleet)
+    log.step(fleet)
+    a = assigned(log.step(fleet))[0]
+    late = T0 + timedelta(seconds=60 + 31)
+    acts = log.step(fleet, now=late)
+    assert [type(x.event) for x in acts] == [ev.ExperimentCancelRequested]
+    acts = log.step(fleet, now=late + timedelta(seconds=31))
+    assert [(type(x.event), x.event.kind) for x in acts] == [(ev.ExperimentFailed, "timeout")]
+    assert a.n == 0
+
+
+def test_an_invalid_spec_in_the_log_is_rejected_not_crashed_on():
+    log = Log()
+    bad = ev.TaskSubmitted(id="x.submitted", task="x", name="x", spec={"task_name": "x", "model": "m", "optimization": {"strategy": "nope"}}, at=T0)
+    log.add("autotune.task.x.submitted", bad)
+    acts = log.step({})
+    assert isinstance(acts[0].event, ev.TaskRejected) and acts[0].event.path == "$.optimization.strategy"
+
+
+def test_a_scheduler_rebuilt_from_the_log_decides_exactly_like_the_one_that_wrote_it():
+    sub = submitted(optimization={"strategy": "random", "seed": 7, "max_parallel": 1})
+    log = Log()
+    log.add(*sub)
+    fleet = {"h": host("h")}
+    history = [sub]
+    for i in range(5):
+        for a in log.step(fleet):
+            history.append((a.subject, a.event))
+            if isinstance(a.event, ev.ExperimentAssigned):
+                complete(log, a.event, float(i))
+                history.append((f"autotune.task.t.exp.{a.event.n}.completed", None))
+    fresh = Log()
+    for s_, e in history:
+        if e is not None:
+            fresh.add(s_, e)
+        else:  # the completion we applied directly
+            n = int(s_.split(".")[4])
+            fresh.add(s_, ev.ExperimentCompleted(id=f"t.{n}.0.completed", task="t", n=n, host="h", metrics=ExperimentMetrics(), score=float([x for x in range(5)][0])))
+    a = [(x.subject, x.event.id, getattr(x.event, "parameters", None)) for x in decide(log.state, fleet, T0)]
+    b = [(x.subject, x.event.id, getattr(x.event, "parameters", None)) for x in decide(fresh.state, fleet, T0)]
+    assert a == b and a
