@@ -143,9 +143,16 @@ async def kv_claim(kv: Any, key: str, value: bytes, *, ttl: float | None = None)
     except NotFoundError:
         return None
     try:
-        return await kv.update(key, value, last=last.seq, msg_ttl=ttl)
+        return await kv_renew(kv, key, value, last=last.seq, ttl=ttl)
     except KeyWrongLastSequenceError:
         return None
+
+
+async def kv_renew(kv: Any, key: str, value: bytes, *, last: int, ttl: float | None) -> int:
+    """Update `key` only if its revision is still `last`, with a fresh per-key TTL.
+
+    nats-py's public `update()` takes no TTL; its `_update()` does (raises KeyWrongLastSequenceError)."""
+    return await kv._update(key, value, last=last, msg_ttl=ttl)
 
 
 # --- appending ---------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ class Runner:
             log.warning("taking over the host from a previous instance", previous=previous.instance)
             await self._reconcile(js, previous)
             rev = await kv.put(self.host, self.live_value())
-            rev = await kv.update(self.host, self.live_value(), last=rev, msg_ttl=ttl)
+            rev = await bus.kv_renew(kv, self.host, self.live_value(), last=rev, ttl=ttl)
         await self._reap()
         log.info("runner started", host=self.host, instance=self.instance, gpus=len(self.gpus), simulated=self.simulated)
         return rev
@@ -154,7 +154,7 @@ class Runner:
         while not stop.is_set():
             await asyncio.sleep(self.rs.heartbeat_s)
             try:
-                rev = await kv.update(self.host, self.live_value(), last=rev, msg_ttl=self.settings.host_ttl_s)
+                rev = await bus.kv_renew(kv, self.host, self.live_value(), last=rev, ttl=self.settings.host_ttl_s)
             except KeyWrongLastSequenceError:
                 log.error("another instance took this host over; stopping", host=self.host)
                 stop.set()

@@ -120,7 +120,7 @@ class Scheduler:
                     if rev is not None:
                         log.info("became leader", instance=self.instance)
                 else:
-                    rev = await kv.update(LEASE_KEY, value, last=rev, msg_ttl=self.lease_ttl_s)
+                    rev = await bus.kv_renew(kv, LEASE_KEY, value, last=rev, ttl=self.lease_ttl_s)
             except KeyWrongLastSequenceError:
                 log.warning("lost the leader lease", instance=self.instance)
                 rev = None
