@@ -92,17 +92,31 @@ def stream_configs(settings: Settings) -> list[jsapi.StreamConfig]:
 
 
 async def provision(js: JetStreamContext, settings: Settings) -> None:
-    """Create or update the streams and KV buckets. Idempotent: every service may call it at start."""
+    """Create the streams and KV buckets that are missing. Idempotent: every service calls it at start.
+
+    Existing streams are left alone (a role without the right to create or update streams — every
+    role but admin in secure mode — only needs to read their info); `update_streams` is for admins.
+    """
     for cfg in stream_configs(settings):
+        try:
+            await js.stream_info(cfg.name)
+            continue
+        except NotFoundError:
+            pass
         try:
             await js.add_stream(cfg)
         except BadRequestError as e:
-            if e.err_code != 10058:  # stream name already in use with a different configuration
+            if e.err_code != 10058:  # created concurrently with another configuration
                 raise
-            await js.update_stream(cfg)
     await kv_bucket(js, subj.HOSTS_BUCKET, settings, ttl_markers=True)
     await kv_bucket(js, subj.LEASES_BUCKET, settings, ttl_markers=True)
     await kv_bucket(js, subj.NAMES_BUCKET, settings)
+
+
+async def update_streams(js: JetStreamContext, settings: Settings) -> None:
+    """Apply the current stream configuration (replicas, max ages) to existing streams."""
+    for cfg in stream_configs(settings):
+        await js.update_stream(cfg)
 
 
 async def kv_bucket(js: JetStreamContext, name: str, settings: Settings, *, ttl_markers: bool = False):
@@ -279,7 +293,7 @@ async def replay(
                 return
             try:
                 msg = await sub.next_msg(timeout=0.25)
-            except nats.errors.TimeoutError:
+            except TimeoutError:
                 if not follow:
                     if pending is None:
                         info = await sub.consumer_info()
@@ -343,7 +357,7 @@ async def durable_consume(
         while not stop.is_set():
             try:
                 msgs = await psub.fetch(batch, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises both its own and asyncio's
                 if burst:
                     info = await psub.consumer_info()
                     if info.num_pending == 0 and info.num_ack_pending == 0:

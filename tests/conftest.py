@@ -21,7 +21,7 @@ def nats_server(tmp_path):
 
 @pytest.fixture
 def settings(nats_server, tmp_path) -> Settings:
-    return Settings(nats_url=nats_server.url, data_dir=str(tmp_path / "data"), host_ttl_s=3.0)
+    return Settings(nats_url=nats_server.url, data_dir=str(tmp_path / "data"), host_ttl_s=5.0)
 
 
 @pytest.fixture

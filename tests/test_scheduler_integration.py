@@ -1,0 +1,230 @@
+"""The scheduler with real NATS and real runner processes on simulated hosts: parallel placement, a
+killed scheduler, a standby taking over, a lost host, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+
+from autotune.runner.runtimes.local import labelled_processes
+from autotune.scheduler.service import Scheduler
+from autotune.scheduler.strategies import make_strategy
+from autotune.schemas import events as ev
+from autotune.schemas.spec import spec_from_obj
+from autotune.shared.expand import experiment_space
+from tests.helpers import Services, events_of, small_spec, submit, task_finished, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+class Proc:
+    """An autotune service as a real child process (its own process group)."""
+
+    def __init__(self, settings, *args: str, log: Path) -> None:
+        env = {**os.environ, "AUTOTUNE_HOST_TTL_S": str(settings.host_ttl_s), "AUTOTUNE_DATA_DIR": settings.data_dir}
+        self.out = open(log, "ab")  # noqa: SIM115
+        self.p = subprocess.Popen([sys.executable, "-m", "autotune.cli", "run", *args, "--nats", settings.nats_url], stdout=self.out, stderr=self.out, env=env, cwd=ROOT, start_new_session=True)
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            os.killpg(self.p.pid, signal.SIGKILL)
+        self.p.wait(10)
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            os.killpg(self.p.pid, signal.SIGTERM)
+            try:
+                self.p.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.out.close()
+
+
+async def start_runner(settings, js, tmp_path, host: str, gpus: str = "1xH100") -> Proc:
+    p = Proc(settings, "runner", "--host", host, "--simulate", gpus, "--time-scale", "40", log=tmp_path / f"runner-{host}.log")
+    await wait_for(js, f"autotune.host.{host}.registered", lambda e: True, timeout=30)
+    return p
+
+
+def terminal_counts(history) -> Counter:
+    for _, e in history:
+        if isinstance(e, ev.ExperimentFailed):
+            print("failed:", e.n, e.attempt, e.host, e.kind, e.message, e.log_tail[-3:])
+    return Counter((e.n, e.attempt) for _, e in history if isinstance(e, ev.TERMINAL_EXPERIMENT))
+
+
+def assert_no_gpu_overlap(history) -> int:
+    """From the log alone: no (host, GPU) is held by two attempts at once. Returns the peak parallelism."""
+    holding: dict[tuple[str, int], tuple[int, int]] = {}
+    active: dict[tuple[int, int], list[tuple[str, int]]] = {}
+    peak = 0
+    for _, e in history:
+        if isinstance(e, ev.ExperimentAssigned):
+            keys = [(e.host, g) for g in e.gpu_indices]
+            for k in keys:
+                assert k not in holding, f"GPU {k} given to {(e.n, e.attempt)} while {holding[k]} holds it"
+                holding[k] = (e.n, e.attempt)
+            active[(e.n, e.attempt)] = keys
+            peak = max(peak, len(active))
+        elif isinstance(e, ev.TERMINAL_EXPERIMENT) and (e.n, e.attempt) in active:
+            for k in active.pop((e.n, e.attempt)):
+                holding.pop(k, None)
+    return peak
+
+
+def assert_engines_gone(hosts: list[str]) -> None:
+    left = [p for p, lab in labelled_processes() if lab.get("AUTOTUNE_LABEL_HOST") in hosts]
+    assert left == [], f"engine processes left behind: {left}"
+
+
+async def test_parallel_experiments_on_three_hosts_never_share_a_gpu(settings, js, tmp_path):
+    hosts = ["h1", "h2", "h3"]
+    runners = [await start_runner(settings, js, tmp_path, h) for h in hosts]
+    svc = Services()
+    svc.start(lambda stop: Scheduler(settings).run(stop), "scheduler")
+    try:
+        task = await submit(js, small_spec("par", parameters={"max-running-requests": [8, 16, 32, 64, 128, 256]}, optimization={"max_parallel": 3, "max_iterations": 6}, benchmark={"max_requests_per_iteration": 40}))
+        final = await task_finished(js, task, 150)
+        assert isinstance(final, ev.TaskCompleted), final
+        history = await events_of(js, f"autotune.task.{task}.>")
+        assert assert_no_gpu_overlap(history) == 3
+        assert {e.host for _, e in history if isinstance(e, ev.ExperimentAssigned)} == set(hosts)
+        assert terminal_counts(history) == Counter({(n, 0): 1 for n in range(6)})
+    finally:
+        await svc.stop_all()
+        for r in runners:
+            r.stop()
+    assert_engines_gone(hosts)
+
+
+async def test_a_killed_scheduler_restarts_and_the_bayesian_history_is_exact(settings, js, tmp_path):
+    hosts = ["b1", "b2"]
+    runners = [await start_runner(settings, js, tmp_path, h) for h in hosts]
+    raw = small_spec(
+        "bayes",
+        parameters={"max-running-requests": [4, 8, 16, 32, 64, 128], "mem-fraction-static": [0.7, 0.8, 0.88], "chunked-prefill-size": [1024, 4096]},
+        optimization={"strategy": "bayesian", "n_initial_random": 3, "seed": 11, "max_iterations": 9, "max_parallel": 2},
+    )
+    sched = Proc(settings, "scheduler", log=tmp_path / "scheduler-1.log")
+    try:
+        task = await submit(js, raw)
+        await wait_for(js, f"autotune.task.{task}.exp.*.completed", lambda e: e.n >= 3, timeout=120)
+        sched.kill()  # kill -9 in the middle of the task
+        await asyncio.sleep(1.0)
+        sched = Proc(settings, "scheduler", log=tmp_path / "scheduler-2.log")
+        final = await task_finished(js, task, 180)
+        assert isinstance(final, ev.TaskCompleted), final
+    finally:
+        sched.stop()
+        for r in runners:
+            r.stop()
+    history = await events_of(js, f"autotune.task.{task}.>")
+    planned = [e for _, e in history if isinstance(e, ev.ExperimentPlanned)]
+    assert sorted(e.n for e in planned if e.attempt == 0) == list(range(9)), "an experiment was lost or planned twice"
+    assert len({str(sorted(e.parameters.items())) for e in planned if e.attempt == 0}) == 9, "a configuration ran twice"
+    counts = terminal_counts(history)
+    assert all(c == 1 for c in counts.values()), counts
+    completed = Counter(e.n for _, e in history if isinstance(e, ev.ExperimentCompleted))
+    assert all(c == 1 for c in completed.values())
+    # an uninterrupted scheduler, fed the same results in the same order, asks exactly what was planned
+    spec = spec_from_obj(raw)
+    fresh = make_strategy(spec, experiment_space(spec))
+    for _, e in history:
+        if isinstance(e, ev.ExperimentPlanned) and e.attempt == 0:
+            assert fresh.ask(e.n) == e.parameters, f"experiment {e.n} differs from an uninterrupted run's"
+            fresh.record(e.n, e.parameters)
+        elif isinstance(e, ev.ExperimentCompleted):
+            fresh.tell(e.n, e.score)
+        elif isinstance(e, ev.ExperimentFailed) and not e.retryable:
+            fresh.tell(e.n, None, failure=e.kind, stage=e.stage)
+    assert_engines_gone(hosts)
+
+
+async def test_a_standby_scheduler_takes_over_and_they_never_conflict(settings, js, tmp_path):
+    runners = [await start_runner(settings, js, tmp_path, h, "2xH100") for h in ["s1"]]
+    leader = Proc(settings, "scheduler", log=tmp_path / "leader.log")
+    await asyncio.sleep(1.5)  # let the first one win the lease
+    standby = Proc(settings, "scheduler", log=tmp_path / "standby.log")
+    try:
+        task = await submit(js, small_spec("ha", parameters={"max-running-requests": [4, 8, 16, 32, 64, 128]}, optimization={"max_iterations": 6}))
+        await wait_for(js, f"autotune.task.{task}.exp.*.completed", lambda e: True, timeout=90)
+        leader.kill()
+        final = await task_finished(js, task, 150)
+        assert isinstance(final, ev.TaskCompleted), final
+    finally:
+        standby.stop()
+        leader.stop()
+        for r in runners:
+            r.stop()
+    history = await events_of(js, f"autotune.task.{task}.>")
+    ids = [e.id for _, e in history]
+    assert len(ids) == len(set(ids)), "the same event was stored twice"
+    per_attempt = defaultdict(list)
+    for _, e in history:
+        if isinstance(e, (ev.ExperimentPlanned, ev.ExperimentAssigned)):
+            per_attempt[(type(e), e.n, e.attempt)].append(e)
+    assert all(len(v) == 1 for v in per_attempt.values()), "two schedulers decided the same thing differently"
+    assert sum(1 for _, e in history if isinstance(e, ev.TaskCompleted)) == 1
+    assert "became leader" in (tmp_path / "standby.log").read_text()
+
+
+async def test_a_lost_host_has_its_experiment_retried_elsewhere(settings, js, tmp_path):
+    doomed = await start_runner(settings, js, tmp_path, "doomed")
+    svc = Services()
+    svc.start(lambda stop: Scheduler(settings).run(stop), "scheduler")
+    survivor = None
+    try:
+        raw = small_spec("lost", parameters={"max-running-requests": [16]}, optimization={"max_iterations": 1, "max_parallel": 1},
+                         benchmark={"max_requests_per_iteration": 200, "max_time_per_iteration": 10})
+        task = await submit(js, raw)
+        await wait_for(js, f"autotune.task.{task}.exp.0.ready", lambda e: True, timeout=60)
+        doomed.kill()  # the whole host dies: runner killed, and its engine with it
+        for pid, lab in labelled_processes():
+            if lab.get("AUTOTUNE_LABEL_HOST") == "doomed":
+                os.kill(pid, signal.SIGKILL)
+        survivor = await start_runner(settings, js, tmp_path, "survivor")
+        final = await task_finished(js, task, 120)
+        assert isinstance(final, ev.TaskCompleted), final
+        history = await events_of(js, f"autotune.task.{task}.>")
+        failed = [e for _, e in history if isinstance(e, ev.ExperimentFailed)]
+        assert [(f.kind, f.retryable, f.host) for f in failed] == [("host_lost", True, "doomed")]
+        done = [e for _, e in history if isinstance(e, ev.ExperimentCompleted)]
+        assert [(d.n, d.attempt, d.host) for d in done] == [(0, 1, "survivor")]
+        assert any(isinstance(e, ev.HostLost) and e.host == "doomed" for _, e in await events_of(js, "autotune.host.>"))
+    finally:
+        await svc.stop_all()
+        if survivor:
+            survivor.stop()
+        doomed.stop()
+
+
+async def test_cancel_stops_the_running_engines(settings, js, tmp_path):
+    runner = await start_runner(settings, js, tmp_path, "c1", "2xH100")
+    svc = Services()
+    svc.start(lambda stop: Scheduler(settings).run(stop), "scheduler")
+    try:
+        raw = small_spec("cancelme", benchmark={"max_requests_per_iteration": 5000, "max_time_per_iteration": 30})
+        task = await submit(js, raw)
+        await wait_for(js, f"autotune.task.{task}.exp.*.ready", lambda e: True, timeout=60)
+        assert [p for p, lab in labelled_processes() if lab.get("AUTOTUNE_LABEL_HOST") == "c1"], "no engine was running"
+        from autotune.shared.commands import cancel_task
+
+        await cancel_task(js, task)
+        final = await task_finished(js, task, 60)
+        assert isinstance(final, ev.TaskCancelled), final
+        history = await events_of(js, f"autotune.task.{task}.>")
+        assert not any(isinstance(e, ev.ExperimentPlanned) and e.n >= 2 for _, e in history), "planned after the cancel"
+        cancelled = [e for _, e in history if isinstance(e, ev.ExperimentCancelled)]
+        assert len(cancelled) == 2
+        assert_engines_gone(["c1"])
+    finally:
+        await svc.stop_all()
+        runner.stop()
