@@ -1,0 +1,7 @@
+"""`python3 -m autotune.simulator {sglang,vllm} ENGINE-ARGS...` (or `python3 -m simulator ...` from a copy)."""
+
+import sys
+
+from .server import main
+
+sys.exit(main())
