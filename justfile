@@ -30,6 +30,10 @@ test *ARGS: setup
 bench NAME *ARGS: setup
     uv run --locked python tests/benchmarks/{{NAME}}.py {{ARGS}}
 
+# the chaos suite: a 30-experiment task while a seeded driver kill -9s services; one JSON line (`--short` for the CI form)
+chaos *ARGS: setup
+    uv run --locked python tests/chaos/chaos.py {{ARGS}}
+
 # lint with ruff
 lint: setup
     uv run --locked ruff check services shared schemas tests

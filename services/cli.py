@@ -285,8 +285,8 @@ def cmd_task(args) -> int:
 def cmd_experiments(args) -> int:
     order = {"score": "score NULLS LAST", "n": "n, attempt"}.get(args.sort, f"{args.sort} NULLS LAST")
     return _query_cmd(
-        "SELECT n, attempt, status, host, parameters, round(score, 4) AS score, round(total_tps_per_gpu_mean, 1) AS tps_per_gpu, "
-        "round(ttft_mean, 4) AS ttft, round(tpot_mean, 5) AS tpot, round(e2e_mean, 3) AS e2e, slo_met, failure_kind "
+        "SELECT n, attempt, status, host, parameters, round(score, 4) AS score, round(mean_total_tps_per_gpu, 1) AS tps_per_gpu, "
+        "round(mean_ttft, 4) AS ttft, round(mean_tpot, 5) AS tpot, round(mean_e2e_latency, 3) AS e2e, slo_met, failure_kind "
         f"FROM experiments WHERE task = ? ORDER BY {order}",
         [args.id], args, f"experiments of {args.id}",
     )
@@ -350,12 +350,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"autotune {__version__}")
     sp = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = _sub(sp, "up", "start nats-server and every service on this machine, supervised", "autotune up\nautotune up --hosts 3 --simulate 2xH100 --time-scale 50", cmd_up)
+    p = _sub(sp, "up", "start nats-server and every service on this machine, supervised", "autotune up\nautotune up --hosts 3 --simulate 2xH100 --time-scale 10", cmd_up)
     p.add_argument("--nats-port", type=int, default=4222)
     p.add_argument("--api-port", type=int, default=8080)
     p.add_argument("--hosts", type=int, default=1, help="runner (host) processes to start")
     p.add_argument("--simulate", help="simulated GPUs per host, e.g. 4xH100 (default: real GPUs, else simulated)")
-    p.add_argument("--time-scale", type=float, default=20.0, help="simulated engines run this much faster than real time")
+    p.add_argument("--time-scale", type=float, default=10.0, help="simulated engines run this much faster than real time (keep it at 10 or below for faithful latencies)")
     p.add_argument("--no-auth", action="store_true", help="do not require an API token for POST calls")
 
     p = _sub(sp, "run", "run one service in the foreground", "autotune run scheduler --nats nats://10.0.0.5:4222\nautotune run runner --host gpu-node-7", cmd_run)
@@ -397,7 +397,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = _sub(sp, "demo", "run a small tuning task end to end on this machine and print the best configuration", "autotune demo", cmd_demo)
     p.add_argument("--task-file", default=None, help="task file to run (default: examples/demo.yaml)")
-    p.add_argument("--time-scale", type=float, default=25.0)
+    p.add_argument("--time-scale", type=float, default=10.0, help="simulated engines run this much faster than real time")
 
     p = _sub(sp, "bench", "benchmark a running OpenAI-compatible server", "autotune bench --url http://127.0.0.1:30000 --model M --concurrency 1 8", cmd_bench)
     p.add_argument("rest", nargs=argparse.REMAINDER)

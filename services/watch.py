@@ -97,12 +97,19 @@ class TaskView:
 
 
 async def watch_task(js, task: str, *, console: Console | None = None, simulated: bool = False, live: bool = True) -> TaskView:
-    """Follow the task's events from its first one until it finishes; returns the final view."""
-    console = console or Console()
+    """Follow the task's events from its first one until it finishes; returns the final view.
+
+    With `live=False` nothing is drawn (for --json): the caller prints the outcome."""
     view = TaskView(task, simulated)
-    stop = asyncio.Event()
-    with Live(view.render(), console=console, refresh_per_second=4, transient=False, auto_refresh=live) as lv:
-        async for d in bus.replay(js, subj.task_all(task), stop=stop):
+    if not live:
+        async for d in bus.replay(js, subj.task_all(task)):
+            view.apply(d.event)
+            if view.final is not None:
+                break
+        return view
+    console = console or Console()
+    with Live(view.render(), console=console, refresh_per_second=4, transient=False) as lv:
+        async for d in bus.replay(js, subj.task_all(task)):
             view.apply(d.event)
             lv.update(view.render())
             if view.final is not None:

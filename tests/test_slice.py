@@ -21,7 +21,10 @@ from tests.helpers import Services, events_of, small_spec, submit, task_finished
 async def test_a_grid_task_runs_end_to_end(settings, js, tmp_path):
     seen: list[tuple[str, dict]] = []
     plain = await nats.connect(settings.nats_url)  # a plain subscriber, as any NATS client would be
-    await plain.subscribe("autotune.>", cb=lambda m: _collect(seen, m))
+    async def collect(msg) -> None:
+        seen.append((msg.subject, json.loads(msg.data)))
+
+    await plain.subscribe("autotune.>", cb=collect)
     svc = Services()
     svc.start(lambda stop: scheduler_run(settings, stop=stop), "scheduler")
     svc.start(lambda stop: projector_run(settings, stop=stop, db_path=str(tmp_path / "view.duckdb")), "projector")
@@ -64,6 +67,3 @@ async def test_a_grid_task_runs_end_to_end(settings, js, tmp_path):
         await plain.close()
     assert [p for p, labels in labelled_processes() if labels.get("AUTOTUNE_LABEL_HOST") == "h1"] == []
 
-
-async def _collect(seen, msg) -> None:
-    seen.append((msg.subject, json.loads(msg.data)))
