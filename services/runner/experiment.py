@@ -1,44 +1,64 @@
 """One experiment attempt on this host: launch → ready → benchmark → score → tear down, always.
 
-The runner is the single writer of the attempt's events once it has published `started`: every
-append carries the last sequence it saw on the experiment. When the scheduler has meanwhile
-re-planned the experiment (this host was presumed dead), the server refuses the append and the
-runner stops the engine instead of writing over history. A cancel request is the one newer event
-it accepts and acts on.
+The runner is the single writer of the attempt's events once it has been assigned: every append
+carries the last sequence it saw on the experiment. When the scheduler has meanwhile re-planned the
+experiment (this host was presumed dead), the server refuses the append and the runner stops the
+engine instead of writing over history. A cancel request is the one newer event it accepts and acts on.
+
+The terminal event (completed / failed / cancelled) is appended only after the engine is stopped and
+its last log lines are flushed: when the scheduler reads it, the GPUs are free again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from autotune.runner.runtimes import LABEL_EXPERIMENT, LABEL_HOST, LABEL_INSTANCE, Handle
+import nats.errors
+import nats.js.errors
+from autotune.runner.runtimes import Handle, Launch, simulated_argv
+from autotune.runner.telemetry import TelemetryWindow
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import running_key
-from autotune.schemas.metrics import RunMetrics
+from autotune.schemas.metrics import ExperimentMetrics, RunMetrics
 from autotune.schemas.spec import SpecError, TaskSpec, spec_from_obj
 from autotune.shared import bus
 from autotune.shared import log as logging
 
 log = logging.get("runner")
 
-OOM_MARKERS = ("out of memory", "outofmemoryerror", "cuda error", "cublas_status_alloc_failed", "not enough memory")
+OOM_MARKERS = ("out of memory", "outofmemoryerror", "cuda error", "cublas_status_alloc_failed", "not enough memory", "no available memory for the cache blocks")
+
+
+# the stream has no leader for a moment (a node of the cluster died) or the connection is reconnecting
+TRANSIENT: tuple[type[Exception], ...] = (
+    nats.errors.NoRespondersError, nats.errors.TimeoutError, nats.errors.ConnectionReconnectingError, nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError, TimeoutError,
+)
 
 
 class Superseded(Exception):
     """Someone else wrote to this experiment: it is no longer ours to run."""
 
 
+class Failure(Exception):
+    """An attempt failed in a way we classified; `metrics` holds the runs that finished before it."""
+
+    def __init__(self, kind: str, message: str, *, retryable: bool | None = None, metrics: ExperimentMetrics | None = None) -> None:
+        super().__init__(message)
+        self.kind, self.message = kind, message
+        self.retryable = kind in ev.RETRYABLE if retryable is None else retryable
+        self.metrics = metrics
+
+
 class EngineExited(Exception):
-    def __init__(self, code: int | None, stage: str) -> None:
-        self.code, self.stage = code, stage
+    def __init__(self, code: int | None, stage: str, metrics: ExperimentMetrics | None = None) -> None:
+        self.code, self.stage, self.metrics = code, stage, metrics
 
 
 class Writer:
@@ -49,15 +69,28 @@ class Writer:
         self.filter = subj.experiment_all(a.task, a.n)
         self.cancel_seen = False
 
-    async def append(self, what: str, event: ev.Event) -> None:
+    async def append(self, what: str, event: ev.Event, *, patience_s: float = 90.0) -> None:
+        """Append `event`; through a stream leader election (no responders, timeouts) keep trying for
+        `patience_s` — the msg id and the expected sequence make every retry safe."""
         subject = subj.experiment(self.a.task, self.a.n, what)
-        for _ in range(10):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience_s
+        conflicts, delay = 0, 0.2
+        while conflicts < 10:
             try:
-                ack = await bus.append(self.js, subject, event, expect_seq=self.last_seq, expect_filter=self.filter)
+                ack = await bus.append(self.js, subject, event, expect_seq=self.last_seq, expect_filter=self.filter, retries=3)
                 self.last_seq = ack.seq
                 return
+            except TRANSIENT as e:
+                if loop.time() >= deadline:
+                    raise
+                log.warning("event not stored yet; retrying", subject=subject, error=type(e).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 3.0)
+                continue
             except bus.StaleWrite:
-                for seq, newer in await bus.messages_after(self.js, self.filter, self.last_seq):
+                conflicts += 1
+                for seq, newer in await self._newer(deadline):
                     if isinstance(newer, ev.ExperimentCancelRequested) and newer.attempt == self.a.attempt:
                         self.cancel_seen = True
                         self.last_seq = seq
@@ -67,6 +100,17 @@ class Writer:
                     else:
                         raise Superseded(f"experiment {self.a.task}/{self.a.n} moved on: {type(newer).__name__} at seq {seq}") from None
         raise Superseded("could not append after repeated conflicts")
+
+    async def _newer(self, deadline: float) -> list[tuple[int, ev.AnyEvent | None]]:
+        delay = 0.2
+        while True:
+            try:
+                return await bus.messages_after(self.js, self.filter, self.last_seq)
+            except TRANSIENT:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 3.0)
 
 
 @dataclass
@@ -79,9 +123,16 @@ class Context:
     startup_timeout_s: float = 900.0
     engine_host: str = "127.0.0.1"
     sim_seed: int = 0
-    gpus_busy: Callable[[list[int]], list[int]] = lambda _: []
+    # GPU indices of the lease that something else is using (NVML); may be sync or async
+    gpus_busy: Callable[[list[int]], Awaitable[list[int]] | list[int]] = lambda _: []
     on_done: Callable[[str], Awaitable[None] | None] | None = None
     shutdown_reason: dict[str, str] = field(default_factory=dict)
+    real_gpus: bool = False  # NVML saw this host's GPUs (device requests, busy checks)
+    nc: object | None = None  # core NATS for the telemetry window (default: the JetStream context's)
+    health_interval_s: float = 5.0  # during the benchmark: how often to probe /health
+    health_timeout_s: float = 10.0
+    health_failures: int = 3  # consecutive failed probes, engine still alive → `unhealthy`
+    stop_grace_s: float = 10.0
 
 
 def free_port() -> int:
@@ -90,118 +141,309 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def simulated_argv(argv: list[str]) -> list[str]:
-    """The engine's command line with the program swapped for the simulator; the flags stay as they are."""
-    if argv[:3] == ["python3", "-m", "sglang.launch_server"]:
-        return [sys.executable, "-m", "autotune.simulator", "sglang", *argv[3:]]
-    if argv[:2] == ["vllm", "serve"]:
-        return [sys.executable, "-m", "autotune.simulator", "vllm", "serve", *argv[2:]]
-    raise ValueError(f"cannot simulate engine command {argv[:3]}")
-
-
 async def run_attempt(ctx: Context, a: ev.ExperimentAssigned, assigned_seq: int) -> None:
-    key = running_key(a.task, a.n, a.attempt)
-    w = Writer(ctx.js, a, assigned_seq)
-    ids = (a.task, a.n, a.attempt)
-    base = dict(task=a.task, n=a.n, attempt=a.attempt, host=ctx.host)
-    t0 = time.monotonic()
-    handle: Handle | None = None
-    pump: asyncio.Task | None = None
-    startup_s: float | None = None
-    stage = "launch"
-    try:
+    await Attempt(ctx, a, assigned_seq).run()
+
+
+class Attempt:
+    def __init__(self, ctx: Context, a: ev.ExperimentAssigned, assigned_seq: int) -> None:
+        self.ctx, self.a = ctx, a
+        self.key = running_key(a.task, a.n, a.attempt)
+        self.w = Writer(ctx.js, a, assigned_seq)
+        self.ids = (a.task, a.n, a.attempt)
+        self.base = dict(task=a.task, n=a.n, attempt=a.attempt, host=ctx.host)
+        self.t0 = time.monotonic()
+        self.handle: Handle | None = None
+        self.pump: asyncio.Task | None = None
+        self.log_seq = 0
+        self.runner_lines: list[str] = []
+        self.startup_s: float | None = None
+        self.stage = "launch"
+
+    def note(self, line: str) -> None:
+        self.runner_lines.append(f"{ev.now().isoformat(timespec='milliseconds')} {line}")
+
+    async def run(self) -> None:
+        outcome: tuple[str, Callable[[], ev.Event]] | None = None
+        cancelled: BaseException | None = None
+        try:
+            outcome = await self._execute()
+        except Superseded as e:
+            log.warning("experiment taken from this runner; stopping its engine", experiment=self.key, detail=str(e))
+        except asyncio.CancelledError as e:
+            cancelled = e
+            reason = self.ctx.shutdown_reason.pop(self.key, "cancel")
+            if reason == "cancel":
+                self.note("cancel requested: stopping the engine")
+                outcome = ("cancelled", lambda: ev.ExperimentCancelled(id=ev.exp_id(*self.ids, "cancelled"), **self.base, reason="cancel requested"))
+            else:
+                self.note("the runner is stopping: stopping the engine")
+                outcome = self._failed(Failure("runner_restarted", "the runner was stopped while this experiment was running"))
+        except TimeoutError:
+            kind = "startup_timeout" if self.stage in ("launch", "startup") else "timeout"
+            outcome = self._failed(Failure(kind, f"no result within {self.a.timeout_s:.0f}s ({self.stage})"))
+        except Failure as f:
+            outcome = self._failed(f)
+        except EngineExited as e:
+            outcome = self._failed(self._classify_exit(e))
+        except Exception as e:  # our own code or a runtime API failed: record it, never leave it "running"
+            log.error("experiment failed", exc=True, experiment=self.key)
+            kind = "benchmark_error" if self.stage == "benchmark" else "launch_error"
+            # a runtime that could not start the engine (daemon or API down) is infrastructure: retry elsewhere
+            outcome = self._failed(Failure(kind, f"{type(e).__name__}: {e}", retryable=self.stage == "launch"))
+        try:
+            await _uncancellable(self._finish(outcome))
+        except asyncio.CancelledError as e:
+            cancelled = cancelled or e
+        if cancelled is not None:
+            raise cancelled
+
+    async def _execute(self) -> tuple[str, Callable[[], ev.Event]]:
+        ctx, a = self.ctx, self.a
         try:
             spec = spec_from_obj(a.spec)
         except SpecError as e:
-            await w.append("failed", ev.ExperimentFailed(id=ev.exp_id(*ids, "failed"), **base, kind="launch_error", stage=stage, message=f"this runner cannot read the task spec: {e}"))
-            return
-        from autotune.shared.expand import engine_command
+            raise Failure("launch_error", f"this runner cannot read the task spec: {e}", retryable=False) from None
+        # a redelivered or stale assignment: the experiment moved on (or was cancelled) before we began
+        for seq, newer in await bus.messages_after(ctx.js, self.w.filter, self.w.last_seq):
+            if isinstance(newer, ev.ExperimentCancelRequested) and newer.attempt == a.attempt:
+                self.w.last_seq = seq
+                raise asyncio.CancelledError
+            raise Superseded(f"experiment {a.task}/{a.n} moved on before it started: {type(newer).__name__} at seq {seq}")
+        runtime = ctx.runtimes.get(a.deployment_mode)
+        if runtime is None:
+            raise Failure("launch_error", f"runtime `{a.deployment_mode}` is not available on {ctx.host} (it offers {', '.join(sorted(ctx.runtimes))})", retryable=True)
+        real = ctx.real_gpus and not a.simulated
+        # Kubernetes' device plugin picks the GPUs and keeps them exclusive: NVML indices say nothing there
+        if real and getattr(runtime, "leases_gpus_itself", False) is False and (busy := await _maybe_await(ctx.gpus_busy(list(a.gpu_indices)))):
+            raise Failure("gpus_busy", f"GPUs {busy} are in use by processes autotune did not start", retryable=True)
+        from autotune.shared.expand import engine_command, image_for
 
         port = free_port()
-        argv = engine_command(spec, dict(a.parameters), port=port, host=ctx.engine_host)
+        bind = getattr(runtime, "bind_host", None) or ctx.engine_host
+        argv = engine_command(spec, dict(a.parameters), port=port, host=bind)
         env: dict[str, str] = {}
-        if a.simulated:
-            argv = simulated_argv(argv)
+        if a.simulated or getattr(runtime, "always_simulate", False):
             env.update(
                 AUTOTUNE_SIM_GPU_TYPE=a.gpu_type.removeprefix("Simulated ").removeprefix("NVIDIA ") or "H100",
                 AUTOTUNE_SIM_GPU_COUNT=str(max(1, len(a.gpu_indices))),
                 AUTOTUNE_SIM_TIME_SCALE=str(ctx.time_scale),
                 AUTOTUNE_SIM_SEED=str(ctx.sim_seed + a.n),
             )
-        runtime = ctx.runtimes.get(a.deployment_mode)
-        if runtime is None:
-            await w.append("failed", ev.ExperimentFailed(id=ev.exp_id(*ids, "failed"), **base, kind="launch_error", stage=stage, retryable=True, message=f"runtime `{a.deployment_mode}` is not available on {ctx.host}"))
-            return
-        if busy := ctx.gpus_busy(a.gpu_indices):
-            await w.append("failed", ev.ExperimentFailed(id=ev.exp_id(*ids, "failed"), **base, kind="gpus_busy", stage=stage, retryable=True, message=f"GPUs {busy} are in use by processes autotune did not start"))
-            return
-        await w.append("started", ev.ExperimentStarted(id=ev.exp_id(*ids, "started"), **base, instance=ctx.instance, runtime=runtime.name, command=argv))
-        labels = {LABEL_HOST: ctx.host, LABEL_EXPERIMENT: key, LABEL_INSTANCE: ctx.instance}
-        handle = await runtime.launch(argv, env=env, labels=labels, gpu_indices=a.gpu_indices, port=port)
-        pump = asyncio.create_task(_pump_logs(ctx, a, handle))
-        stage = "startup"
+        launch = Launch(
+            key=self.key, task=a.task, n=a.n, attempt=a.attempt, host=ctx.host, instance=ctx.instance, argv=argv, engine=spec.engine,
+            image=image_for(spec), model=spec.model_id, hf_token=getattr(spec.model, "hf_token", None), port=port,
+            gpu_indices=list(a.gpu_indices), gpu_uuids=list(a.gpu_uuids), real_gpus=real, simulated=a.simulated, env=env,
+            ome=spec.deployment_mode == "ome",
+        )
         async with asyncio.timeout(a.timeout_s):
-            startup_s = await _wait_ready(handle, min(ctx.startup_timeout_s, a.timeout_s))
-            await w.append("ready", ev.ExperimentReady(id=ev.exp_id(*ids, "ready"), **base, startup_s=startup_s))
-            stage = "benchmark"
-            metrics = await _benchmark(ctx, a, spec, handle, w, base)
+            self.note(f"launching on {runtime.name}: GPUs {list(a.gpu_indices)}, port {port}")  # type: ignore[attr-defined]
+            launching = asyncio.ensure_future(runtime.launch(launch))  # type: ignore[attr-defined]
+            try:
+                self.handle = await asyncio.shield(launching)
+            except asyncio.CancelledError:  # cancelled or timed out mid-launch: let it finish, so teardown removes it
+                with contextlib.suppress(Exception):
+                    self.handle = await _settled(launching)
+                raise
+            self.pump = asyncio.create_task(self._pump_logs())
+            command = getattr(self.handle, "command", None) or (simulated_argv(argv) if a.simulated else argv)
+            await self.w.append(
+                "started",
+                ev.ExperimentStarted(id=ev.exp_id(*self.ids, "started"), **self.base, instance=ctx.instance, runtime=runtime.name, command=command, handle=self.handle.ident),  # type: ignore[attr-defined]
+            )
+            self.stage = "startup"
+            self.startup_s = await _wait_ready(self.handle, min(ctx.startup_timeout_s, a.timeout_s))
+            await self.w.append("ready", ev.ExperimentReady(id=ev.exp_id(*self.ids, "ready"), **self.base, startup_s=self.startup_s))
+            self.stage = "benchmark"
+            async with TelemetryWindow(ctx.nc or getattr(ctx.js, "_nc", None), ctx.host, list(a.gpu_indices)) as window:
+                metrics = await self._benchmark(spec)
+            telemetry = window.summary()
         from autotune.shared.scoring import score_experiment
 
         s = score_experiment(spec, metrics)
-        await w.append(
-            "completed",
-            ev.ExperimentCompleted(
-                id=ev.exp_id(*ids, "completed"), **base, metrics=metrics, score=s.value, objective_value=s.objective_value,
-                objectives=list(s.objectives), slo_met=s.slo_met, slo_violations=dict(s.violations), hard_fail=s.hard_fail,
-                startup_s=startup_s or 0.0, duration_s=time.monotonic() - t0,
-            ),
+        duration = time.monotonic() - self.t0
+        return "completed", lambda: ev.ExperimentCompleted(
+            id=ev.exp_id(*self.ids, "completed"), **self.base, metrics=metrics, score=s.value, objective_value=s.objective_value,
+            objectives=list(s.objectives), slo_met=s.slo_met, slo_violations=dict(s.violations), hard_fail=s.hard_fail,
+            startup_s=self.startup_s or 0.0, duration_s=duration, telemetry=telemetry,
         )
-    except Superseded as e:
-        log.warning("experiment taken from this runner; stopping its engine", experiment=key, detail=str(e))
-    except asyncio.CancelledError:
-        reason = ctx.shutdown_reason.pop(key, "cancel")
-        with contextlib.suppress(Superseded, Exception):
-            if reason == "cancel":
-                await w.append("cancelled", ev.ExperimentCancelled(id=ev.exp_id(*ids, "cancelled"), **base, reason="cancel requested"))
-            else:
-                await w.append("failed", ev.ExperimentFailed(id=ev.exp_id(*ids, "failed"), **base, kind="runner_restarted", stage=stage, retryable=True, message="the runner was stopped"))
-        raise
-    except TimeoutError:
-        kind = "startup_timeout" if stage == "startup" else "timeout"
-        await _fail(w, ids, base, kind, stage, f"no result within {a.timeout_s:.0f}s ({stage})", handle, startup_s, t0)
-    except EngineExited as e:
-        tail = "\n".join(handle.tail if handle else []).lower()
-        kind = "oom" if any(m in tail for m in OOM_MARKERS) else "crashed"
-        await _fail(w, ids, base, kind, e.stage, f"the engine exited with code {e.code} during {e.stage}", handle, startup_s, t0)
-    except Exception as e:  # the benchmark or our own code failed: record it, never leave it "running"
-        log.error("experiment failed", exc=True, experiment=key)
-        await _fail(w, ids, base, "benchmark_error" if stage == "benchmark" else "launch_error", stage, f"{type(e).__name__}: {e}", handle, startup_s, t0)
-    finally:
-        if handle is not None:
-            await handle.stop()
-        if pump is not None:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-        if ctx.on_done:
-            r = ctx.on_done(key)
-            if r is not None:
-                await r
+
+    def _classify_exit(self, e: EngineExited) -> Failure:
+        h = self.handle
+        reason = h.exit_reason if h else ""
+        tail = "\n".join(h.tail if h else []).lower()
+        kind = "oom" if reason == "OOMKilled" or any(m in tail for m in OOM_MARKERS) else "crashed"
+        how = f"code {e.code}" if e.code is not None else "no exit code"
+        why = f" ({reason})" if reason and reason != "OOMKilled" else (" (killed: out of memory)" if reason == "OOMKilled" else "")
+        return Failure(kind, f"the engine exited with {how}{why} during {e.stage}", retryable=False, metrics=e.metrics)
+
+    def _failed(self, f: Failure) -> tuple[str, Callable[[], ev.Event]]:
+        stage = self.stage
+        self.note(f"experiment failed: {f.kind}: {f.message}")
+
+        def build() -> ev.Event:  # after teardown: the tail then holds the engine's last lines
+            return ev.ExperimentFailed(
+                id=ev.exp_id(*self.ids, "failed"), **self.base, kind=f.kind, stage=stage, retryable=f.retryable, message=f.message,
+                log_tail=error_tail(list(self.handle.tail)) if self.handle else [], startup_s=self.startup_s,
+                duration_s=time.monotonic() - self.t0, metrics=f.metrics,
+            )
+
+        return "failed", build
+
+    async def _finish(self, outcome: tuple[str, Callable[[], ev.Event]] | None) -> None:
+        try:
+            await self._teardown()
+            if outcome is not None:
+                what, build = outcome
+                with contextlib.suppress(Superseded):
+                    await self.w.append(what, build())
+        except Exception:
+            log.error("could not finish the experiment cleanly", exc=True, experiment=self.key)
+        finally:
+            if self.ctx.on_done:
+                r = self.ctx.on_done(self.key)
+                if r is not None:
+                    await r
+
+    async def _teardown(self) -> None:
+        if self.handle is not None:
+            try:
+                await self.handle.stop(self.ctx.stop_grace_s)
+            except Exception:
+                log.error("engine teardown failed; the reaper removes what is left", exc=True, experiment=self.key)
+        if self.pump is not None and self.handle is not None:
+            try:
+                await asyncio.wait_for(self.handle.lines.put(None), 5)  # type: ignore[arg-type]  # end marker
+                await asyncio.wait_for(self.pump, 15)
+            except (TimeoutError, Exception):
+                self.pump.cancel()
+        if self.runner_lines:
+            await self._publish_lines(self.runner_lines, stream="runner")
+
+    async def _benchmark(self, spec: TaskSpec) -> ExperimentMetrics:
+        from autotune.bench import BenchmarkStopped, run_benchmark
+
+        a, ctx, handle = self.a, self.ctx, self.handle
+        assert handle is not None
+        runs_total = len(spec.benchmark.traffic_scenarios) * len(spec.benchmark.num_concurrency)
+        done = 0
+
+        async def on_run(run: RunMetrics) -> None:
+            nonlocal done
+            await self.w.append("progress", ev.ExperimentProgress(id=ev.exp_id(*self.ids, f"progress-{done}"), **self.base, run_index=done, runs_total=runs_total, run=run))
+            done += 1
+
+        stop = asyncio.Event()
+        bench = asyncio.create_task(
+            run_benchmark(
+                handle.base_url, model=spec.benchmark.model_name or spec.model_id, bench=spec.benchmark, slo=spec.slo,
+                gpus=max(1, len(a.gpu_indices)), time_scale=ctx.time_scale if a.simulated else 1.0, on_run=on_run, seed=a.n, stop=stop,
+            )
+        )
+        exited = asyncio.create_task(handle.exited.wait())
+        unhealthy = asyncio.create_task(_watch_health(handle, ctx))
+        try:
+            await asyncio.wait([bench, exited, unhealthy], return_when=asyncio.FIRST_COMPLETED)
+            if bench.done():
+                return bench.result()
+            stop.set()  # the engine is gone or not answering: keep what finished
+            partial = None
+            try:
+                await asyncio.wait_for(asyncio.shield(bench), 5)
+            except BenchmarkStopped as s:
+                partial = s.partial
+            except Exception:
+                pass
+            if exited.done():
+                with contextlib.suppress(TimeoutError):  # its last lines, for the classification
+                    await asyncio.wait_for(handle.exited.wait(), 2)
+                raise EngineExited(handle.exit_code, "benchmark", partial)
+            raise Failure("unhealthy", f"the engine stopped answering /health for {ctx.health_failures} probes in a row while it was running", retryable=False, metrics=partial)
+        finally:
+            for t in (bench, exited, unhealthy):
+                t.cancel()
+            await asyncio.gather(bench, exited, unhealthy, return_exceptions=True)
+
+    async def _pump_logs(self) -> None:
+        """Engine output → autotune.log.<task>.<n>, in batches of up to 200 lines or every 0.5 s.
+
+        Teardown queues an end marker after the engine's last line, so everything is flushed."""
+        handle = self.handle
+        assert handle is not None
+        ended = False
+        while not ended:
+            first = await handle.lines.get()
+            if first is None:
+                return
+            lines = [first]
+            deadline = time.monotonic() + 0.5
+            while len(lines) < 200:
+                try:
+                    line = handle.lines.get_nowait() if not handle.lines.empty() else await asyncio.wait_for(handle.lines.get(), max(0.001, deadline - time.monotonic()))
+                except TimeoutError:
+                    break
+                if line is None:
+                    ended = True
+                    break
+                lines.append(line)
+            await self._publish_lines(lines)
+
+    async def _publish_lines(self, lines: list[str], stream: str = "engine") -> None:
+        a = self.a
+        e = ev.LogLines(id=ev.exp_id(a.task, a.n, a.attempt, f"log-{self.log_seq}"), task=a.task, n=a.n, attempt=a.attempt, host=self.ctx.host, stream=stream, seq=self.log_seq, lines=lines)
+        self.log_seq += 1
+        for attempt in range(3):  # logs are best effort, but the last lines matter: retry a little
+            try:
+                await self.ctx.js.publish(subj.log(a.task, a.n), ev.encode(e), headers={"Nats-Msg-Id": e.id})  # type: ignore[attr-defined]
+                return
+            except Exception as err:
+                if attempt == 2:
+                    log.warning("log lines not published", experiment=self.key, error=repr(err))
+                await asyncio.sleep(0.2)
 
 
-async def _fail(w: Writer, ids, base, kind, stage, message, handle, startup_s, t0) -> None:
-    with contextlib.suppress(Superseded):
-        await w.append(
-            "failed",
-            ev.ExperimentFailed(
-                id=ev.exp_id(*ids, "failed"), **base, kind=kind, stage=stage, retryable=kind in ev.RETRYABLE, message=message,
-                log_tail=list(handle.tail)[-30:] if handle else [], startup_s=startup_s, duration_s=time.monotonic() - t0,
-            ),
-        )
+def error_tail(lines: list[str], keep: int = 30) -> list[str]:
+    """The engine's last lines, with the first traceback or error line kept in view when it is earlier."""
+    tail = lines[-keep:]
+    markers = ("traceback", "error", "exception")
+    if any(any(m in line.lower() for m in markers) for line in tail):
+        return tail
+    for i in range(len(lines) - keep - 1, -1, -1):
+        if any(m in lines[i].lower() for m in markers):
+            return [lines[i], "..."] + lines[-(keep - 2):]
+    return tail
+
+
+async def _maybe_await(v):
+    return await v if asyncio.iscoroutine(v) or isinstance(v, asyncio.Future) else v
+
+
+async def _settled(t: asyncio.Future):
+    """t's result once it is done, however often we are cancelled meanwhile (the caller re-raises its cancel)."""
+    while not t.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(t)
+    return t.result()
+
+
+async def _uncancellable(coro) -> None:
+    """Run teardown to its end even if the attempt is cancelled again meanwhile; re-raise the cancel afterwards."""
+    t = asyncio.ensure_future(coro)
+    cancelled = False
+    while not t.done():
+        try:
+            await asyncio.shield(t)
+        except asyncio.CancelledError:
+            if t.done():
+                break
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    t.result()
 
 
 async def _wait_ready(handle: Handle, timeout_s: float) -> float:
-    """Poll /health (then /v1/models) until 200; the engine exiting first is a failure."""
+    """Until the runtime calls it ready and /health (or /v1/models) answers 200; the engine exiting first is a failure."""
     import httpx
 
     t0 = time.monotonic()
@@ -209,59 +451,33 @@ async def _wait_ready(handle: Handle, timeout_s: float) -> float:
         while True:
             if handle.exited.is_set():
                 raise EngineExited(handle.exit_code, "startup")
-            for path in ("/health", "/v1/models"):
-                with contextlib.suppress(httpx.HTTPError):
-                    r = await client.get(handle.base_url + path)
-                    if r.status_code == 200:
-                        return time.monotonic() - t0
+            if await handle.ready():
+                for path in ("/health", "/v1/models"):
+                    with contextlib.suppress(httpx.HTTPError):
+                        r = await client.get(handle.base_url + path)
+                        if r.status_code == 200:
+                            return time.monotonic() - t0
             if time.monotonic() - t0 > timeout_s:
-                raise TimeoutError
+                raise Failure("startup_timeout", f"the engine did not answer /health within {timeout_s:.0f}s", retryable=False)
             await asyncio.sleep(0.2)
 
 
-async def _benchmark(ctx: Context, a: ev.ExperimentAssigned, spec: TaskSpec, handle: Handle, w: Writer, base: dict):
-    from autotune.bench import run_benchmark
+async def _watch_health(handle: Handle, ctx: Context) -> None:
+    """Returns when the engine, still running, failed `health_failures` probes in a row."""
+    import httpx
 
-    runs_total = len(spec.benchmark.traffic_scenarios) * len(spec.benchmark.num_concurrency)
-    done = 0
-
-    async def on_run(run: RunMetrics) -> None:
-        nonlocal done
-        await w.append("progress", ev.ExperimentProgress(id=ev.exp_id(a.task, a.n, a.attempt, f"progress-{done}"), **base, run_index=done, runs_total=runs_total, run=run))
-        done += 1
-
-    bench = asyncio.create_task(
-        run_benchmark(
-            handle.base_url, model=spec.benchmark.model_name or spec.model_id, bench=spec.benchmark, slo=spec.slo,
-            gpus=max(1, len(a.gpu_indices)), time_scale=ctx.time_scale if a.simulated else 1.0, on_run=on_run, seed=a.n,
-        )
-    )
-    exited = asyncio.create_task(handle.exited.wait())
-    try:
-        await asyncio.wait([bench, exited], return_when=asyncio.FIRST_COMPLETED)
-        if bench.done():
-            return bench.result()
-        raise EngineExited(handle.exit_code, "benchmark")
-    finally:
-        for t in (bench, exited):
-            t.cancel()
-        await asyncio.gather(bench, exited, return_exceptions=True)
+    misses = 0
+    async with httpx.AsyncClient(timeout=ctx.health_timeout_s) as client:
+        while True:
+            await asyncio.sleep(ctx.health_interval_s)
+            try:
+                r = await client.get(handle.base_url + "/health")
+                ok = r.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            misses = 0 if ok else misses + 1
+            if misses >= ctx.health_failures and not handle.exited.is_set():
+                return
 
 
-async def _pump_logs(ctx: Context, a: ev.ExperimentAssigned, handle: Handle) -> None:
-    """Engine output → autotune.log.<task>.<n>, in batches of up to 200 lines or every 0.5 s."""
-    seq = 0
-    subject = subj.log(a.task, a.n)
-    while True:
-        lines = [await handle.lines.get()]
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(0.5):
-                while len(lines) < 200:
-                    lines.append(await handle.lines.get())
-        e = ev.LogLines(id=ev.exp_id(a.task, a.n, a.attempt, f"log-{seq}"), task=a.task, n=a.n, attempt=a.attempt, host=ctx.host, seq=seq, lines=lines)
-        with contextlib.suppress(Exception):
-            await ctx.js.publish(subject, ev.encode(e), headers={"Nats-Msg-Id": e.id})  # type: ignore[attr-defined]
-        seq += 1
-
-
-__all__ = ["Context", "run_attempt", "simulated_argv", "os"]
+__all__ = ["Context", "Failure", "Writer", "run_attempt", "simulated_argv"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 
 from autotune.schemas.liveness import LiveGpu
@@ -65,3 +67,37 @@ def _s(v: str | bytes) -> str:
 def sim_model(gpu_name: str) -> str:
     """`Simulated NVIDIA H100` → `H100` (what the engine simulator imitates)."""
     return gpu_name.removeprefix("Simulated ").removeprefix("NVIDIA ").strip() or "H100"
+
+
+def nvml_busy(indices: list[int]) -> list[int]:
+    """Which of these GPUs have compute processes right now (NVML); [] when NVML cannot tell."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return []
+    try:
+        busy = []
+        for i in indices:
+            try:
+                h = pynvml.nvmlDeviceGetHandleByIndex(i)
+                if pynvml.nvmlDeviceGetComputeRunningProcesses(h):
+                    busy.append(i)
+            except pynvml.NVMLError:
+                continue
+        return busy
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+async def wait_gpus_free(indices: list[int], wait_s: float = 5.0, poll_s: float = 0.5) -> list[int]:
+    """The leased GPUs still busy after up to `wait_s` (a just-stopped engine's context takes a moment to go)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        busy = await asyncio.to_thread(nvml_busy, indices)
+        if not busy or loop.time() >= deadline:
+            return busy
+        await asyncio.sleep(poll_s)

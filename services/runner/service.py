@@ -2,7 +2,9 @@
 
 One live instance per host, enforced by an atomic create of the host's liveness key (per-key TTL,
 renewed by the heartbeat). A second instance refuses to start while the first is alive, unless told
-to take over — or the first is provably dead (same machine, its pid gone).
+to take over — or the first is provably dead (same machine, its pid gone). Taking over, it reports
+the previous instance's unfinished experiments failed (retryable) and removes every engine labelled
+with this host that no live experiment owns, before it takes any work.
 """
 
 from __future__ import annotations
@@ -13,13 +15,12 @@ import os
 import socket
 import time
 import uuid
+from pathlib import Path
 
 import msgspec
-from nats.js.errors import KeyWrongLastSequenceError
-
 from autotune import __version__
-from autotune.runner.experiment import Context, run_attempt
-from autotune.runner.gpus import nvml_gpus, parse_simulated
+from autotune.runner.experiment import Context, Writer, run_attempt
+from autotune.runner.gpus import nvml_gpus, parse_simulated, wait_gpus_free
 from autotune.runner.runtimes.local import LocalRuntime, SimulatedRuntime
 from autotune.runner.settings import RunnerSettings
 from autotune.schemas import events as ev
@@ -28,12 +29,17 @@ from autotune.schemas.liveness import LiveGpu, LiveHost, running_key
 from autotune.shared import bus
 from autotune.shared import log as logging
 from autotune.shared.settings import Settings
+from nats.js.errors import KeyWrongLastSequenceError
 
 log = logging.get("runner")
 
 
 class HostTaken(RuntimeError):
     """Another live runner instance holds this host."""
+
+
+class HandedOver(Exception):
+    """This instance was replaced: the message is left for the instance that holds the host now."""
 
 
 class Runner:
@@ -44,15 +50,15 @@ class Runner:
         self.instance = f"{socket.gethostname()[:20]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.running: dict[str, asyncio.Task] = {}
         self.draining = False
+        self.drained_sent = False
+        self.nvml_missing = False
         self.gpus, self.simulated = self._discover_gpus()
         self.runtimes: dict[str, object] = {}
-        if self.simulated:
-            self.runtimes["simulated"] = SimulatedRuntime()
-        else:
-            self.runtimes["local"] = LocalRuntime()
-            self.runtimes["simulated"] = SimulatedRuntime()
-        if rs.runtimes:
-            self.runtimes = {k: v for k, v in self.runtimes.items() if k in rs.runtimes}
+        self.rev = 0
+        self.kv = None
+        self.js = None
+        self._kv_lock = asyncio.Lock()
+        self.taken_over = False
 
     def _discover_gpus(self) -> tuple[list[LiveGpu], bool]:
         if self.rs.simulate:
@@ -60,33 +66,117 @@ class Runner:
         real = nvml_gpus()
         if real:
             return real, False
-        log.info("no NVIDIA GPU found through NVML; this host offers simulated GPUs (4xH100)")
+        self.nvml_missing = True
         return parse_simulated("4xH100"), True
+
+    async def _node_gpus(self) -> None:
+        """No NVML in this pod, but a Kubernetes node: its allocatable GPUs (the device plugin hands them out)."""
+        from autotune.runner.runtimes.kubernetes import node_gpus
+
+        rt = self._kubernetes()
+        try:
+            count, product, memory = await node_gpus(await rt.api(), self.rs.k8s_node or "")
+        except Exception as e:
+            log.warning("cannot read this node's GPUs from the Kubernetes API", node=self.rs.k8s_node, error=repr(e))
+            return
+        finally:
+            await rt.close()
+        if count:
+            name = product.replace("-", " ") if product else "NVIDIA GPU"
+            self.gpus = [LiveGpu(index=i, uuid=f"{self.rs.k8s_node}/gpu-{i}", name=name, memory_total_mib=memory) for i in range(count)]
+            self.simulated = False
+            log.info("GPUs from the Kubernetes node (NVML is not visible in this pod)", node=self.rs.k8s_node, gpus=count, product=product)
+
+    async def _setup_runtimes(self) -> None:
+        """Which runtimes this host offers: asked for (`runtimes`), else what answers here."""
+        rs = self.rs
+        wanted = set(rs.runtimes) if rs.runtimes else None
+        rts: dict[str, object] = {}
+        if wanted is None or "simulated" in wanted or self.simulated:
+            rts["simulated"] = await self._simulated_runtime()
+        if not self.simulated:
+            if wanted is None or "local" in wanted:
+                rts["local"] = LocalRuntime(models_dir=rs.models_dir)
+            want_docker = wanted is None or "docker" in wanted
+            if want_docker and (d := await self._probe(self._docker(), "docker", required=wanted is not None)):
+                rts["docker"] = d
+            in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST") or rs.k8s_api_url)
+            want_k8s = "kubernetes" in wanted if wanted is not None else in_cluster
+            if want_k8s and (k := await self._probe(self._kubernetes(), "kubernetes", required=wanted is not None)):
+                rts["kubernetes"] = k
+        elif wanted and wanted - {"simulated"}:
+            log.warning("this host's GPUs are simulated: it runs simulated engines only", asked=sorted(wanted))
+        if not rts:
+            raise RuntimeError(f"no runtime is available on this host (asked for {sorted(wanted or [])}); see the lines above")
+        self.runtimes = rts
+
+    async def _simulated_runtime(self):
+        where, rt = self.rs.simulated_runtime, None
+        if where == "docker":
+            rt = await self._probe(self._docker(always_simulate=True), "docker (simulated engines)", required=True)
+        elif where == "kubernetes":
+            rt = await self._probe(self._kubernetes(always_simulate=True), "kubernetes (simulated engines)", required=True)
+        if rt is None and where != "process":
+            log.warning("simulated engines run as local processes instead", asked=where)
+        return rt or SimulatedRuntime()
+
+    def _docker(self, always_simulate: bool = False):
+        from autotune.runner.runtimes.docker import DockerRuntime
+
+        rs = self.rs
+        return DockerRuntime(
+            url=rs.docker_url, image=rs.docker_image, always_simulate=always_simulate, models_dir=rs.docker_models_dir or rs.models_dir,
+            hf_cache=rs.docker_hf_cache, shm_size=rs.docker_shm_size, binds=rs.docker_binds,
+        )
+
+    def _kubernetes(self, always_simulate: bool = False):
+        from autotune.runner.runtimes.kubernetes import KubernetesRuntime
+
+        rs = self.rs
+        return KubernetesRuntime(
+            namespace=rs.k8s_namespace, node=rs.k8s_node, api_url=rs.k8s_api_url, kubeconfig=rs.k8s_kubeconfig, image=rs.k8s_image,
+            service_url=rs.k8s_service_url, ome_runtime=rs.k8s_ome_runtime, models_pvc=rs.k8s_models_pvc, poll_s=rs.k8s_poll_s,
+            always_simulate=always_simulate,
+        )
+
+    async def _probe(self, rt, what: str, *, required: bool):
+        why = await rt.available()
+        if why is None:
+            return rt
+        (log.error if required else log.info)(f"the {what} runtime is not available here; not offering it", reason=why)
+        return None
 
     def live_value(self) -> bytes:
         return msgspec.json.encode(
             LiveHost(
                 host=self.host, instance=self.instance, hostname=socket.gethostname(), pid=os.getpid(), gpus=self.gpus,
                 runtimes=sorted(self.runtimes), engines=["sglang", "vllm"], simulated=self.simulated,
-                draining=self.draining, running=sorted(self.running), at=time.time(),
+                draining=self.draining, running=sorted(self.running), at=time.time(), node=self.rs.k8s_node,
             )
         )
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.stop = stop
         nc = await bus.connect(self.settings, f"runner-{self.host}")
         js = nc.jetstream()
+        self.js = js
         try:
             await bus.provision(js, self.settings)
-            kv = await js.key_value(subj.HOSTS_BUCKET)
-            rev = await self._claim(kv, js)
-            ctx = Context(
+            if self.nvml_missing and self.rs.k8s_node and (not self.rs.runtimes or "kubernetes" in self.rs.runtimes):
+                await self._node_gpus()
+            if self.simulated and self.nvml_missing:
+                log.info("no NVIDIA GPU found through NVML; this host offers simulated GPUs (4xH100)")
+            await self._setup_runtimes()
+            self.kv = await js.key_value(subj.HOSTS_BUCKET)
+            await self._claim(js)
+            self.ctx = Context(
                 js=js, host=self.host, instance=self.instance, runtimes=self.runtimes, time_scale=self.rs.time_scale,
                 startup_timeout_s=self.rs.startup_timeout_s, engine_host=self.rs.engine_host, sim_seed=self.rs.sim_seed,
-                on_done=self._done,
+                on_done=self._done, real_gpus=not self.simulated, nc=nc, stop_grace_s=self.rs.stop_grace_s,
+                gpus_busy=(lambda idx: wait_gpus_free(idx, self.rs.gpu_busy_wait_s)) if not self.simulated else (lambda _: []),
             )
-            self.ctx = ctx
             await self._register(js)
-            hb = asyncio.create_task(self._heartbeat(kv, rev, stop))
+            hb = asyncio.create_task(self._heartbeat(stop))
             try:
                 await bus.durable_consume(
                     js, stream=subj.EVENTS_STREAM, durable=f"runner-{self.host}", subjects=subj.addressed_to(self.host),
@@ -97,14 +187,18 @@ class Runner:
                 hb.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await hb
-                with contextlib.suppress(Exception):
-                    await kv.delete(self.host)
+                if not self.taken_over:
+                    with contextlib.suppress(Exception):
+                        await self.kv.delete(self.host)
         finally:
+            for rt in {id(r): r for r in self.runtimes.values()}.values():
+                with contextlib.suppress(Exception):
+                    await rt.close()  # type: ignore[attr-defined]
             await nc.drain()
             log.info("runner stopped", host=self.host, instance=self.instance)
 
-    async def _claim(self, kv, js) -> int:
-        ttl = self.settings.host_ttl_s
+    async def _claim(self, js) -> None:
+        kv, ttl = self.kv, self.settings.host_ttl_s
         rev = await bus.kv_claim(kv, self.host, self.live_value(), ttl=ttl)
         if rev is None:
             previous = msgspec.json.decode((await kv.get(self.host)).value, type=LiveHost)
@@ -112,52 +206,114 @@ class Runner:
             if not (self.rs.takeover or dead_here):
                 raise HostTaken(
                     f"host `{self.host}` is already served by runner instance {previous.instance} (pid {previous.pid} on "
-                    f"{previous.hostname}); stop it first, or start this one with --takeover"
+                    f"{previous.hostname}, last heartbeat {time.time() - previous.at:.0f}s ago); stop it first, or start this "
+                    f"one with --takeover to replace it"
                 )
-            log.warning("taking over the host from a previous instance", previous=previous.instance)
-            await self._reconcile(js, previous)
-            rev = await kv.put(self.host, self.live_value())
+            log.warning("taking over the host from a previous instance", previous=previous.instance, alive=not dead_here)
+            rev = await kv.put(self.host, self.live_value())  # its next heartbeat fails: it stops
             rev = await bus.kv_renew(kv, self.host, self.live_value(), last=rev, ttl=ttl)
+            self.rev = rev
+            await self._reconcile(js, previous)
+        self.rev = rev
         await self._reap()
-        log.info("runner started", host=self.host, instance=self.instance, gpus=len(self.gpus), simulated=self.simulated)
-        return rev
+        log.info("runner started", host=self.host, instance=self.instance, gpus=len(self.gpus), simulated=self.simulated, runtimes=",".join(sorted(self.runtimes)))
 
     async def _reconcile(self, js, previous: LiveHost) -> None:
-        """Report the previous instance's unfinished experiments as failed (retryable), exactly once."""
+        """Report the previous instance's unfinished experiments as failed (retryable), exactly once.
+
+        Each append expects the experiment's last sequence as read here, so a racing writer (the
+        scheduler noticing the restart, the old instance itself) and this one never both land."""
         for key in previous.running:
             task, n, attempt = key.split("/")
             f = subj.experiment_all(task, int(n))
             last = await bus.last_seq(js, f)
             newest = await bus.messages_after(js, f, max(0, last - 1))
-            if newest and isinstance(newest[-1][1], ev.TERMINAL_EXPERIMENT + (ev.ExperimentPlanned,)):
-                continue
+            if newest:
+                e = newest[-1][1]
+                if e is None or isinstance(e, ev.TERMINAL_EXPERIMENT + (ev.ExperimentPlanned,)) or getattr(e, "attempt", None) != int(attempt):
+                    continue
             e = ev.ExperimentFailed(
                 id=ev.exp_id(task, int(n), int(attempt), "failed"), task=task, n=int(n), attempt=int(attempt), host=self.host,
-                kind="runner_restarted", retryable=True, message="the runner restarted while this experiment was running",
+                kind="runner_restarted", retryable=True, message=f"the runner instance {previous.instance} stopped while this experiment was running",
             )
             with contextlib.suppress(bus.StaleWrite):
                 await bus.append(js, subj.experiment(task, int(n), "failed"), e, expect_seq=last, expect_filter=f)
+                log.warning("reported an experiment the previous instance left unfinished", experiment=key)
 
     async def _reap(self) -> None:
         for rt in {id(r): r for r in self.runtimes.values()}.values():
-            await rt.reap_orphans(self.host, keep=set(self.running))  # type: ignore[attr-defined]
+            try:
+                await rt.reap_orphans(self.host, keep=set(self.running))  # type: ignore[attr-defined]
+            except Exception as e:
+                log.error("could not reap orphans", runtime=getattr(rt, "name", "?"), error=repr(e))
 
     async def _register(self, js) -> None:
         e = ev.HostRegistered(
             id=f"host.{self.host}.{self.instance}.registered", host=self.host, instance=self.instance, hostname=socket.gethostname(),
             gpus=[ev.GpuInfo(index=g.index, uuid=g.uuid, name=g.name, memory_total_mib=g.memory_total_mib) for g in self.gpus],
-            runtimes=sorted(self.runtimes), engines=["sglang", "vllm"], simulated=self.simulated, version=__version__,
+            runtimes=sorted(self.runtimes), engines=["sglang", "vllm"], simulated=self.simulated, version=__version__, node=self.rs.k8s_node,
         )
         await bus.append(js, subj.host(self.host, "registered"), e)
 
-    async def _heartbeat(self, kv, rev: int, stop: asyncio.Event) -> None:
+    async def _publish_live(self) -> None:
+        """Renew the liveness key with the current value (running experiments, draining).
+
+        Raises KeyWrongLastSequenceError only when another instance holds the key. A renewal of ours
+        that landed while its ack was lost (a stream leader election) is recognized and its revision
+        adopted — reads may come from a lagging replica, so that is tried a few times; a key that
+        expired meanwhile (NATS unreachable longer than the TTL) is claimed again."""
+        from nats.js.errors import KeyDeletedError, KeyNotFoundError
+
+        ttl = self.settings.host_ttl_s
+        async with self._kv_lock:
+            last = self.rev
+            for attempt in range(5):
+                try:
+                    self.rev = await bus.kv_renew(self.kv, self.host, self.live_value(), last=last, ttl=ttl)
+                    return
+                except KeyWrongLastSequenceError:
+                    pass
+                try:
+                    entry = await self.kv.get(self.host)
+                    holder = msgspec.json.decode(entry.value or b"", type=LiveHost).instance
+                except (KeyDeletedError, KeyNotFoundError, msgspec.DecodeError):
+                    holder = None
+                if holder is None:  # expired: ours again unless someone else claims it first
+                    rev = await bus.kv_claim(self.kv, self.host, self.live_value(), ttl=ttl)
+                    if rev is None:
+                        continue
+                    self.rev = rev
+                    log.warning("the liveness key had expired; claimed it again", host=self.host)
+                    return
+                if holder != self.instance:
+                    raise KeyWrongLastSequenceError()
+                last = entry.revision
+                await asyncio.sleep(0.1 * (attempt + 1))
+            raise RuntimeError("the liveness key keeps changing under this instance; retrying at the next heartbeat")
+
+    async def _still_ours(self) -> bool:
+        try:
+            await self._publish_live()
+            return True
+        except KeyWrongLastSequenceError:
+            self._taken_over()
+            return False
+        except Exception:
+            return True
+
+    def _taken_over(self) -> None:
+        if not self.taken_over:
+            log.error("another instance took this host over; stopping", host=self.host)
+        self.taken_over = True
+        self.stop.set()
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.sleep(self.rs.heartbeat_s)
             try:
-                rev = await bus.kv_renew(kv, self.host, self.live_value(), last=rev, ttl=self.settings.host_ttl_s)
+                await self._publish_live()
             except KeyWrongLastSequenceError:
-                log.error("another instance took this host over; stopping", host=self.host)
-                stop.set()
+                self._taken_over()
                 return
             except Exception as e:
                 log.warning("heartbeat failed; retrying", error=repr(e))
@@ -167,24 +323,64 @@ class Runner:
             case ev.ExperimentAssigned() as a:
                 key = running_key(a.task, a.n, a.attempt)
                 if a.instance and a.instance != self.instance:
+                    if not await self._still_ours():  # nak: the durable consumer redelivers it to the new instance
+                        raise HandedOver(f"{key} is for instance {a.instance}, which took this host over")
                     log.info("assignment was for a previous instance; the scheduler re-plans it", experiment=key)
                     return
                 if key in self.running:
                     return
-                self.running[key] = asyncio.create_task(run_attempt(self.ctx, a, d.seq), name=key)
-                log.info("experiment assigned", experiment=key, gpus=a.gpu_indices)
+                if self.draining:
+                    await self._refuse(js, a, d.seq, "this host is draining: it takes no new experiments")
+                    return
+                t = asyncio.create_task(run_attempt(self.ctx, a, d.seq), name=key)
+                self.running[key] = t
+                t.add_done_callback(lambda t, key=key: self._task_gone(key, t))
+                with contextlib.suppress(Exception):  # a restart now finds it in the liveness value
+                    await self._publish_live()
+                log.info("experiment assigned", experiment=key, gpus=a.gpu_indices, runtime=a.deployment_mode)
             case ev.ExperimentCancelRequested() as c:
                 key = running_key(c.task, c.n, c.attempt)
                 if t := self.running.get(key):
                     log.info("cancelling experiment", experiment=key, reason=c.reason)
+                    await asyncio.sleep(0)  # a task cancelled before it ever ran would not report anything
                     t.cancel()
             case ev.HostDrainRequested():
+                if not self.draining:
+                    log.info("drain requested: taking no new experiments", host=self.host, running=len(self.running))
                 self.draining = True
+                with contextlib.suppress(Exception):
+                    await self._publish_live()
+                await self._maybe_drained()
             case _:
                 pass
 
-    def _done(self, key: str) -> None:
+    async def _refuse(self, js, a: ev.ExperimentAssigned, seq: int, why: str) -> None:
+        e = ev.ExperimentFailed(
+            id=ev.exp_id(a.task, a.n, a.attempt, "failed"), task=a.task, n=a.n, attempt=a.attempt, host=self.host,
+            kind="launch_error", stage="launch", retryable=True, message=why,
+        )
+        with contextlib.suppress(Exception):
+            await Writer(js, a, seq).append("failed", e)
+
+    async def _maybe_drained(self) -> None:
+        if self.draining and not self.running and not self.drained_sent:
+            e = ev.HostDrained(id=f"host.{self.host}.{self.instance}.drained", host=self.host, instance=self.instance)
+            await bus.append(self.js, subj.host(self.host, "drained"), e)
+            self.drained_sent = True
+            log.info("host drained", host=self.host)
+
+    async def _done(self, key: str) -> None:
         self.running.pop(key, None)
+        with contextlib.suppress(Exception):
+            await self._publish_live()
+        with contextlib.suppress(Exception):
+            await self._maybe_drained()
+
+    def _task_gone(self, key: str, t: asyncio.Task) -> None:
+        """Safety net: an attempt task that ended without its own bookkeeping (it never ran) frees its slot."""
+        if self.running.get(key) is t:
+            self.running.pop(key, None)
+            log.warning("experiment task ended without finishing its attempt", experiment=key)
 
     async def _shutdown(self) -> None:
         for key, t in list(self.running.items()):
@@ -202,7 +398,10 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a killed runner whose parent has not reaped it yet is a zombie: dead
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 async def run(settings: Settings, *, stop: asyncio.Event, runner: RunnerSettings | None = None) -> None:

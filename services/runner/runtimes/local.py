@@ -1,7 +1,8 @@
 """The local runtime: the engine as a subprocess in its own process group, killed with its whole tree.
 
-Engines carry their labels in their environment (AUTOTUNE_LABEL_*), so a restarted runner finds the
-engines a previous instance left behind by reading /proc, without any state file.
+Engines carry their labels in their environment (AUTOTUNE_LABEL_*), and children inherit it, so a
+restarted runner finds the engines a previous instance left behind by reading /proc, without any
+state file — and a stop also catches descendants that left the process group.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ import os
 import signal
 from pathlib import Path
 
-from autotune.runner.runtimes import LABEL_EXPERIMENT, LABEL_HOST, Handle
+from autotune.runner.runtimes import LABEL_EXPERIMENT, LABEL_HOST, Handle, Launch, simulated_argv
 from autotune.shared import log as logging
 
 log = logging.get("runner")
 
 
 class ProcessHandle(Handle):
-    def __init__(self, proc: asyncio.subprocess.Process, base_url: str) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, base_url: str, key: str) -> None:
         super().__init__(str(proc.pid), base_url)
         self.proc = proc
+        self.key = key
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -32,18 +34,28 @@ class ProcessHandle(Handle):
                 break
             self.add_line(raw.decode("utf-8", "replace").rstrip())
         self.exit_code = await self.proc.wait()
+        if self.exit_code is not None and self.exit_code < 0:
+            self.exit_reason = signal.Signals(-self.exit_code).name if -self.exit_code in signal.valid_signals() else ""
         self.exited.set()
 
     async def stop(self, grace_s: float = 10.0) -> None:
         kill_group(self.proc.pid, signal.SIGTERM)
+        kill_group(self.proc.pid, signal.SIGCONT)  # a stopped (hung) engine must run to see its SIGTERM
         try:
             await asyncio.wait_for(self.proc.wait(), grace_s)
         except TimeoutError:
             kill_group(self.proc.pid, signal.SIGKILL)
             await self.proc.wait()
         kill_group(self.proc.pid, signal.SIGKILL)  # stragglers that left the leader behind
+        for pid, labels in labelled_processes():  # descendants that started their own session
+            if labels.get(LABEL_EXPERIMENT) == self.key:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._reader, 5)
+            await asyncio.wait_for(asyncio.shield(self._reader), 5)
+        if not self._reader.done():  # a grandchild still holds the pipe open: stop reading it
+            self._reader.cancel()
+            self.exited.set()
 
 
 def kill_group(pgid: int, sig: int) -> None:
@@ -52,19 +64,42 @@ def kill_group(pgid: int, sig: int) -> None:
 
 
 class LocalRuntime:
-    name = "local"
+    """The real engine command line as a subprocess (needs the engine installed on the host)."""
 
-    async def launch(self, argv: list[str], *, env: dict[str, str], labels: dict[str, str], gpu_indices: list[int], port: int) -> Handle:
-        full_env = {**os.environ, **env, **labels, "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpu_indices))}
+    name = "local"
+    always_simulate = False
+
+    def __init__(self, models_dir: str | None = None) -> None:
+        self.models_dir = models_dir
+
+    async def available(self) -> str | None:
+        return None
+
+    def command(self, spec: Launch) -> list[str]:
+        argv = list(spec.argv)
+        model = spec.model
+        if self.models_dir and model and "/" not in model and model in argv:  # a directory under the models dir
+            argv[argv.index(model)] = str(Path(self.models_dir) / model)
+        return simulated_argv(argv) if (spec.simulated or self.always_simulate) else argv
+
+    async def launch(self, spec: Launch) -> Handle:
+        argv = self.command(spec)
+        env = {**os.environ, **spec.env, **spec.labels, "CUDA_VISIBLE_DEVICES": ",".join(map(str, spec.gpu_indices))}
+        if spec.real_gpus:
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's indices then match NVML's, which the lease uses
+        if spec.hf_token:
+            env["HF_TOKEN"] = spec.hf_token
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env=full_env,
+            env=env,
             start_new_session=True,  # its own process group: we kill the whole tree
         )
-        return ProcessHandle(proc, f"http://127.0.0.1:{port}")
+        handle = ProcessHandle(proc, f"http://127.0.0.1:{spec.port}", spec.key)
+        handle.command = argv
+        return handle
 
     async def reap_orphans(self, host: str, keep: set[str]) -> list[str]:
         stopped = []
@@ -79,8 +114,12 @@ class LocalRuntime:
             stopped.append(str(pid))
         return stopped
 
+    async def close(self) -> None:
+        pass
+
 
 def labelled_processes() -> list[tuple[int, dict[str, str]]]:
+    """(pid, AUTOTUNE_LABEL_* environment) of every process that carries autotune labels."""
     out = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -104,3 +143,4 @@ class SimulatedRuntime(LocalRuntime):
     """The engine simulator as a local process, launched with the real engine's command line."""
 
     name = "simulated"
+    always_simulate = True

@@ -1,0 +1,173 @@
+"""The Kubernetes runtime and the cluster GPU inventory against an API STAND-IN (tests/fixtures/k8s_standin.py):
+no API server can run here. The stand-in's "kubelet" runs each pod's container command and args as a local
+process, probes its readinessProbe for real and serves its output as the pod log, so the experiments
+below really launch, become ready, get benchmarked and are torn down through the API calls the runtime makes."""
+
+from __future__ import annotations
+
+import pytest
+from autotune.gpumon.kube import cluster_gpu_inventory
+from autotune.runner.runtimes import Launch
+from autotune.runner.runtimes.kubernetes import A_KEY, K_EXPERIMENT, KubernetesRuntime, label_value, resource_name
+from autotune.runner.service import run as runner_run
+from autotune.runner.settings import RunnerSettings
+from autotune.scheduler.service import run as scheduler_run
+from autotune.schemas import events as ev
+from autotune.schemas import subjects as subj
+
+from tests.fixtures.k8s_standin import KubeStandin, gpu_node, gpu_pod
+from tests.fixtures.runner_kit import context, engines_of, log_lines, run_one, spec
+from tests.helpers import Services, events_of, submit, task_finished
+
+pytestmark = pytest.mark.kubernetes
+
+
+def runtime(k: KubeStandin, **kw) -> KubernetesRuntime:
+    return KubernetesRuntime(api_url=k.url, namespace="tuning", node="gpu-node-1", service_url="http://127.0.0.1:{port}", poll_s=0.1, **kw)
+
+
+def by_flag(args: list[str]) -> dict[str, str]:
+    return {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
+
+
+async def test_kubernetes_runtime_against_api_standin_runs_the_tuned_engine_and_deletes_it(settings, js):
+    async with KubeStandin(image_env={"AUTOTUNE_SIM_TIME_SCALE": "50"}) as k:
+        rt = runtime(k)
+        ctx = context(js, "kube", runtimes={"kubernetes": rt}, real_gpus=True)
+        raw = spec("kube", deployment_mode="docker", runtime_image_tag="v0.4.6.post1")
+        events = await run_one(js, ctx, raw, mode="kubernetes", simulated=False, gpus=[0, 1], params={"mem-fraction-static": 0.8, "max-running-requests": 16})
+        await rt.close()
+        (dep,) = k.created("Deployment")
+        (svc,) = k.created("Service")
+        deleted = [(m, p) for m, p, _ in k.requests if m == "DELETE"]
+        assert k.pods == {} and not k.objects
+
+    assert [ev.tag_of(type(e)) for e in events] == ["experiment.assigned", "experiment.started", "experiment.ready", "experiment.progress", "experiment.completed"]
+    name = dep["metadata"]["name"]
+    assert events[1].runtime == "kubernetes" and events[1].handle == name and events[-1].metrics.requests == 6
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    # the named bug of the original: in Kubernetes mode the tuned flags never reached the engine
+    assert c["image"] == "lmsysorg/sglang:v0.4.6.post1" and c["command"] == ["python3"]
+    assert c["args"][:2] == ["-m", "sglang.launch_server"]
+    flags = by_flag(c["args"])
+    assert flags["--mem-fraction-static"] == "0.8" and flags["--max-running-requests"] == "16" and flags["--host"] == "0.0.0.0"
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health" and pod["nodeSelector"] == {"kubernetes.io/hostname": "gpu-node-1"}
+    labels = dep["metadata"]["labels"]
+    assert labels["autotune.io/host"] == "kube" and labels["autotune.io/task"] == "kube" and labels[K_EXPERIMENT] == name
+    assert dep["metadata"]["annotations"][A_KEY] == "kube/0/0" and dep["spec"]["selector"]["matchLabels"] == {K_EXPERIMENT: name}
+    assert svc["spec"]["selector"] == {K_EXPERIMENT: name} and svc["spec"]["ports"][0]["targetPort"] == int(flags["--port"])
+    assert ("DELETE", f"/apis/apps/v1/namespaces/tuning/deployments/{name}") in deleted
+    assert ("DELETE", f"/api/v1/namespaces/tuning/services/{name}") in deleted
+    lines = await log_lines(js, "kube", 0, stream="engine")
+    assert any("SIMULATED sglang server" in line for line in lines)  # followed from the pod log
+
+
+async def test_kubernetes_runtime_against_api_standin_reports_a_crashed_pod_with_its_log_tail(settings, js):
+    async with KubeStandin() as k:
+        rt = runtime(k)
+        events = await run_one(js, context(js, "kc", runtimes={"kubernetes": rt}), spec("kcrash"), mode="kubernetes", params={"tp-size": 2})
+        await rt.close()
+        assert k.pods == {} and not k.objects
+    f = events[-1]
+    assert isinstance(f, ev.ExperimentFailed) and f.kind == "crashed" and "code 1" in f.message
+    assert any("needs tp x pp x dp" in line for line in f.log_tail)
+    assert engines_of("kc") == []
+
+
+async def test_ome_inference_service_against_api_standin_carries_the_tuned_flags(settings, js):
+    async with KubeStandin() as k:
+        rt = runtime(k, ome_runtime="srt-llama-3-1-8b")
+        raw = spec("ome", deployment_mode="ome")
+        events = await run_one(js, context(js, "ome", runtimes={"kubernetes": rt}), raw, mode="kubernetes", params={"mem-fraction-static": 0.82})
+        await rt.close()
+        (isvc,) = k.created("InferenceService")
+        assert not k.created("Deployment") and k.pods == {} and not k.objects
+    assert isinstance(events[-1], ev.ExperimentCompleted)
+    assert isvc["apiVersion"] == "ome.io/v1beta1" and isvc["spec"]["runtime"] == {"name": "srt-llama-3-1-8b"}
+    runner = isvc["spec"]["engine"]["runner"]
+    assert by_flag(runner["args"])["--mem-fraction-static"] == "0.82" and isvc["spec"]["engine"]["minReplicas"] == 1
+
+
+async def test_kubernetes_runtime_against_api_standin_reaps_orphans_by_label():
+    async with KubeStandin() as k:
+        rt = runtime(k)
+        await rt.api()
+
+        def launch(key: str, host: str) -> Launch:
+            task, n, attempt = key.split("/")
+            return Launch(key=key, task=task, n=int(n), attempt=int(attempt), host=host, instance="old", argv=["python3", "-c", "import time; time.sleep(300)"], port=1)
+
+        handles = [await rt.launch(launch(key, host)) for key, host in (("o/0/0", "kh"), ("o/1/0", "kh"), ("o/2/0", "kh-other"))]
+        removed = await rt.reap_orphans("kh", keep={"o/0/0"})
+        assert removed == [resource_name(launch("o/1/0", "kh"))]
+        left = {o["metadata"]["annotations"][A_KEY] for (kind, _, _), o in k.objects.items() if kind == "Deployment"}
+        assert left == {"o/0/0", "o/2/0"}
+        for h in handles:
+            await h.stop(grace_s=1)
+        await rt.close()
+        assert not k.objects
+
+
+async def test_a_runner_with_simulated_engines_on_kubernetes_against_api_standin_runs_a_task(settings, js):
+    async with KubeStandin() as k:
+        rs = RunnerSettings(host="kr", simulate="2xH100", time_scale=50, simulated_runtime="kubernetes", k8s_api_url=k.url, k8s_namespace="tuning",
+                            k8s_service_url="http://127.0.0.1:{port}", k8s_poll_s=0.1)
+        svc = Services()
+        svc.start(lambda stop: scheduler_run(settings, stop=stop), "scheduler")
+        svc.start(lambda stop: runner_run(settings, stop=stop, runner=rs), "runner")
+        try:
+            task = await submit(js, spec("kend", optimization={"max_iterations": 2}))
+            final = await task_finished(js, task, timeout=90)
+        finally:
+            await svc.stop_all()
+        assert isinstance(final, ev.TaskCompleted), final
+        history = [e for _, e in await events_of(js, subj.task_all(task))]
+        assert {e.runtime for e in history if isinstance(e, ev.ExperimentStarted)} == {"kubernetes"}
+        for dep in k.created("Deployment"):
+            assert dep["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["-m", "autotune.simulator"]
+        assert not k.objects and k.pods == {}
+
+
+async def test_cluster_gpu_inventory_against_api_standin():
+    from kubernetes_asyncio import client
+
+    nodes = [gpu_node("gpu-a", "NVIDIA-H100-80GB-HBM3", 8), gpu_node("gpu-b", "NVIDIA-A100-SXM4-40GB", 4, memory_mib=40960, ready=False),
+             {"metadata": {"name": "cpu-1", "labels": {}}, "status": {"allocatable": {"cpu": "8"}}}]
+    pods = [gpu_pod("train", "gpu-a", 4), gpu_pod("serve", "gpu-a", 1), gpu_pod("done", "gpu-a", 2, phase="Succeeded"), gpu_pod("b", "gpu-b", 1)]
+    async with KubeStandin(nodes=nodes, extra_pods=pods) as k:
+        cfg = client.Configuration()
+        cfg.host = k.url
+        async with client.ApiClient(cfg) as api:
+            inv = await cluster_gpu_inventory(api)
+    assert inv == [
+        {"node": "gpu-a", "product": "NVIDIA-H100-80GB-HBM3", "memory_mib": 81559, "capacity": 8, "allocatable": 8, "requested": 5, "free": 3, "ready": True, "schedulable": True},
+        {"node": "gpu-b", "product": "NVIDIA-A100-SXM4-40GB", "memory_mib": 40960, "capacity": 4, "allocatable": 4, "requested": 1, "free": 3, "ready": False, "schedulable": True},
+    ]
+
+
+def test_names_and_labels_stay_valid_for_any_task_id():
+    long = "a" * 120
+    name = resource_name(Launch(key=f"{long}/12/3", task=long, n=12, attempt=3, host="h", instance="i", argv=[]))
+    assert len(name) <= 63 and name[0].isalpha() and name == name.lower()
+    assert label_value("ok-value") == "ok-value"
+    v = label_value("_bad/value_" + "x" * 80)
+    assert len(v) <= 63 and v[0].isalnum() and v[-1].isalnum()
+
+
+async def test_a_runner_in_a_pod_without_nvml_takes_its_gpus_from_the_node_against_api_standin(settings, js, monkeypatch):
+    from tests.fixtures import nvml_standin
+    from tests.helpers import wait_for
+
+    nvml_standin.install_absent(monkeypatch)
+    async with KubeStandin(nodes=[gpu_node("gpu-node-9", "NVIDIA-H100-80GB-HBM3", 4)]) as k:
+        rs = RunnerSettings(host="gpu-node-9", runtimes=["kubernetes"], k8s_node="gpu-node-9", k8s_api_url=k.url, k8s_namespace="tuning")
+        svc = Services()
+        svc.start(lambda stop: runner_run(settings, stop=stop, runner=rs), "runner")
+        try:
+            reg = await wait_for(js, subj.host("gpu-node-9", "registered"), lambda e: True, timeout=20)
+        finally:
+            await svc.stop_all()
+    assert not reg.simulated and reg.runtimes == ["kubernetes"] and reg.node == "gpu-node-9"
+    assert [g.name for g in reg.gpus] == ["NVIDIA H100 80GB HBM3"] * 4 and reg.gpus[0].memory_total_mib == 81559
