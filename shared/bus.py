@@ -20,7 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
-from nats.js.errors import APIError, BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
@@ -204,9 +204,11 @@ async def append(
         except APIError as e:
             if e.err_code == WRONG_LAST_SEQUENCE:
                 raise StaleWrite(f"{subject}: {e.description}") from None
-            if attempt == retries or (e.code or 0) < 500 and e.code != 503:
+            transient = isinstance(e, ServiceUnavailableError) or e.code in (None, 503) or (e.code or 0) >= 500
+            if attempt == retries or not transient:
                 raise
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError):
+        except (TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError, NoStreamResponseError):
+            # a stream leader election, a reconnect: the msg id makes the retry safe
             if attempt == retries:
                 raise
         else:

@@ -38,6 +38,7 @@ class Proc:
         if self.p.poll() is None:
             os.killpg(self.p.pid, signal.SIGKILL)
         self.p.wait(10)
+        self.out.close()
 
     def stop(self) -> None:
         if self.p.poll() is None:
@@ -46,7 +47,8 @@ class Proc:
                 self.p.wait(30)
             except subprocess.TimeoutExpired:
                 self.kill()
-        self.out.close()
+        if not self.out.closed:
+            self.out.close()
 
 
 async def start_runner(settings, js, tmp_path, host: str, gpus: str = "1xH100") -> Proc:
