@@ -177,3 +177,30 @@ def test_a_scheduler_rebuilt_from_the_log_decides_exactly_like_the_one_that_wrot
     a = [(x.subject, x.event.id, getattr(x.event, "parameters", None)) for x in decide(log.state, fleet, T0)]
     b = [(x.subject, x.event.id, getattr(x.event, "parameters", None)) for x in decide(fresh.state, fleet, T0)]
     assert a == b and a
+
+
+def test_gpus_busy_with_foreign_processes_are_avoided_and_our_own_are_not_double_counted():
+    log = Log()
+    log.add(*submitted(optimization={"max_parallel": 2, "max_iterations": 2}))
+    fleet = {"h": host("h", 2)}
+    log.step(fleet)
+    log.step(fleet)
+    # GPU 0 runs somebody else's process: the first experiment goes to GPU 1
+    first = assigned(log.step(fleet, occupied={"h": {0}}))
+    assert [a.gpu_indices for a in first] == [[1]]
+    # now GPU 1 shows our own engine (leased) and GPU 0 is free again: the second goes to GPU 0
+    second = []
+    for _ in range(3):
+        second += assigned(log.step(fleet, occupied={"h": {1}}))
+    assert [a.gpu_indices for a in second] == [[0]]
+
+
+def test_two_tasks_share_the_fleet_fairly():
+    log = Log()
+    log.add(*submitted("a", optimization={"max_parallel": 4, "max_iterations": 4}))
+    log.add(*submitted("b", optimization={"max_parallel": 4, "max_iterations": 4}))
+    fleet = {"h": host("h", 2)}
+    placed = []
+    for _ in range(6):
+        placed += assigned(log.step(fleet))
+    assert sorted(a.task for a in placed) == ["a", "b"], "one task took every GPU"

@@ -40,12 +40,15 @@ def decide(
     fleet: dict[str, LiveHost],
     now: datetime,
     *,
-    foreign_busy: dict[str, set[int]] | None = None,
+    occupied: dict[str, set[int]] | None = None,
     limits: Limits = Limits(),
 ) -> list[Action]:
+    """`occupied`: GPUs that telemetry shows running processes; those autotune holds no lease on
+    are busy with someone else's work and are avoided."""
     actions: list[Action] = []
     actions += _hosts_lost(state, fleet)
     leased = _leases(state)
+    foreign_busy = {h: gpus - leased.get(h, set()) for h, gpus in (occupied or {}).items()}
     to_place: list[tuple[Task, Attempt]] = []
     for task in sorted(state.tasks.values(), key=lambda t: t.submitted_at):
         if task.finished:
@@ -69,7 +72,7 @@ def decide(
             actions.append(plan)
         elif not task.active_attempts() and not touched and _retry_pending(task) == 0:
             actions.append(_finish_task(task, now))
-    actions += _placements(to_place, state, fleet, leased, foreign_busy or {}, now)
+    actions += _placements(to_place, state, fleet, leased, foreign_busy, now)
     # decisions are stamped with the decision's clock, so the pure core never reads the time
     return [Action(a.subject, msgspec.structs.replace(a.event, at=now), a.expect_seq, a.expect_filter) for a in actions]
 

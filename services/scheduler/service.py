@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import uuid
 from datetime import UTC, datetime
 
 import msgspec
 from nats.js.errors import KeyWrongLastSequenceError
 
+from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.scheduler.decide import Action, Limits, decide
 from autotune.schemas.liveness import LiveHost
@@ -26,6 +28,7 @@ from autotune.shared import log as logging
 from autotune.shared.settings import Settings
 
 log = logging.get("scheduler")
+_gpu_decoder = msgspec.json.Decoder(ev.GpuSample)
 
 LEASE_KEY = "scheduler"
 
@@ -43,7 +46,7 @@ class Scheduler:
         self.tick_s = tick_s
         self.limits = limits or Limits(host_grace_s=max(2.0, settings.host_ttl_s))
         self.wake = asyncio.Event()
-        self.foreign_busy: dict[str, set[int]] = {}
+        self.gpu_samples: dict[tuple[str, int], tuple[float, bool]] = {}  # (host, index) -> (seen at, has processes)
 
     async def run(self, stop: asyncio.Event, *, burst: bool = False) -> None:
         nc = await bus.connect(self.settings, "scheduler")
@@ -56,6 +59,7 @@ class Scheduler:
             asyncio.create_task(self._lease(js, stop), name="lease"),
             asyncio.create_task(self._decide_loop(js, stop, burst), name="decide"),
         ]
+        await nc.subscribe("autotune.gpu.>", cb=self._on_gpu_sample)
         log.info("scheduler started", instance=self.instance)
         try:
             done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), tasks[3]], return_when=asyncio.FIRST_COMPLETED)
@@ -140,11 +144,27 @@ class Scheduler:
             self.wake.clear()
             if not self.leader:
                 continue
-            actions = decide(self.state, self.fleet, datetime.now(UTC), foreign_busy=self.foreign_busy, limits=self.limits)
+            actions = decide(self.state, self.fleet, datetime.now(UTC), occupied=self.occupied(), limits=self.limits)
             if actions:
                 await self._execute(js, actions)
             elif burst and self.state.tasks and all(t.finished for t in self.state.tasks.values()):
                 return
+
+    async def _on_gpu_sample(self, msg) -> None:
+        try:
+            sample = _gpu_decoder.decode(msg.data)
+        except msgspec.MsgspecError:
+            return
+        self.gpu_samples[(sample.host, sample.index)] = (time.monotonic(), bool(sample.processes))
+
+    def occupied(self, max_age_s: float = 10.0) -> dict[str, set[int]]:
+        """GPUs whose latest fresh telemetry sample shows processes on them."""
+        now = time.monotonic()
+        out: dict[str, set[int]] = {}
+        for (host, index), (seen, busy) in self.gpu_samples.items():
+            if busy and now - seen <= max_age_s:
+                out.setdefault(host, set()).add(index)
+        return out
 
     async def _execute(self, js, actions: list[Action]) -> None:
         target = self.state.applied_seq
