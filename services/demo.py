@@ -90,14 +90,18 @@ def run_demo(args) -> int:
 
 
 async def _show_sql(nc, task: str) -> None:
+    from autotune.shared import bus
     from autotune.shared import query as q
 
+    # read-your-writes: the projection answers once it has applied the task's last event
+    last = await bus.last_seq(nc.jetstream(), f"autotune.task.{task}.>")
     try:
         res = await q.sql(
             nc,
             "SELECT count(*) FILTER (WHERE status = 'completed') AS completed, count(*) FILTER (WHERE status = 'failed') AS failed, "
             "round(min(score), 4) AS best_score FROM experiments WHERE task = ?",
             [task],
+            min_seq=last,
             timeout=15,
         )
         row = res.rows_as_dicts()[0] if res.rows else {}

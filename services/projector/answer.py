@@ -1,0 +1,210 @@
+"""The projector's answers: read-only SQL, snapshots, and swapping in a rebuilt file on request.
+
+A mixin of Projector (service.py), which owns the store, the cursor pool and the ingestion loop.
+Each request runs in its own task, so a slow query never holds up the next one; DuckDB work runs
+on pooled cursors in worker threads while the store is open (a swap closes it for a moment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import duckdb
+import msgspec
+from autotune.projector import reader
+from autotune.projector.guard import Refused
+from autotune.projector.store import write_snapshot
+from autotune.schemas import subjects as subj
+from autotune.shared import log as logging
+from autotune.shared.query import QUERY_SNAPSHOT, QUERY_SQL, QUEUE_GROUP
+from nats.aio.msg import Msg
+
+log = logging.get("projector")
+REOPEN_PREFIX = "autotune.query.reopen"
+
+
+def reopen_subject(db_path: str) -> str:
+    """Where the projector that owns `db_path` on this machine takes swap requests."""
+    import hashlib
+
+    key = hashlib.sha256(f"{socket.gethostname()}:{os.path.realpath(db_path)}".encode()).hexdigest()[:16]
+    return f"{REOPEN_PREFIX}.{key}"
+
+
+class _Snapshot(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    path: str
+    overwrite: bool = False
+
+
+class _Reopen(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    path: str
+    new_path: str
+
+
+class Answering:
+    """What Projector provides: nc, cfg, db_path, store, applied_seq, wait_applied(), the cursor
+    pool bookkeeping (_slots, _open, _readers, _busy_readers, _readers_idle, _running_cursors),
+    _reopen, _wake, _subs and _tasks."""
+
+    nc: Any
+    cfg: Any
+    db_path: str
+    store: Any
+    applied_seq: int
+    _slots: asyncio.Semaphore
+    _open: asyncio.Event
+    _readers: Any
+    _busy_readers: int
+    _readers_idle: asyncio.Event
+    _running_cursors: set
+    _reopen: tuple[str, asyncio.Future] | None
+    _wake: asyncio.Event
+    _subs: list[Any]
+    _tasks: set[asyncio.Task]
+
+    async def wait_applied(self, seq: int, timeout: float) -> bool:  # pragma: no cover - Projector's
+        raise NotImplementedError
+
+    async def _serve(self) -> None:
+        self._subs.append(await self.nc.subscribe(QUERY_SQL, queue=QUEUE_GROUP, cb=self._spawn(self._answer_query)))
+        self._subs.append(await self.nc.subscribe(QUERY_SNAPSHOT, queue=QUEUE_GROUP, cb=self._spawn(self._answer_snapshot)))
+        self._subs.append(await self.nc.subscribe(reopen_subject(self.db_path), cb=self._spawn(self._answer_reopen)))
+
+    def _spawn(self, handler: Callable[[Msg], Awaitable[bytes]]) -> Callable[[Msg], Awaitable[None]]:
+        """Each request in its own task: a slow query must not hold up the next one."""
+
+        async def respond(msg: Msg) -> None:
+            try:
+                data = await handler(msg)
+            except Exception as e:
+                log.error("request failed", exc=True, subject=msg.subject)
+                data = msgspec.json.encode({"error": f"the projector failed: {type(e).__name__}: {e}"})
+            if msg.reply:
+                with contextlib.suppress(Exception):
+                    await msg.respond(data)
+
+        async def cb(msg: Msg) -> None:
+            task = asyncio.create_task(respond(msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return cb
+
+    def _max_reply(self) -> int:
+        return max(self.nc.max_payload - 4096, 4096)
+
+    async def _answer_query(self, msg: Msg) -> bytes:
+        t0 = time.perf_counter()
+        try:
+            req = msgspec.json.decode(msg.data, type=reader.QueryRequest)
+        except msgspec.MsgspecError as e:
+            return _error(f'bad query request: {e}; send {{"sql": "SELECT ...", "params": [...]}}')
+        budget = min(req.timeout or self.cfg.query_timeout_s, self.cfg.query_timeout_max_s)
+        if budget <= 0:
+            return _error("timeout must be positive (seconds)")
+        limit = self.cfg.row_limit if req.limit is None else req.limit
+        if limit < 0:
+            return _error("limit must be 0 or more (rows)")
+        limit = min(limit, self.cfg.row_limit_max)
+        if req.min_seq and not await self.wait_applied(req.min_seq, min(self.cfg.min_seq_wait_s, budget)):
+            return _error(
+                f"the projector is behind: it has applied {subj.EVENTS_STREAM} up to seq {self.applied_seq}, "
+                f"not yet {req.min_seq}; retry shortly"
+            )
+        try:
+            result = await self._read(reader.execute, req.sql, req.params, limit, t0 + budget)
+        except Refused as e:
+            return _error(f"refused: {e}")
+        except reader.QueryTimeout as e:
+            return _error(str(e))
+        except duckdb.Error as e:
+            return _error(str(e))
+        except TimeoutError:
+            return _error(f"no query slot became free within the {budget:.3g} s timeout; retry shortly")
+        result["applied_seq"] = result.pop("_applied_seq")
+        result["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        return reader.encode_reply(result, self._max_reply())
+
+    async def _read(self, fn: Callable[..., dict], *a: Any) -> dict:
+        """Run fn(cursor, *args, remaining_seconds) on a pooled cursor while the store is open."""
+        *args, deadline = a
+        async with asyncio.timeout_at(asyncio.get_running_loop().time() + max(deadline - time.perf_counter(), 0)):
+            await self._slots.acquire()
+            try:
+                await self._open.wait()
+            except BaseException:
+                self._slots.release()
+                raise
+        try:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise reader.QueryTimeout("the query's timeout passed before it could start; retry or pass a larger timeout")
+            applied = self.applied_seq
+            self._busy_readers += 1
+            self._readers_idle.clear()
+            try:
+                out = await asyncio.get_running_loop().run_in_executor(self._readers, self._with_cursor, fn, *args, remaining)
+            finally:
+                self._busy_readers -= 1
+                if self._busy_readers == 0:
+                    self._readers_idle.set()
+            out["_applied_seq"] = applied
+            return out
+        finally:
+            self._slots.release()
+
+    def _with_cursor(self, fn: Callable[..., dict], *a: Any) -> dict:
+        with self.store.cursor() as cur:
+            self._running_cursors.add(cur)
+            try:
+                return fn(cur, *a)
+            finally:
+                self._running_cursors.discard(cur)
+
+    async def _answer_snapshot(self, msg: Msg) -> bytes:
+        try:
+            req = msgspec.json.decode(msg.data, type=_Snapshot)
+        except msgspec.MsgspecError as e:
+            return _error(f'bad snapshot request: {e}; send {{"path": "/abs/path/file.duckdb"}}')
+        if not os.path.isabs(req.path):
+            return _error(f"snapshot path `{req.path}` must be absolute (it is written on the projector's machine)")
+
+        def snap(cur: duckdb.DuckDBPyConnection, path: str, overwrite: bool, _remaining: float) -> dict:
+            return {"tables": write_snapshot(cur, path, overwrite=overwrite)}
+
+        try:
+            out = await self._read(snap, req.path, req.overwrite, time.perf_counter() + 3600)
+        except (OSError, duckdb.Error) as e:
+            return _error(f"cannot write the snapshot: {e}")
+        out.update(path=req.path, host=socket.gethostname(), bytes=os.path.getsize(req.path), applied_seq=out.pop("_applied_seq"))
+        log.info("snapshot written", path=req.path, applied_seq=out["applied_seq"])
+        return msgspec.json.encode(out)
+
+    async def _answer_reopen(self, msg: Msg) -> bytes:
+        try:
+            req = msgspec.json.decode(msg.data, type=_Reopen)
+        except msgspec.MsgspecError as e:
+            return _error(f"bad reopen request: {e}")
+        if os.path.realpath(req.path) != os.path.realpath(self.db_path):
+            return _error(f"this projector serves {self.db_path}, not {req.path}")
+        if not os.path.isfile(req.new_path):
+            return _error(f"no rebuilt database at {req.new_path}")
+        if self._reopen is not None:
+            return _error("a swap is already in progress; retry when it is done")
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._reopen = (req.new_path, done)
+        self._wake.set()
+        try:
+            return msgspec.json.encode(await done)
+        except Exception as e:
+            return _error(f"the swap failed: {e}")
+
+
+def _error(message: str) -> bytes:
+    return msgspec.json.encode({"error": message})

@@ -1,0 +1,125 @@
+"""Run one guarded read-only query on a pooled cursor: row limit, a timeout that interrupts, JSON out.
+
+Called in a worker thread. Results stream out of DuckDB as Arrow record batches, so a query that
+would return billions of rows stops after `limit + 1` of them; a query that would run forever is
+interrupted by a timer (`cursor.interrupt()`), which DuckDB honours between vectors.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import duckdb
+import msgspec
+import pyarrow as pa
+from autotune.projector import guard
+
+
+class QueryRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The JSON body of a request on autotune.query.sql (user input: unknown fields are refused)."""
+
+    sql: str
+    params: list[Any] | dict[str, Any] | None = None
+    min_seq: int | None = None
+    limit: int | None = None
+    timeout: float | None = None
+
+
+class QueryTimeout(Exception):
+    pass
+
+
+class _Deadline:
+    """Interrupt the cursor's running query when the time is up, and only that query."""
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection, seconds: float) -> None:
+        self._cur = cur
+        self._lock = threading.Lock()
+        self._active = True
+        self.fired = False
+        self._timer = threading.Timer(max(seconds, 0.001), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._active:
+                self.fired = True
+                self._cur.interrupt()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._active = False
+        self._timer.cancel()
+
+
+def execute(cur: duckdb.DuckDBPyConnection, sql: str, params: Any, limit: int, timeout: float) -> dict[str, Any]:
+    """Check and run `sql`; returns columns, types, rows, row_count, truncated. Raises guard.Refused,
+    QueryTimeout or duckdb.Error."""
+    guard.check(cur, sql)
+    deadline = _Deadline(cur, timeout)
+    cur.begin()
+    try:
+        rel = cur.sql(sql, params=params) if params else cur.sql(sql)
+        if rel is None:
+            raise guard.Refused(f"the statement returned no rows; {guard.READ_ONLY_HINT}")
+        columns = list(rel.columns)
+        types = [str(t) for t in rel.types]
+        reader = rel.to_arrow_reader(min(max(limit + 1, 1), 8192))
+        batches: list[pa.RecordBatch] = []
+        n = 0
+        try:
+            for b in reader:
+                batches.append(b)
+                n += b.num_rows
+                if n > limit:
+                    break
+        finally:
+            reader.close()
+    except duckdb.InterruptException:
+        if deadline.fired:
+            raise QueryTimeout(
+                f"the query ran longer than its {timeout:.3g} s timeout and was interrupted; "
+                "filter more, add a LIMIT, or pass a larger timeout"
+            ) from None
+        raise
+    finally:
+        deadline.cancel()
+        try:
+            cur.rollback()
+        except duckdb.Error:
+            pass
+    table = pa.Table.from_batches(batches, schema=reader.schema) if batches else None
+    truncated = n > limit
+    rows: list[tuple] = []
+    if table is not None:
+        table = table.slice(0, limit)
+        cols = []
+        for col, t in zip(table.columns, types, strict=False):
+            values = col.to_pylist()
+            if t == "JSON":  # already JSON text: embed it as JSON, not as a string
+                values = [None if v is None else msgspec.Raw(v.encode()) for v in values]
+            cols.append(values)
+        rows = list(zip(*cols, strict=False))
+    return {"columns": columns, "types": types, "rows": rows, "row_count": len(rows), "truncated": truncated}
+
+
+_encoder = msgspec.json.Encoder(enc_hook=str, decimal_format="number")
+
+
+def encode_reply(reply: dict[str, Any], max_bytes: int) -> bytes:
+    """JSON for the reply; when it would not fit in one NATS message, drop rows until it does."""
+    data = _encoder.encode(reply)
+    if len(data) <= max_bytes or not reply.get("rows"):
+        return data
+    rows = reply["rows"]
+    keep = len(rows)
+    while keep > 0 and len(data) > max_bytes:
+        keep = int(keep * max_bytes / len(data) * 0.9)
+        short = dict(reply, rows=rows[:keep], row_count=keep, truncated=True)
+        short["notice"] = (
+            f"only {keep} of {len(rows)} rows fit in one NATS message ({max_bytes} bytes); select fewer columns or page with LIMIT/OFFSET"
+        )
+        data = _encoder.encode(short)
+    return data

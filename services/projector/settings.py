@@ -1,0 +1,44 @@
+"""Projector knobs (defaults suit one machine; AUTOTUNE_PROJECTOR_* overrides a few)."""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+from autotune.shared.settings import Settings
+
+
+class ProjectorConfig(msgspec.Struct, kw_only=True):
+    batch_max: int = 20_000  # messages per transaction at most
+    buffer_max: int = 40_000  # stop pulling from the streams above this many unapplied messages
+    pull_batch: int = 5_000  # messages per pull request
+    pipeline_min: int = 2_000  # apply the next batch while one commits only when this many wait
+    slow_delay_s: float = 0.25  # telemetry and logs wait at most this long to join a transaction
+    slow_batch: int = 2_000  # ... or until this many are waiting
+    lean_wire: bool = True  # feeds read through wire.LeanWire (else nats-py)
+    cache_rows: int = 50_000  # task/experiment/host rows kept in memory per table
+    cursors: int = 4  # concurrent queries
+    row_limit: int = 10_000  # default rows per answer
+    row_limit_max: int = 1_000_000
+    query_timeout_s: float = 10.0  # default per query
+    query_timeout_max_s: float = 300.0
+    min_seq_wait_s: float = 5.0  # read-your-writes: how long to wait for a sequence to be applied
+    max_event_bytes: int = 8 * 1024 * 1024  # larger messages become dead letters
+    dead_letter_bytes: int = 256 * 1024  # raw bytes kept per dead letter
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> ProjectorConfig:
+        cfg = cls()
+        for field in cls.__struct_fields__:
+            raw = os.environ.get(f"AUTOTUNE_PROJECTOR_{field.upper()}")
+            if raw:
+                kind = type(getattr(cfg, field))
+                setattr(cfg, field, raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw))
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(cfg, k, v)
+        return cfg
+
+
+def default_db_path(settings: Settings) -> str:
+    return os.environ.get("AUTOTUNE_PROJECTOR_DB") or os.path.join(settings.data_dir or ".", "autotune.duckdb")

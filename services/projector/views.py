@@ -1,0 +1,650 @@
+"""The projector's pure core: a batch of stream messages in, row changes out. No NATS, no DuckDB.
+
+`apply(state, batch)` decodes each message, skips what the state has already applied (seq <= its
+stream position: redeliveries and duplicates change nothing), evolves the rows of the upserted
+tables (tasks, experiments, hosts) and collects what the append-only tables get (whole rows, or the
+raw payloads that expand.py turns into rows in SQL). The state carries the row caches and the
+stream positions; the adapter (store.py) writes the Changes and the new positions in one
+transaction.
+
+Every update is a function of (rows, event) only, applied in log order, so the result does not
+depend on where batches begin and end: an incremental projection restarted anywhere equals a
+rebuild from the first event.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from autotune.projector import schema as sc
+from autotune.schemas import events as ev
+from autotune.schemas import subjects as subj
+from autotune.schemas.metrics import ExperimentMetrics
+
+EVENTS = subj.EVENTS_STREAM
+KNOWN_TYPES = frozenset(ev.tag_of(t) for t in ev.ALL_EVENT_TYPES)
+MAX_EVENT_BYTES = 8 * 1024 * 1024  # the stream's own max_msg_size
+DEAD_LETTER_BYTES = 256 * 1024  # raw bytes kept per dead letter; the stream keeps the whole message
+
+_json = msgspec.json.Encoder()
+
+
+def jsonstr(value: Any) -> str:
+    return _json.encode(value).decode()
+
+
+class Message(msgspec.Struct, frozen=True, array_like=True):
+    """One stream message as the projector sees it: where it sits in the log, and its raw bytes."""
+
+    stream: str
+    seq: int
+    subject: str
+    data: bytes
+    stored_us: int = 0  # JetStream store time, microseconds since the epoch (deterministic on replay)
+
+
+class Position(msgspec.Struct, kw_only=True):
+    """How far one stream is applied."""
+
+    stream: str
+    seq: int = 0
+    messages: int = 0
+    unknown: int = 0
+    dead_letters: int = 0
+
+    def row(self) -> tuple:
+        return (self.stream, self.seq, self.messages, self.unknown, self.dead_letters)
+
+
+Loader = Callable[[sc.Table, list[tuple]], list[dict]]
+
+RANK = {"planned": 0, "assigned": 1, "running": 2, "ready": 3, "cancelling": 4, "completed": 5, "failed": 5, "cancelled": 5}
+ACTIVE = frozenset({"assigned", "running", "ready", "cancelling"})
+TASK_TERMINAL = frozenset({"completed", "failed", "cancelled", "rejected"})
+
+
+class ViewState:
+    """What apply() needs between batches: stream positions and the rows of the upserted tables.
+
+    `complete` says the cache holds every row that exists (a fresh database); otherwise a miss asks
+    `loader` (the store). `stored` remembers which keys already exist in the store, so the adapter
+    deletes the old version of exactly those rows before inserting the new one.
+    """
+
+    def __init__(
+        self,
+        positions: dict[str, Position] | None = None,
+        *,
+        loader: Loader | None = None,
+        complete: bool = True,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        dead_letter_bytes: int = DEAD_LETTER_BYTES,
+    ) -> None:
+        self.positions: dict[str, Position] = positions or {}
+        self.rows: dict[str, dict[tuple, dict]] = {t.name: {} for t in sc.UPSERTED}
+        self.stored: dict[str, set[tuple]] = {t.name: set() for t in sc.UPSERTED}
+        self._absent: list[tuple[str, tuple]] = []
+        self.loader = loader
+        self.complete = complete or loader is None
+        self.max_event_bytes = max_event_bytes
+        self.dead_letter_bytes = dead_letter_bytes
+
+    def position(self, stream: str) -> Position:
+        p = self.positions.get(stream)
+        if p is None:
+            p = self.positions[stream] = Position(stream=stream)
+        return p
+
+    def prefetch(self, table: sc.Table, keys: Iterable[tuple]) -> None:
+        """Load the stored rows of `keys` that are not cached, in one round trip."""
+        if self.complete or self.loader is None:
+            return
+        cache = self.rows[table.name]
+        missing = [k for k in set(keys) if k not in cache]
+        if not missing:
+            return
+        for row in self.loader(table, missing):
+            key = tuple(row[c] for c in table.key)
+            cache[key] = row
+            self.stored[table.name].add(key)
+        for k in missing:  # remember misses for this batch: created rows replace the marker
+            if k not in cache:
+                cache[k] = _ABSENT
+                self._absent.append((table.name, k))
+
+    def get(self, table: sc.Table, key: tuple) -> dict | None:
+        row = self.rows[table.name].get(key)
+        if row is None and not self.complete and self.loader is not None:
+            self.prefetch(table, [key])
+            row = self.rows[table.name].get(key)
+        return None if row is _ABSENT else row
+
+    def forget_absent(self) -> None:
+        for name, k in self._absent:
+            if self.rows[name].get(k) is _ABSENT:
+                del self.rows[name][k]
+        self._absent.clear()
+
+    def trim(self, max_rows: int, pinned: Changes | None = None) -> None:
+        """Keep memory bounded: drop finished rows first (rarely touched again), then the rest, but
+        never the rows of `pinned` (a batch still being committed: the store has not got them)."""
+        for table in sc.UPSERTED:
+            cache, stored = self.rows[table.name], self.stored[table.name]
+            if len(cache) <= max_rows:
+                continue
+            self.complete = False
+            keep = pinned.upserts[table.name] if pinned is not None else {}
+            done = [k for k, r in cache.items() if k not in keep and r.get("status") in _FINISHED]
+            for k in done:
+                del cache[k]
+                stored.discard(k)
+            if len(cache) > max_rows:
+                for k in [k for k in cache if k not in keep]:
+                    del cache[k]
+                    stored.discard(k)
+
+
+_FINISHED = frozenset({"completed", "failed", "cancelled", "rejected", "removed"})
+_ABSENT: dict = {}
+
+
+class Changes:
+    """The row changes of one batch.
+
+    Upserted rows travel whole, by key (`replace`: the keys whose stored version is deleted
+    first). Append-only rows travel as the raw payloads they are made of, and the store expands
+    them in SQL (expand.py): DuckDB parses JSON in C++, off the GIL, far faster than Python
+    builds tuples. `gpu_samples` and `log_lines`: (seq, payload); `metrics`: (task, n, attempt,
+    payload) of the events whose raw samples become request_samples; `events` (its payload still
+    raw bytes), `experiment_runs` and `dead_letters`: whole rows in column order.
+    """
+
+    def __init__(self) -> None:
+        self.upserts: dict[str, dict[tuple, dict]] = {t.name: {} for t in sc.UPSERTED}
+        self.replace: dict[str, list[tuple]] = {t.name: [] for t in sc.UPSERTED}
+        self.events: list[tuple] = []
+        self.gpu_samples: list[tuple[int, bytes]] = []
+        self.log_lines: list[tuple[int, bytes]] = []
+        self.metrics: list[tuple[str, int, int, bytes]] = []
+        self.experiment_runs: list[tuple] = []
+        self.dead_letters: list[tuple] = []
+        self.positions: dict[str, Position] = {}
+        self.applied = 0
+        self.skipped = 0
+        self.unknown = 0
+        self.dead = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.positions
+
+    def summary(self) -> dict[str, int]:
+        return {"applied": self.applied, "skipped": self.skipped, "unknown": self.unknown, "dead_letters": self.dead}
+
+
+# --- apply ---------------------------------------------------------------------------------------------
+
+
+class _Unknown:
+    """A well-formed event of a type newer than this projector: kept in `events` and counted."""
+
+    __slots__ = ("tag", "fields")
+
+    def __init__(self, tag: str, fields: dict[str, Any]) -> None:
+        self.tag, self.fields = tag, fields
+
+
+def apply(state: ViewState, batch: Sequence[Message]) -> Changes:
+    """Apply one batch in order; returns the row changes and the new positions."""
+    ch = Changes()
+    decoded: list[tuple[Message, Any]] = []
+    for m in batch:
+        pos = state.position(m.stream)
+        if m.seq <= pos.seq:
+            ch.skipped += 1
+            continue
+        pos.seq = m.seq
+        pos.messages += 1
+        ch.positions[m.stream] = pos
+        decoded.append((m, _decode(state, m)))
+    _prefetch(state, decoded)
+    for m, event in decoded:
+        pos = state.positions[m.stream]
+        if isinstance(event, str):
+            _dead(state, ch, pos, m, event)
+            continue
+        if type(event) is _Unknown:
+            pos.unknown += 1
+            ch.unknown += 1
+            ch.events.append(_unknown_row(m, event))
+            continue
+        kind = type(event)
+        if kind is ev.GpuSample:  # rows built from the payload, in SQL
+            ch.gpu_samples.append((m.seq, m.data))
+        elif kind is ev.LogLines:
+            ch.log_lines.append((m.seq, m.data))
+        else:
+            if b'"at"' not in m.data:  # left out by its producer: msgspec's default is "now", which no replay repeats
+                event = msgspec.structs.replace(event, at=utc_from_us(m.stored_us))
+            try:
+                _evolve(state, ch, m, event)
+            except Exception as e:  # a bug in a view update must not stop the projection
+                _dead(state, ch, pos, m, f"cannot apply {kind.__name__}: {type(e).__name__}: {e}")
+                continue
+        ch.applied += 1
+        if m.stream == EVENTS:
+            ch.events.append(_event_row(m, event))
+    for table in sc.UPSERTED:
+        stored = state.stored[table.name]
+        ch.replace[table.name] = [k for k in ch.upserts[table.name] if k in stored]
+        stored.update(ch.upserts[table.name])
+    ch.positions = {s: msgspec.structs.replace(p) for s, p in ch.positions.items()}
+    state.forget_absent()
+    return ch
+
+
+def dead_letter(state: ViewState, m: Message, error: str) -> Changes:
+    """The changes that record `m` as a dead letter and nothing else (used when a batch with `m`
+    could not be written at all: the adapter isolates the message and records why)."""
+    ch = Changes()
+    pos = state.position(m.stream)
+    if m.seq <= pos.seq:
+        ch.skipped += 1
+        return ch
+    pos.seq = m.seq
+    pos.messages += 1
+    _dead(state, ch, pos, m, error)
+    ch.positions = {m.stream: msgspec.structs.replace(pos)}
+    return ch
+
+
+def _dead(state: ViewState, ch: Changes, pos: Position, m: Message, error: str) -> None:
+    pos.dead_letters += 1
+    ch.dead += 1
+    ch.positions[m.stream] = pos
+    raw = m.data[: state.dead_letter_bytes]
+    ch.dead_letters.append((m.stream, m.seq, m.subject, m.stored_us, len(m.data), raw, error))
+
+
+def _decode(state: ViewState, m: Message) -> Any:
+    """The typed event, an _Unknown (newer type: kept, counted) or an error string (dead letter)."""
+    if len(m.data) > state.max_event_bytes:
+        return f"oversized: {len(m.data)} bytes is more than the projector's limit of {state.max_event_bytes}"
+    try:
+        return ev.decode(m.data)
+    except msgspec.MsgspecError as strict:
+        try:
+            obj = msgspec.json.decode(m.data)
+        except msgspec.MsgspecError as e:
+            return f"not JSON: {e}"
+        if not isinstance(obj, dict):
+            return f"not an event: expected a JSON object, got {type(obj).__name__}"
+        tag = obj.get("type")
+        if not isinstance(tag, str) or not tag:
+            return "not an event: no `type` tag"
+        if tag in KNOWN_TYPES:
+            return f"invalid `{tag}`: {strict}"
+        return _Unknown(tag, obj)
+
+
+def _prefetch(state: ViewState, decoded: list[tuple[Message, Any]]) -> None:
+    if state.complete or state.loader is None:
+        return
+    tasks: set[tuple] = set()
+    exps: set[tuple] = set()
+    hosts: set[tuple] = set()
+    for _, e in decoded:
+        if isinstance(e, (ev.GpuSample, ev.LogLines, _Unknown)):
+            continue
+        task = getattr(e, "task", None)
+        if isinstance(task, str):
+            tasks.add((task,))
+            n = getattr(e, "n", None)
+            if n is not None:
+                exps.add((task, n, e.attempt))
+        host = getattr(e, "host", None)
+        if isinstance(host, str) and host:
+            hosts.add((host,))
+    state.prefetch(sc.TASKS, tasks)
+    state.prefetch(sc.EXPERIMENTS, exps)
+    cache = state.rows["experiments"]
+    hosts.update((r["host"],) for k in exps if (r := cache.get(k)) and r.get("host"))
+    state.prefetch(sc.HOSTS, hosts)
+
+
+# --- rows of the events table --------------------------------------------------------------------------
+
+
+def _event_row(m: Message, e: Any) -> tuple:
+    n = getattr(e, "n", None)
+    return (
+        m.stream, m.seq, m.stored_us, m.subject, e.id, e.__struct_config__.tag, True,
+        getattr(e, "task", None), n, e.attempt if n is not None else None,
+        getattr(e, "host", None) or None, e.at, m.data,
+    )  # fmt: skip
+
+
+def _unknown_row(m: Message, u: _Unknown) -> tuple:
+    f = u.fields
+    n = _int(f.get("n"))
+    attempt = _int(f.get("attempt", 0)) if n is not None else None
+    return (
+        m.stream, m.seq, m.stored_us, m.subject, _str(f.get("id")), u.tag, False,
+        _str(f.get("task")), n, attempt, _str(f.get("host")) or None, _time(f.get("at")), m.data,
+    )  # fmt: skip
+
+
+def _str(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def _int(v: Any) -> int | None:
+    return v if type(v) is int and -(2**63) <= v < 2**63 else None
+
+
+def _time(v: Any) -> datetime | None:
+    try:
+        return msgspec.convert(v, datetime) if isinstance(v, str) else None
+    except msgspec.MsgspecError:
+        return None
+
+
+# --- evolving the upserted rows ------------------------------------------------------------------------
+
+
+def _evolve(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
+    match e:
+        case ev.TaskSubmitted() | ev.TaskStarted() | ev.TaskRejected() | ev.TaskCancelRequested():
+            _task_event(state, ch, m, e)
+        case ev.TaskCompleted() | ev.TaskFailed() | ev.TaskCancelled():
+            _task_event(state, ch, m, e)
+        case ev.HostRegistered() | ev.HostDrainRequested() | ev.HostDrained() | ev.HostRemoved() | ev.HostLost():
+            _host_event(state, ch, m, e)
+        case _ if hasattr(e, "n"):
+            _experiment_event(state, ch, m, e)
+        case _:
+            raise TypeError(f"no view handles `{e.__struct_config__.tag}`")
+
+
+def _touch(ch: Changes, table: sc.Table, key: tuple, row: dict, m: Message, at: datetime) -> None:
+    row["last_seq"] = m.seq
+    row["last_event_at"] = at
+    ch.upserts[table.name][key] = row
+
+
+def _task_row(state: ViewState, task: str) -> dict:
+    key = (task,)
+    row = state.get(sc.TASKS, key)
+    if row is None:
+        row = sc.TASKS.empty_row()
+        row["id"] = task
+        for c in ("experiments_planned", "experiments_completed", "experiments_failed", "experiments_retried", "experiments_cancelled"):
+            row[c] = 0
+        state.rows["tasks"][key] = row
+    return row
+
+
+def _task_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
+    row = _task_row(state, e.task)
+    terminal = row["status"] in TASK_TERMINAL
+    match e:
+        case ev.TaskSubmitted():
+            spec = e.spec
+            opt = spec.get("optimization") if isinstance(spec.get("optimization"), dict) else {}
+            model = spec.get("model")
+            runtime = str(spec.get("base_runtime") or "sglang")
+            row.update(
+                name=e.name,
+                spec=jsonstr(spec),
+                simulate=e.simulate,
+                submitted_by=e.submitted_by or None,
+                cloned_from=e.cloned_from,
+                submitted_at=e.at,
+                strategy=row["strategy"] or opt.get("strategy") or "grid_search",
+                objective=opt.get("objective") or "minimize_latency",
+                engine="vllm" if runtime.lower().startswith("vllm") else "sglang",
+                model=model.get("id_or_path") if isinstance(model, dict) else model,
+                deployment_mode=spec.get("deployment_mode"),
+                gpu_type=spec.get("gpu_type"),
+            )
+            if row["status"] is None:
+                row["status"] = "submitted"
+        case ev.TaskStarted():
+            row.update(strategy=e.strategy, space_size=e.space_size, budget=e.budget)
+            row["started_at"] = row["started_at"] or e.at
+            if row["status"] in (None, "submitted"):
+                row["status"] = "running"
+        case ev.TaskRejected():
+            if not terminal:
+                row.update(status="rejected", reason=e.reason, reason_path=e.path or None, finished_at=e.at)
+        case ev.TaskCancelRequested():
+            row["cancel_requested_at"] = row["cancel_requested_at"] or e.at
+            if not terminal:
+                row.update(status="cancelling", reason=e.reason or row["reason"])
+        case ev.TaskCompleted():
+            if not terminal:
+                row.update(status="completed", reason=e.reason, finished_at=e.at)
+                if e.best_experiment is not None:
+                    row.update(best_n=e.best_experiment, best_attempt=e.best_attempt, best_score=e.best_score)
+                    if e.best_parameters is not None:
+                        row["best_parameters"] = jsonstr(e.best_parameters)
+                row["pareto"] = jsonstr(e.pareto)
+        case ev.TaskFailed():
+            if not terminal:
+                row.update(status="failed", reason=e.reason, finished_at=e.at)
+        case ev.TaskCancelled():
+            if not terminal:
+                row.update(status="cancelled", finished_at=e.at)
+    _touch(ch, sc.TASKS, (e.task,), row, m, e.at)
+
+
+def _host_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
+    key = (e.host,)
+    row = state.get(sc.HOSTS, key)
+    if row is None:
+        row = sc.HOSTS.empty_row()
+        row.update(host=e.host, running_experiments=0)
+        state.rows["hosts"][key] = row
+    match e:
+        case ev.HostRegistered():
+            row.update(
+                status="online",
+                instance=e.instance,
+                hostname=e.hostname or None,
+                node=e.node,
+                version=e.version or None,
+                gpus=jsonstr(e.gpus),
+                gpu_count=len(e.gpus),
+                runtimes=list(e.runtimes),
+                engines=list(e.engines),
+                simulated=e.simulated,
+                registered_at=e.at,
+            )
+            _host_status(row)
+        case ev.HostDrainRequested():
+            row.update(status="draining", drain_requested_at=e.at)
+        case ev.HostDrained():
+            row.update(status="drained", drained_at=e.at)
+        case ev.HostRemoved():
+            row.update(status="removed", removed_at=e.at)
+        case ev.HostLost():
+            row.update(status="lost", lost_at=e.at)
+    _touch(ch, sc.HOSTS, key, row, m, e.at)
+
+
+def _host_status(row: dict) -> None:
+    if row["status"] in ("online", "busy"):
+        row["status"] = "busy" if row["running_experiments"] else "online"
+
+
+def _host_running(state: ViewState, ch: Changes, host: str | None, delta: int) -> None:
+    """Hosts count their active attempts; an unregistered host has no row to count on."""
+    if not host:
+        return
+    row = state.get(sc.HOSTS, (host,))
+    if row is None:
+        return
+    row["running_experiments"] = max(0, (row["running_experiments"] or 0) + delta)
+    _host_status(row)
+    ch.upserts["hosts"][(host,)] = row
+
+
+def _experiment_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
+    key = (e.task, e.n, e.attempt)
+    row = state.get(sc.EXPERIMENTS, key)
+    if row is None:
+        row = sc.EXPERIMENTS.empty_row()
+        row.update(task=e.task, n=e.n, attempt=e.attempt)
+        state.rows["experiments"][key] = row
+    host = getattr(e, "host", "") or None
+    match e:
+        case ev.ExperimentPlanned():
+            if row["planned_at"] is None:
+                row["planned_at"] = e.at
+                if e.attempt == 0:
+                    task = _task_row(state, e.task)
+                    task["experiments_planned"] += 1
+                    _touch(ch, sc.TASKS, (e.task,), task, m, e.at)
+            row.update(parameters=jsonstr(e.parameters), gpus=e.gpus, retry_of=e.retry_of)
+            _advance(state, ch, m, row, "planned", None)
+        case ev.ExperimentAssigned():
+            if _advance(state, ch, m, row, "assigned", host):
+                row.update(
+                    gpu_indices=list(e.gpu_indices),
+                    gpu_uuids=list(e.gpu_uuids),
+                    parameters=jsonstr(e.parameters),
+                    deployment_mode=e.deployment_mode,
+                    simulated=e.simulated,
+                    timeout_s=e.timeout_s,
+                    gpu_type=e.gpu_type or None,
+                    assigned_at=e.at,
+                )
+                row["gpus"] = row["gpus"] or len(e.gpu_indices) or None
+        case ev.ExperimentCancelRequested():
+            row["cancel_requested_at"] = row["cancel_requested_at"] or e.at
+            row["cancel_reason"] = e.reason or row["cancel_reason"]
+            _advance(state, ch, m, row, "cancelling", host)
+        case ev.ExperimentStarted():
+            if _advance(state, ch, m, row, "running", host):
+                row.update(instance=e.instance, runtime=e.runtime, handle=e.handle or None, started_at=e.at)
+        case ev.ExperimentReady():
+            if _advance(state, ch, m, row, "ready", host):
+                row.update(startup_s=e.startup_s, ready_at=e.at)
+        case ev.ExperimentProgress():
+            if row["status"] not in ("completed", "failed", "cancelled"):
+                row["runs_done"] = max(row["runs_done"] or 0, e.run_index + 1)
+                row["runs_total"] = e.runs_total
+        case ev.ExperimentCompleted():
+            if _advance(state, ch, m, row, "completed", host, finished_at=e.at):
+                t = e.telemetry
+                row.update(
+                    score=e.score,
+                    objective_value=e.objective_value,
+                    objectives=list(e.objectives),
+                    slo_met=e.slo_met,
+                    slo_violations=jsonstr(e.slo_violations),
+                    hard_fail=e.hard_fail,
+                    startup_s=e.startup_s or row["startup_s"],
+                    duration_s=e.duration_s,
+                    telemetry_samples=t.samples,
+                    mean_util_gpu=t.mean_util_gpu,
+                    max_util_gpu=t.max_util_gpu,
+                    max_memory_used_mib=t.max_memory_used_mib,
+                    mean_power_w=t.mean_power_w,
+                    max_temperature_c=t.max_temperature_c,
+                )
+                _metrics(ch, row, e.metrics, m)
+                _best(state, ch, m, row, e)
+        case ev.ExperimentFailed():
+            was, row["retryable"] = row["retryable"], e.retryable  # _advance counts failed vs retried
+            if _advance(state, ch, m, row, "failed", host, finished_at=e.at):
+                row.update(
+                    failure_kind=e.kind,
+                    failure_stage=e.stage,
+                    failure_message=e.message or None,
+                    log_tail=list(e.log_tail) or None,
+                    startup_s=e.startup_s if e.startup_s is not None else row["startup_s"],
+                    duration_s=e.duration_s,
+                )
+                if e.metrics is not None:
+                    _metrics(ch, row, e.metrics, m)
+            else:
+                row["retryable"] = was
+        case ev.ExperimentCancelled():
+            if _advance(state, ch, m, row, "cancelled", host, finished_at=e.at):
+                row["cancel_reason"] = e.reason or row["cancel_reason"]
+        case _:
+            raise TypeError(f"no view handles `{e.__struct_config__.tag}`")
+    _touch(ch, sc.EXPERIMENTS, key, row, m, e.at)
+
+
+def _advance(
+    state: ViewState, ch: Changes, m: Message, row: dict, status: str, host: str | None, finished_at: datetime | None = None
+) -> bool:
+    """Move an attempt forward in its lifecycle (never back; the first terminal event wins), keeping
+    the host's active count and the task's counters in step. False when the event is stale."""
+    old = row["status"]
+    if old is not None and RANK[status] <= RANK[old]:
+        return False
+    old_host = row["host"]
+    new_host = host or old_host
+    if old in ACTIVE:
+        _host_running(state, ch, old_host, -1)
+    row["status"] = status
+    row["host"] = new_host
+    if status in ACTIVE:
+        _host_running(state, ch, new_host, +1)
+    if finished_at is not None:
+        row["finished_at"] = finished_at
+        task = _task_row(state, row["task"])
+        if status == "completed":
+            task["experiments_completed"] += 1
+        elif status == "failed":
+            task["experiments_retried" if row["retryable"] else "experiments_failed"] += 1
+        else:
+            task["experiments_cancelled"] += 1
+        _touch(ch, sc.TASKS, (row["task"],), task, m, finished_at)
+    return True
+
+
+def _best(state: ViewState, ch: Changes, m: Message, row: dict, e: ev.ExperimentCompleted) -> None:
+    """The best (lowest) score so far; TaskCompleted later states the scheduler's verdict."""
+    if e.hard_fail or not math.isfinite(e.score):
+        return
+    task = _task_row(state, e.task)
+    if task["status"] in TASK_TERMINAL:
+        return
+    if task["best_score"] is None or e.score < task["best_score"]:
+        task.update(best_n=e.n, best_attempt=e.attempt, best_score=e.score, best_parameters=row["parameters"])
+        _touch(ch, sc.TASKS, (e.task,), task, m, e.at)
+
+
+def _metrics(ch: Changes, row: dict, x: ExperimentMetrics, m: Message) -> None:
+    """Headline figures onto the attempt's row, one experiment_runs row per run; the raw samples
+    are expanded from the payload by the store, in SQL (far faster than Python tuples)."""
+    for h in sc.HEADLINE:
+        row[h] = getattr(x, h)
+    row.update(gpus=x.gpus, requests=x.requests, requests_completed=x.completed)
+    task, n, attempt = row["task"], row["n"], row["attempt"]
+    for i, r in enumerate(x.runs):
+        stats: list = []
+        for name in sc.RUN_STATS:
+            s = getattr(r, name)
+            stats += (s.count, s.min, s.max, s.mean, s.stddev, s.p25, s.p50, s.p75, s.p90, s.p95, s.p99)
+        ch.experiment_runs.append(
+            (
+                task, n, attempt, i, r.scenario, r.concurrency, r.requests, r.completed, r.errors,
+                jsonstr(r.errors_by_kind), r.duration_s, r.requests_per_s, r.input_tps, r.output_tps,
+                r.total_tps, r.goodput_rps, *stats,
+            )
+        )  # fmt: skip
+    if x.samples:
+        ch.metrics.append((task, n, attempt, m.data))
+
+
+def utc_from_us(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1e6, UTC)
