@@ -20,7 +20,9 @@ HOSTS_BUCKET = "autotune-hosts"
 LEASES_BUCKET = "autotune-leases"
 NAMES_BUCKET = "autotune-names"
 
-QUERY_SQL = "autotune.query.sql"
+QUERY_SQL = "autotune.query.sql"  # request/reply: read-only SQL on the projection
+QUERY_SNAPSHOT = "autotune.query.snapshot"  # request/reply: the projector writes a DuckDB snapshot file
+QUERY_REOPEN = "autotune.query.reopen"  # .<key>: a rebuild asks the projector owning a file to swap it in
 
 TASK_EVENTS = ("submitted", "started", "rejected", "cancel_requested", "completed", "failed", "cancelled")
 EXP_EVENTS = ("planned", "started", "ready", "progress", "completed", "failed", "cancelled")

@@ -19,7 +19,7 @@ from autotune.schemas import subjects as subj
 from nats.aio.client import Client as NATS
 
 QUERY_SQL = subj.QUERY_SQL
-QUERY_SNAPSHOT = "autotune.query.snapshot"  # request/reply: {path, overwrite?} -> the projector writes a file
+QUERY_SNAPSHOT = subj.QUERY_SNAPSHOT  # request/reply: {path, overwrite?} -> the projector writes a file
 QUEUE_GROUP = "projector"
 
 NO_PROJECTOR = f"no projector is answering on {QUERY_SQL}; is `autotune up` running?"

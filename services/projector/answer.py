@@ -26,7 +26,7 @@ from autotune.shared.query import QUERY_SNAPSHOT, QUERY_SQL, QUEUE_GROUP
 from nats.aio.msg import Msg
 
 log = logging.get("projector")
-REOPEN_PREFIX = "autotune.query.reopen"
+REOPEN_PREFIX = subj.QUERY_REOPEN
 
 
 def reopen_subject(db_path: str) -> str:
