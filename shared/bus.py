@@ -45,6 +45,10 @@ async def connect(settings: Settings, name: str, *, connect_timeout: float = 5.0
     )
     if settings.creds:
         opts["user_credentials"] = settings.creds
+    if settings.tls_ca:
+        import ssl
+
+        opts["tls"] = ssl.create_default_context(cafile=settings.tls_ca)
 
     async def _err(e: Exception) -> None:
         log.warning("nats error", error=repr(e))
@@ -98,16 +102,26 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
     role but admin in secure mode — only needs to read their info); `update_streams` is for admins.
     """
     for cfg in stream_configs(settings):
-        try:
-            await js.stream_info(cfg.name)
-            continue
-        except NotFoundError:
-            pass
-        try:
-            await js.add_stream(cfg)
-        except BadRequestError as e:
-            if e.err_code != 10058:  # created concurrently with another configuration
-                raise
+        for attempt in range(10):
+            try:
+                await js.stream_info(cfg.name)
+                break
+            except NotFoundError:
+                try:
+                    await js.add_stream(cfg)
+                except BadRequestError as e:
+                    if e.err_code != 10058:  # created concurrently with another configuration
+                        raise
+                except TimeoutError:
+                    raise ProvisionError(
+                        f"stream {cfg.name} is missing and this connection may not create it; "
+                        "provision as admin first (autotune up does), or check the NATS credentials"
+                    ) from None
+                break
+            except (TimeoutError, ServiceUnavailableError, nats.errors.NoRespondersError):
+                if attempt == 9:  # a cluster that has no JetStream leader yet
+                    raise
+                await asyncio.sleep(0.5)
     await kv_bucket(js, subj.HOSTS_BUCKET, settings, ttl_markers=True)
     await kv_bucket(js, subj.LEASES_BUCKET, settings, ttl_markers=True)
     await kv_bucket(js, subj.NAMES_BUCKET, settings)
@@ -170,6 +184,10 @@ async def kv_renew(kv: Any, key: str, value: bytes, *, last: int, ttl: float | N
 
 
 # --- appending ---------------------------------------------------------------------------------------
+
+
+class ProvisionError(RuntimeError):
+    """The streams are missing and this role may not create them."""
 
 
 class StaleWrite(Exception):
@@ -359,6 +377,9 @@ async def durable_consume(
         while not stop.is_set():
             try:
                 msgs = await psub.fetch(batch, timeout=1.0)
+            except (ServiceUnavailableError, nats.errors.NoRespondersError, NoStreamResponseError):
+                await asyncio.sleep(0.5)  # a stream leader election: the consumer comes back
+                continue
             except TimeoutError:  # nats-py raises both its own and asyncio's
                 if burst:
                     info = await psub.consumer_info()

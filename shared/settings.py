@@ -16,6 +16,7 @@ def default_data_dir() -> Path:
 class Settings(msgspec.Struct, kw_only=True):
     nats_url: str = "nats://127.0.0.1:4222"
     creds: str | None = None  # NATS credentials file for this role
+    tls_ca: str | None = None  # CA file: connect with TLS and verify the server against it
     data_dir: str = ""
     replicas: int = 1  # stream and KV replicas (3 in a cluster)
     telemetry_max_age_s: float = 7 * 24 * 3600
@@ -29,6 +30,7 @@ class Settings(msgspec.Struct, kw_only=True):
         s = cls(
             nats_url=env.get("AUTOTUNE_NATS_URL", cls.nats_url),
             creds=env.get("AUTOTUNE_NATS_CREDS") or None,
+            tls_ca=env.get("AUTOTUNE_NATS_CA") or None,
             data_dir=env.get("AUTOTUNE_DATA_DIR", "") or str(default_data_dir()),
             replicas=int(env.get("AUTOTUNE_REPLICAS", "1")),
             host_ttl_s=float(env.get("AUTOTUNE_HOST_TTL_S", "10")),

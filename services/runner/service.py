@@ -309,7 +309,7 @@ class Runner:
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await asyncio.sleep(self.rs.heartbeat_s)
+            await asyncio.sleep(min(self.rs.heartbeat_s, self.settings.host_ttl_s / 4))  # several beats per TTL: a busy machine must not look dead
             try:
                 await self._publish_live()
             except KeyWrongLastSequenceError:
