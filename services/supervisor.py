@@ -43,8 +43,13 @@ class Stack:
     nats: NatsServer
     children: list[Child]
 
+    secure: bool = False
+
     def info(self) -> dict:
-        return {"nats_url": self.nats_url, "api_url": self.api_url, "api_token": self.api_token, "pid": os.getpid(), "data_dir": str(self.data_dir)}
+        return {
+            "nats_url": self.nats_url, "api_url": self.api_url, "api_token": self.api_token, "pid": os.getpid(),
+            "data_dir": str(self.data_dir), "secure": self.secure,
+        }
 
 
 def stack_file(data_dir: Path) -> Path:
@@ -67,30 +72,78 @@ def service_argv(service: str, nats_url: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "autotune.cli", "run", service, "--nats", nats_url, *extra]
 
 
+def host_ids(count: int) -> list[str]:
+    return ["local"] if count == 1 else [f"local-{i}" for i in range(count)]
+
+
 def start_nats(data_dir: Path, port: int) -> NatsServer:
     return NatsServer(data_dir / "nats", port=port, log_file=str(data_dir / "logs" / "nats-server.log")).start()
 
 
+def start_secure_nats(data_dir: Path, port: int, secure_hosts: list[str]) -> tuple[NatsServer, dict[str, str]]:
+    """nats-server with JetStream and a user per role and host (passwords in a 0600 file)."""
+    from autotune.shared import security
+
+    log_file = str(data_dir / "logs" / "nats-server.log")
+    passwords = security.generate_credentials(data_dir, secure_hosts)
+    conf = data_dir / "nats" / "nats.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(security.render_config(port=port, store_dir=str(data_dir / "nats"), hosts=secure_hosts, passwords=passwords))
+    return NatsServer(data_dir / "nats", port=port, config=str(conf), log_file=log_file).start(), passwords
+
+
+def role_url(nats_url: str, passwords: dict[str, str] | None, user: str) -> str:
+    if passwords is None:
+        return nats_url
+    from autotune.shared import security
+
+    return security.nats_url(nats_url, user, passwords[user])
+
+
 def build_children(
-    nats_url: str, data_dir: Path, *, api_port: int, hosts: int, simulate: str | None, time_scale: float, api_token: str | None
+    nats_url: str, data_dir: Path, *, api_port: int, hosts: int, simulate: str | None, time_scale: float, api_token: str | None,
+    passwords: dict[str, str] | None = None,
 ) -> list[Child]:
+    """Every service as a child. In secure mode each connects as its own NATS user, its credentials
+    in its environment (never on a command line, which `ps` shows)."""
     env = {"AUTOTUNE_DATA_DIR": str(data_dir)}
     if api_token:
         env["AUTOTUNE_API_TOKEN"] = api_token
+
+    def child(name: str, service: str, user: str, *extra: str) -> Child:
+        if passwords is None:
+            return Child(name, service_argv(service, nats_url, *extra), env)
+        argv = [sys.executable, "-m", "autotune.cli", "run", service, *extra]
+        return Child(name, argv, {**env, "AUTOTUNE_NATS_URL": role_url(nats_url, passwords, user)})
+
     children = [
-        Child("projector", service_argv("projector", nats_url), env),
-        Child("scheduler", service_argv("scheduler", nats_url), env),
-        Child("api", service_argv("api", nats_url, "--port", str(api_port)), env),
+        child("projector", "projector", "projector"),
+        child("scheduler", "scheduler", "scheduler"),
+        child("api", "api", "api", "--port", str(api_port)),
     ]
-    for i in range(hosts):
-        host = "local" if hosts == 1 else f"local-{i}"
+    for host in host_ids(hosts):
         extra = ["--host", host, "--time-scale", str(time_scale)]
         if simulate:
             extra += ["--simulate", simulate]
-        children.append(Child(f"runner-{host}", service_argv("runner", nats_url, *extra), env))
+        children.append(child(f"runner-{host}", "runner", f"runner-{host}", *extra))
         gm = ["--host", host] + (["--simulate", simulate] if simulate else [])
-        children.append(Child(f"gpumon-{host}", service_argv("gpumon", nats_url, *gm), env))
+        children.append(child(f"gpumon-{host}", "gpumon", f"gpumon-{host}", *gm))
     return children
+
+
+async def provision_as_admin(nats_url: str, passwords: dict[str, str] | None, data_dir: Path) -> None:
+    """Create the streams and buckets before any service starts (in secure mode only admin may)."""
+    from autotune.shared import bus
+    from autotune.shared.settings import Settings
+
+    s = Settings(nats_url=role_url(nats_url, passwords, "admin"), data_dir=str(data_dir))
+    nc = await bus.connect(s, "up")
+    try:
+        await bus.provision(nc.jetstream(), s)
+    finally:
+        await nc.close()
 
 
 async def _spawn(child: Child, logs: Path) -> None:
