@@ -104,7 +104,7 @@ async def main(argv: list[str] | None = None) -> int:
     experiments = 12 if args.short else 30
     params = {"max-running-requests": [4, 8, 16, 32, 64, 128], "mem-fraction-static": [0.7, 0.8, 0.85, 0.88, 0.9]}
     raw = small_spec("chaos", parameters=params, optimization={"max_iterations": experiments, "max_parallel": 3, "timeout_per_iteration": 120},
-                     benchmark={"max_requests_per_iteration": 24})
+                     benchmark={"max_requests_per_iteration": 40})
     task = await submit(js, raw)
 
     kills: Counter[str] = Counter()
@@ -112,7 +112,10 @@ async def main(argv: list[str] | None = None) -> int:
     pending: list[tuple[float, Service]] = []
     deadline = time.monotonic() + (300 if args.short else 900)
     max_kills = 5 if args.short else 14
-    next_kill = time.monotonic() + rng.uniform(2, 5)
+    gap = (1.5, 3.5) if args.short else (3.0, 8.0)
+    next_kill = time.monotonic() + rng.uniform(*gap)
+    # every kind of victim in a seeded order, round after round, so each is killed at least once
+    victims: list[str] = []
     final = None
     while time.monotonic() < deadline:
         now = time.monotonic()
@@ -122,12 +125,15 @@ async def main(argv: list[str] | None = None) -> int:
                 restarts += 1
                 pending.remove((due, s))
         if now >= next_kill and sum(kills.values()) < max_kills:
-            victim = services[rng.choice(["scheduler", "projector", "api", rng.choice(hosts)])]
+            if not victims:
+                victims = ["scheduler", "projector", "api", rng.choice(hosts)]
+                rng.shuffle(victims)
+            victim = services[victims.pop()]
             if victim.alive:
                 victim.kill()
                 kills[victim.name if victim.name not in hosts else "runner"] += 1
                 pending.append((now + rng.uniform(1.0, 4.0), victim))
-            next_kill = now + rng.uniform(3, 8)
+            next_kill = now + rng.uniform(*gap)
         last = await bus.last_seq(js, f"autotune.task.{task}.*")
         if last:
             msg = await js.get_msg("AUTOTUNE_EVENTS", last)
