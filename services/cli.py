@@ -1,7 +1,11 @@
 """The `autotune` command line. Every command has --help with examples; --json for scripts.
 
+It talks to NATS directly (the stack `autotune up` started is found through <data dir>/up.json, else
+$AUTOTUNE_NATS_URL or --nats) and reads through the projector's query service, so it needs no API
+server. It shows what the HTTP API shows, in the same shapes with --json.
+
 Exit codes: 0 ok; 1 the thing asked for failed (task failed, query error); 2 bad input (invalid
-task file, unknown task); 3 autotune is not reachable (no NATS / no projector).
+task file, unknown task, host or experiment); 3 autotune is not reachable (no NATS / no projector).
 """
 
 from __future__ import annotations
@@ -10,13 +14,17 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import textwrap
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from autotune import __version__
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
+SIMULATED = "[SIMULATED engines and GPUs]"
 
 
 def _settings(args: argparse.Namespace):
@@ -42,8 +50,12 @@ async def _connect(args):
     from autotune.shared import bus
 
     s = _settings(args)
+
+    async def quiet(_: Exception) -> None:  # the one message below says it better
+        pass
+
     try:
-        nc = await bus.connect(s, "cli", connect_timeout=3, max_reconnect_attempts=1, allow_reconnect=False)
+        nc = await bus.connect(s, "cli", connect_timeout=3, max_reconnect_attempts=1, allow_reconnect=False, error_cb=quiet)
     except Exception:
         raise Unreachable(f"cannot reach NATS at {s.nats_url}; start autotune with `autotune up` (or pass --nats URL)") from None
     return nc, s
@@ -53,7 +65,144 @@ class Unreachable(Exception):
     pass
 
 
-# --- commands ------------------------------------------------------------------------------------------
+class Failed(Exception):
+    """The command ran and what it asked for failed (exit 1)."""
+
+
+# --- running a command: connect, map errors to exit codes -------------------------------------------------
+
+
+def _run_async(coro) -> int:
+    try:
+        return asyncio.run(coro)
+    except Unreachable as e:
+        return _err(str(e), EXIT_UNREACHABLE)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _lean_imports(args) -> None:
+    """nats-py imports aiohttp (for ws:// servers) whenever it is installed: half a second, most of a
+    short command's time. A command talking plain NATS does not need it, so it is kept out."""
+    url = getattr(args, "nats", None) or os.environ.get("AUTOTUNE_NATS_URL", "")
+    if "ws://" not in url and "wss://" not in url:
+        sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]  # `import aiohttp` now raises ImportError
+
+
+def _with_nats(args, fn) -> int:
+    """Run `fn(nc, js, settings)` on a fresh connection; domain errors become messages and exit codes."""
+    _lean_imports(args)
+    from autotune.api.reads import BadRequest, NotFound
+    from autotune.api.stream import BadSubject
+    from autotune.schemas.spec import SpecError
+    from autotune.shared import commands
+    from autotune.shared import query as q
+
+    async def main() -> int:
+        nc, settings = await _connect(args)
+        try:
+            return await fn(nc, nc.jetstream(), settings) or EXIT_OK
+        except (NotFound, BadRequest, BadSubject, commands.UnknownTask, commands.UnknownHost, commands.DuplicateTask) as e:
+            return _err(str(e), EXIT_INPUT)
+        except SpecError as e:
+            return _err(f"invalid task spec: {e}", EXIT_INPUT)
+        except q.QueryError as e:
+            unreachable = any(s in e.message for s in ("no projector is answering", "did not answer within", "is behind"))
+            return _err(e.message, EXIT_UNREACHABLE if unreachable else EXIT_FAILED)
+        except Failed as e:
+            return _err(str(e), EXIT_FAILED)
+        except (TimeoutError, ConnectionError) as e:
+            return _err(f"NATS did not answer ({type(e).__name__}); is autotune up?", EXIT_UNREACHABLE)
+        finally:
+            await nc.close()
+
+    return _run_async(main())
+
+
+async def _ensure_provisioned(js, settings) -> None:
+    """A stack that just started may not have created its buckets yet: create what is missing."""
+    from autotune.shared import bus
+
+    try:
+        await bus.provision(js, settings)
+    except Exception:  # a role that may not create them: the services will
+        pass
+
+
+# --- output -------------------------------------------------------------------------------------------------
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(width=max(120, os.get_terminal_size().columns if sys.stdout.isatty() else 200), highlight=False)
+
+
+def _dump(value: Any) -> None:
+    import msgspec
+
+    print(json.dumps(msgspec.to_builtins(value), default=str))
+
+
+def _cell(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 10_000 else f"{v:.{digits}g}"
+    if isinstance(v, dict):
+        return " ".join(f"{k}={x}" for k, x in v.items() if not str(k).startswith("__"))
+    if isinstance(v, list):
+        return ",".join(str(x) for x in v)
+    return str(v)
+
+
+def _table(title: str | None, columns: list[str], rows: list[list[Any]]):
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*[_cell(v) for v in r])
+    return t
+
+
+def _print_rows(res, as_json: bool, title: str | None = None) -> None:
+    rows = res.rows_as_dicts()
+    if as_json:
+        print(json.dumps(rows, default=str))
+        return
+    _console().print(_table(title, res.columns, res.rows))
+
+
+def _ago(ts: str | None) -> str:
+    if not ts:
+        return ""
+    try:
+        t = datetime.fromisoformat(ts)
+    except ValueError:
+        return ts
+    s = (datetime.now(UTC) - t).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s / size:.0f}{unit} ago"
+    return f"{max(s, 0):.0f}s ago"
+
+
+def _when(text: str) -> datetime:
+    """`10m`, `2h`, `1d`, `30s` ago, or an ISO 8601 time."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if m:
+        size = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return datetime.now(UTC) - timedelta(seconds=float(m.group(1)) * size)
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"`{text}` is neither a duration (10m, 2h, 1d) nor an ISO 8601 time") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+# --- commands: services ---------------------------------------------------------------------------------
 
 
 def cmd_run(args) -> int:
@@ -131,9 +280,8 @@ def asyncio_run_up(args, lifecycle) -> int:
         if token:
             print(f"  API token {token}   (send `Authorization: Bearer <token>` on POST)")
         print(f"  data      {data}   (logs in {data / 'logs'})")
-        if args.simulate or True:
-            print("  hosts     " + ", ".join(c.name.removeprefix("runner-") for c in children if c.name.startswith("runner-"))
-                  + ("  [SIMULATED GPUs and engines]" if args.simulate else "  (simulated GPUs when NVML finds none)"))
+        print("  hosts     " + ", ".join(c.name.removeprefix("runner-") for c in children if c.name.startswith("runner-"))
+              + ("  [SIMULATED GPUs and engines]" if args.simulate else "  (simulated GPUs when NVML finds none)"))
         sys.stdout.flush()
         try:
             await sv.supervise(children, data / "logs", stop)
@@ -161,35 +309,40 @@ def _kill_leftover_engines(hosts: list[str]) -> None:
                 pass
 
 
+
+
+# --- commands: tasks ------------------------------------------------------------------------------------------
+
+
 def cmd_submit(args) -> int:
-    from autotune.schemas.spec import SpecError, load_spec_file
+    from autotune.schemas.spec import SpecError
     from autotune.shared import commands
 
     try:
-        spec = load_spec_file(args.file)
+        with open(args.file, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        return _err(f"cannot read the task file {args.file}: {e.strerror}")
+    try:
+        spec = commands.parse(text, source=args.file)
     except SpecError as e:
         return _err(f"invalid task file {e}")
 
-    async def main() -> int:
-        nc, _ = await _connect(args)
-        try:
-            js = nc.jetstream()
-            try:
-                task, seq = await commands.submit_task(js, spec, simulate=args.simulate, submitted_by="cli")
-            except commands.DuplicateTask as e:
-                return _err(str(e))
-            if args.json and not args.watch:
-                print(json.dumps({"id": task, "seq": seq}))
-                return EXIT_OK
-            print(f"submitted task {task}" + (" (SIMULATED rehearsal)" if args.simulate else ""))
-            if not args.watch:
-                print(f"  follow it: autotune task {task}   |   autotune submit ... --watch   |   nats sub 'autotune.task.{task}.>'")
-                return EXIT_OK
-            return await _watch_and_report(js, task, spec_dict=None, simulated=args.simulate or spec.deployment_mode == "simulated", as_json=args.json)
-        finally:
-            await nc.close()
+    async def main(nc, js, settings) -> int:
+        await _ensure_provisioned(js, settings)
+        task, seq = await commands.submit_task(js, spec, simulate=args.simulate, submitted_by="cli")
+        simulated = args.simulate or spec.deployment_mode == "simulated"
+        if args.json and not args.watch:
+            print(json.dumps({"id": task, "seq": seq, "simulate": simulated}))
+            return EXIT_OK
+        if not args.json:
+            print(f"submitted task {task}" + (f"  {SIMULATED} (a rehearsal: figures are not real hardware)" if simulated else ""))
+        if not args.watch:
+            print(f"  follow it: autotune task {task}   |   autotune events --follow autotune.task.{task}.>   |   nats sub 'autotune.task.{task}.>'")
+            return EXIT_OK
+        return await _watch_and_report(js, task, spec_dict=None, simulated=simulated, as_json=args.json)
 
-    return _run_async(main())
+    return _with_nats(args, main)
 
 
 async def _watch_and_report(js, task: str, *, spec_dict: dict | None, simulated: bool, as_json: bool = False) -> int:
@@ -200,114 +353,426 @@ async def _watch_and_report(js, task: str, *, spec_dict: dict | None, simulated:
     final = view.final
     if isinstance(final, ev.TaskCompleted):
         if spec_dict is None:
-            from autotune.shared import bus
+            from autotune.shared import commands
 
-            async for d in bus.replay(js, f"autotune.task.{task}.submitted", follow=False):
-                spec_dict = d.event.spec
-        cmd = best_command(spec_dict or {}, final.best_parameters or {})
+            spec_dict = (await commands.submitted(js, task)).spec
+        cmd = best_command(spec_dict or {}, final.best_parameters or {}) if final.best_parameters is not None else None
         if as_json:
-            print(json.dumps({"task": task, "status": "completed", "best_experiment": final.best_experiment, "best_score": final.best_score, "best_parameters": final.best_parameters, "command": cmd}))
+            print(json.dumps({"task": task, "status": "completed", "simulate": view.simulated, "reason": final.reason,
+                              "best_experiment": final.best_experiment, "best_score": final.best_score,
+                              "best_parameters": final.best_parameters, "pareto": final.pareto, "command": cmd}))  # fmt: skip
+        elif final.best_experiment is None:
+            print(f"\ntask {task} completed ({final.reason}) without a successful experiment")
         else:
             print(f"\nbest configuration: experiment {final.best_experiment}, score {final.best_score:.4f} ({final.reason})")
             print(f"  {cmd}")
             if view.simulated:
                 print("  (measured on SIMULATED engines and GPUs: rehearse here, confirm on real hardware)")
+            print(f"  as docker run / Kubernetes: autotune best {task} --format docker | k8s")
         return EXIT_OK
     if isinstance(final, ev.TaskRejected):
         return _err(f"task rejected: {final.path}: {final.reason}")
     reason = getattr(final, "reason", "cancelled")
-    print(f"task {task} ended: {type(final).__name__} {reason}")
+    if as_json:
+        print(json.dumps({"task": task, "status": type(final).__name__.removeprefix("Task").lower(), "reason": reason, "simulate": view.simulated}))
+    else:
+        print(f"task {task} ended: {type(final).__name__} {reason}")
     return EXIT_FAILED
 
 
-def _run_async(coro) -> int:
-    try:
-        return asyncio.run(coro)
-    except Unreachable as e:
-        return _err(str(e), EXIT_UNREACHABLE)
-    except KeyboardInterrupt:
-        return 130
-
-
-def _print_rows(res, as_json: bool, title: str | None = None) -> None:
-    rows = res.rows_as_dicts()
-    if as_json:
-        print(json.dumps(rows, default=str))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=title, title_justify="left")
-    for c in res.columns:
-        t.add_column(c, overflow="fold")
-    for r in res.rows:
-        t.add_row(*["" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in r])
-    Console(width=max(120, os.get_terminal_size().columns if sys.stdout.isatty() else 200)).print(t)
-
-
-def _query_cmd(sql: str, params: list | None, args, title: str | None = None, empty: str | None = None) -> int:
-    from autotune.shared import query as q
-
-    async def main() -> int:
-        nc, _ = await _connect(args)
-        try:
-            try:
-                res = await q.sql(nc, sql, params, limit=getattr(args, "limit", None))
-            except q.QueryError as e:
-                return _err(str(e), EXIT_FAILED)
-            if empty and not res.rows:
-                return _err(empty)
-            _print_rows(res, args.json, title)
-            return EXIT_OK
-        finally:
-            await nc.close()
-
-    return _run_async(main())
-
-
-def cmd_sql(args) -> int:
-    return _query_cmd(args.query, None, args)
-
-
 def cmd_tasks(args) -> int:
-    where = "WHERE status = ?" if args.status else ""
-    return _query_cmd(
-        f"SELECT id, status, strategy, objective, model, deployment_mode, experiments_completed AS done, experiments_failed AS failed, "
-        f"best_n AS best, round(best_score, 4) AS best_score, submitted_at FROM tasks {where} ORDER BY submitted_at DESC",
-        [args.status] if args.status else None, args, "tasks",
-    )
+    from autotune.api import reads
+
+    async def main(nc, js, settings) -> int:
+        page = await reads.list_tasks(nc, status=args.status, name=args.name, limit=args.limit, offset=args.offset)
+        if args.json:
+            _dump(page.items)
+            return EXIT_OK
+        rows = [
+            [t.id, t.status, "SIMULATED" if t.simulate else t.deployment_mode, t.strategy, t.objective, t.model,
+             f"{t.experiments_completed + t.experiments_failed}/{t.budget or '?'}", t.experiments_failed, t.best_n,
+             t.best_score, _ago(t.submitted_at)]
+            for t in page.items
+        ]  # fmt: skip
+        title = f"tasks ({len(page.items)} of {page.total})"
+        _console().print(_table(title, ["id", "status", "mode", "strategy", "objective", "model", "done", "failed", "best", "best score", "submitted"], rows))
+        return EXIT_OK
+
+    return _with_nats(args, main)
 
 
 def cmd_task(args) -> int:
-    return _query_cmd("SELECT * FROM tasks WHERE id = ?", [args.id], args, f"task {args.id}", empty=f"no task `{args.id}`")
+    from autotune.api import reads
+
+    async def main(nc, js, settings) -> int:
+        t = await reads.task_detail(nc, args.id)
+        if args.json:
+            _dump(t)
+            return EXIT_OK
+        c = _console()
+        p = t.progress
+        c.print(f"[bold]task {t.id}[/bold]" + (f"  [bold yellow]{SIMULATED}[/bold yellow]" if t.simulate else ""))
+        reason = f"{t.reason_path}: {t.reason}" if t.reason and t.reason_path else t.reason
+        c.print(f"  status     {t.status}" + (f" ({reason})" if reason else "") + (f"  cloned from {t.cloned_from}" if t.cloned_from else ""))
+        c.print(f"  tunes      {t.engine} {t.model}  mode {t.deployment_mode}" + (f"  gpu_type {t.gpu_type}" if t.gpu_type else ""))
+        c.print(f"  strategy   {t.strategy}, {' + '.join(t.objectives)}")
+        bar = ""
+        if p.budget:
+            filled = int(30 * min(p.done, p.budget) / p.budget)
+            bar = "█" * filled + "░" * (30 - filled) + " "
+        c.print(f"  progress   {bar}{p.done}/{p.budget or '?'} done: {p.completed} completed, {p.failed} failed, {p.running} running, "
+                f"{p.retried} retried, {p.cancelled} cancelled" + (f"  ({p.elapsed_s:.0f}s" + (f" of {p.time_budget_s:.0f}s" if p.time_budget_s else "") + ")" if p.elapsed_s else ""))  # fmt: skip
+        c.print(f"  submitted  {t.submitted_at}" + (f" by {t.submitted_by}" if t.submitted_by else "") + (f"; finished {t.finished_at}" if t.finished_at else ""))
+        if t.best:
+            b = t.best
+            c.print(f"  best       experiment {b.n} (attempt {b.attempt}), score {_cell(b.score)}: {_cell(b.parameters)}")
+            c.print(f"             {b.command}", soft_wrap=True)
+            if t.simulate:
+                c.print("             (measured on SIMULATED engines and GPUs)")
+        for i, pt in enumerate(t.pareto):
+            c.print(("  pareto     " if i == 0 else "             ") + f"experiment {pt.n}: objectives {', '.join(_cell(v) for v in pt.objectives)}  {_cell(pt.parameters)}")
+        c.print(f"  more       autotune experiments {t.id} --sort score   |   autotune best {t.id} --format docker   |   autotune clone {t.id}")
+        return EXIT_OK
+
+    return _with_nats(args, main)
+
+
+EXP_COLUMNS = [("n", "n"), ("attempt", "try"), ("status", "status"), ("host", "host"), ("parameters", "parameters"), ("score", "score"),
+               ("mean_total_tps_per_gpu", "tok/s/GPU"), ("mean_ttft", "TTFT s"), ("mean_tpot", "TPOT s"), ("mean_e2e_latency", "e2e s"),
+               ("slo_met", "SLO met"), ("failure_kind", "failure")]  # fmt: skip
 
 
 def cmd_experiments(args) -> int:
-    order = {"score": "score NULLS LAST", "n": "n, attempt"}.get(args.sort, f"{args.sort} NULLS LAST")
-    return _query_cmd(
-        "SELECT n, attempt, status, host, parameters, round(score, 4) AS score, round(mean_total_tps_per_gpu, 1) AS tps_per_gpu, "
-        "round(mean_ttft, 4) AS ttft, round(mean_tpot, 5) AS tpot, round(mean_e2e_latency, 3) AS e2e, slo_met, failure_kind "
-        f"FROM experiments WHERE task = ? ORDER BY {order}",
-        [args.id], args, f"experiments of {args.id}",
-    )
+    from autotune.api import reads
+
+    async def main(nc, js, settings) -> int:
+        page = await reads.list_experiments(nc, args.id, status=args.status, sort=args.sort, order="desc" if args.desc else None,
+                                            latest=args.latest, limit=args.limit)  # fmt: skip
+        if args.json:
+            _dump(page.items)
+            return EXIT_OK
+        title = f"experiments of {args.id} ({len(page.items)} of {page.total}, by {args.sort})" + (f"  {SIMULATED}" if page.simulate else "")
+        rows = [[r.get(c) for c, _ in EXP_COLUMNS] for r in page.items]
+        _console().print(_table(title, [h for _, h in EXP_COLUMNS], rows))
+        return EXIT_OK
+
+    return _with_nats(args, main)
+
+
+def cmd_experiment(args) -> int:
+    from autotune.api import reads
+
+    async def main(nc, js, settings) -> int:
+        d = await reads.experiment_detail(nc, args.id, args.n, attempt=args.attempt, log_lines=args.log_lines)
+        if args.json:
+            _dump(d)
+            return EXIT_OK
+        c = _console()
+        e = d.experiment
+        c.print(f"[bold]experiment {d.n} of task {d.task}[/bold] (attempt {d.attempt})" + (f"  [bold yellow]{SIMULATED}[/bold yellow]" if d.simulate else ""))
+        c.print(f"  status      {d.status}" + (f"  score {_cell(e.get('score'))}" if e.get("score") is not None else "")
+                + (f"  SLO {'met' if e.get('slo_met') else 'violated'}" if e.get("slo_met") is not None else ""))  # fmt: skip
+        c.print(f"  placed on   {e.get('host') or '-'} GPUs {_cell(e.get('gpu_indices')) or '-'} ({e.get('gpu_type') or '?'}), runtime {e.get('runtime') or '-'}")
+        c.print(f"  parameters  {_cell(d.parameters)}")
+        if d.command:
+            c.print(f"  command     {d.command}", soft_wrap=True)
+        c.print(f"  timing      startup {_cell(e.get('startup_s')) or '-'} s, total {_cell(e.get('duration_s')) or '-'} s, started {e.get('started_at') or '-'}")
+        if d.failure:
+            f = d.failure
+            c.print(f"  [red]failed[/red]      {f['kind']} at {f['stage']}" + (" (retried)" if f.get("retryable") else "") + f": {f.get('message') or ''}")
+            for line in f.get("log_tail") or []:
+                c.print(f"    | {line}", soft_wrap=True)
+        if d.runs:
+            cols = ["run", "scenario", "concurrency", "requests", "errors", "requests_per_s", "output_tps", "total_tps", "ttft_p50", "ttft_p99",
+                    "tpot_p50", "e2e_latency_p50", "e2e_latency_p99"]  # fmt: skip
+            c.print(_table("runs", cols, [[r.get(k) for k in cols] for r in d.runs]))
+        if d.telemetry:
+            by_gpu: dict[int, list] = {}
+            for pt in d.telemetry:
+                by_gpu.setdefault(pt.gpu, []).append(pt)
+            rows = [[g, len(pts), sum(p.samples for p in pts), max((p.util_gpu_max or 0) for p in pts),
+                     max((p.memory_used_mib or 0) for p in pts), max((p.temperature_c or 0) for p in pts)] for g, pts in sorted(by_gpu.items())]  # fmt: skip
+            c.print(_table(f"GPU telemetry while it ran ({d.telemetry_bucket_s} s buckets)", ["gpu", "points", "samples", "max util %", "max mem MiB", "max temp C"], rows))
+        if d.log_excerpt:
+            c.print(f"  log (last {len(d.log_excerpt)} lines; all of it: autotune logs {d.task} {d.n})")
+            for line in d.log_excerpt:
+                c.print(f"    | {line}", soft_wrap=True, markup=False)
+        return EXIT_OK
+
+    return _with_nats(args, main)
 
 
 def cmd_cancel(args) -> int:
     from autotune.shared import commands
 
-    async def main() -> int:
-        nc, _ = await _connect(args)
-        try:
-            try:
-                await commands.cancel_task(nc.jetstream(), args.id, reason=args.reason, requested_by="cli")
-            except commands.UnknownTask as e:
-                return _err(str(e))
-            print(f"cancel requested for task {args.id}; running engines are being stopped")
+    async def main(nc, js, settings) -> int:
+        seq = await commands.cancel_task(js, args.id, reason=args.reason, requested_by="cli")
+        if args.json:
+            print(json.dumps({"id": args.id, "seq": seq, "status": "cancel_requested"}))
+        else:
+            print(f"cancel requested for task {args.id}; its running engines are being stopped")
+        return EXIT_OK
+
+    return _with_nats(args, main)
+
+
+def cmd_clone(args) -> int:
+    from autotune.schemas.spec import SpecError
+    from autotune.shared import commands
+
+    try:
+        overrides = commands.parse_assignments(args.set or [])
+    except SpecError as e:
+        return _err(e.message)
+
+    async def main(nc, js, settings) -> int:
+        await _ensure_provisioned(js, settings)
+        task, seq, spec = await commands.clone_task(js, args.id, name=args.name, overrides=overrides, simulate=args.simulate, submitted_by="cli")
+        original = await commands.submitted(js, args.id)
+        simulated = (original.simulate if args.simulate is None else args.simulate) or spec.deployment_mode == "simulated"
+        if args.json and not args.watch:
+            print(json.dumps({"id": task, "seq": seq, "cloned_from": args.id, "simulate": simulated}))
             return EXIT_OK
-        finally:
-            await nc.close()
+        if not args.json:
+            print(f"submitted task {task}, cloned from {args.id}" + (f" with {_cell(overrides)}" if overrides else "") + (f"  {SIMULATED}" if simulated else ""))
+        if not args.watch:
+            print(f"  follow it: autotune task {task}")
+            return EXIT_OK
+        return await _watch_and_report(js, task, spec_dict=None, simulated=simulated, as_json=args.json)
+
+    return _with_nats(args, main)
+
+
+def cmd_best(args) -> int:
+    from autotune.api import reads
+
+    async def main(nc, js, settings) -> int:
+        out = await reads.export(nc, args.id, args.format, n=args.n, port=args.port)
+        if args.json:
+            _dump(out)
+            return EXIT_OK
+        if out.note and args.format != "k8s":
+            sys.stderr.write(f"# {out.note}\n")
+        sys.stderr.write(f"# task {out.task}, experiment {out.n} (attempt {out.attempt}), score {_cell(out.score)}\n")
+        print(out.content.rstrip("\n"))
+        return EXIT_OK
+
+    return _with_nats(args, main)
+
+
+# --- commands: hosts ------------------------------------------------------------------------------------------
+
+
+def _gpu_summary(h) -> str:
+    names: dict[str, int] = {}
+    for g in h.gpus:
+        names[g.name or "?"] = names.get(g.name or "?", 0) + 1
+    return ", ".join(f"{k}x {n}" for n, k in names.items())
+
+
+def cmd_hosts(args) -> int:
+    from autotune.api import reads
+
+    async def main(nc, js, settings) -> int:
+        hosts = await reads.list_hosts(nc, js, status=args.status, include_removed=args.all)
+        if args.json:
+            _dump(hosts)
+            return EXIT_OK
+        rows = []
+        for h in hosts:
+            util = [g.util_gpu for g in h.gpus if g.util_gpu is not None]
+            mem = [(g.memory_used_mib or 0, g.memory_total_mib or 0) for g in h.gpus if g.memory_used_mib is not None]
+            temp = [g.temperature_c for g in h.gpus if g.temperature_c is not None]
+            rows.append([
+                h.host + (" (simulated)" if h.simulated else ""), h.status, _gpu_summary(h),
+                f"{sum(util) / len(util):.0f}%" if util else "", f"{sum(u for u, _ in mem) / 1024:.0f}/{sum(t for _, t in mem) / 1024:.0f} GiB" if mem else "",
+                f"{max(temp):.0f} C" if temp else "", len(h.running), h.node, _ago(h.last_heartbeat),
+            ])  # fmt: skip
+        _console().print(_table(f"hosts ({len(hosts)})", ["host", "status", "GPUs", "util", "memory", "temp", "running", "node", "heartbeat"], rows))
+        return EXIT_OK
+
+    return _with_nats(args, main)
+
+
+def cmd_host(args) -> int:
+    from autotune.api import reads
+
+    async def main(nc, js, settings) -> int:
+        d = await reads.host_detail(nc, js, args.id)
+        history = None
+        if args.history:
+            history = await reads.gpu_history(nc, args.id, since=_when(args.history), bucket_s=args.bucket)
+        if args.json:
+            out = json.loads(json.dumps(__import__("msgspec").to_builtins(d)))
+            if history is not None:
+                out["history"] = __import__("msgspec").to_builtins(history)
+            print(json.dumps(out))
+            return EXIT_OK
+        c = _console()
+        c.print(f"[bold]host {d.host}[/bold]  {d.status}" + ("  [bold yellow][SIMULATED GPUs][/bold yellow]" if d.simulated else ""))
+        c.print(f"  instance   {d.instance or '-'} on {d.hostname or '-'}" + (f", node {d.node}" if d.node else "") + f", version {d.version or '-'}")
+        c.print(f"  offers     runtimes {', '.join(d.runtimes) or '-'}; engines {', '.join(d.engines) or '-'}")
+        c.print(f"  lifecycle  {d.lifecycle or '-'}; registered {d.registered_at or '-'}; heartbeat {_ago(d.last_heartbeat) or 'none (offline)'}"
+                + "".join(f"; {k} {v}" for k, v in (("drain requested", d.drain_requested_at), ("drained", d.drained_at),
+                                                     ("lost", d.lost_at), ("removed", d.removed_at)) if v))  # fmt: skip
+        cols = ["gpu", "model", "memory MiB", "util %", "temp C", "power W", "running"]
+        c.print(_table("GPUs", cols, [[g.index, g.name, f"{_cell(g.memory_used_mib)}/{_cell(g.memory_total_mib)}", g.util_gpu, g.temperature_c, g.power_w, g.leased_by] for g in d.gpus]))
+        if d.experiments:
+            cols = ["task", "n", "attempt", "status", "gpu_indices", "score", "failure_kind", "started_at"]
+            c.print(_table("latest experiments here", cols, [[e.get(k) for k in cols] for e in d.experiments]))
+        if history is not None:
+            cols = ["t", "gpu", "samples", "util_gpu", "util_gpu_max", "memory_used_mib", "temperature_c", "power_w"]
+            c.print(_table(f"GPU history since {history.since} ({history.bucket_s} s buckets)", cols,
+                           [[getattr(p, k) for k in cols] for p in history.points]))  # fmt: skip
+        return EXIT_OK
+
+    return _with_nats(args, main)
+
+
+def cmd_gpus(args) -> int:
+    from autotune.api import reads
+
+    async def main(nc, js, settings) -> int:
+        out = await reads.gpu_summary(nc, js, kubernetes=True if args.kubernetes else None)
+        if args.json:
+            _dump(out)
+            return EXIT_OK
+        c = _console()
+        c.print(_table("the fleet's GPUs", ["model", "total", "busy", "free", "offline", "hosts"],
+                       [[g.name, g.total, g.busy, g.free, g.offline, ", ".join(g.hosts)] for g in out.fleet]))  # fmt: skip
+        if out.kubernetes is not None:
+            cols = ["node", "product", "memory_mib", "allocatable", "requested", "free", "ready", "schedulable"]
+            c.print(_table("Kubernetes GPU nodes", cols, [[n.get(k) for k in cols] for n in out.kubernetes]))
+        if out.kubernetes_error:
+            sys.stderr.write(f"autotune: {out.kubernetes_error}\n")
+        return EXIT_OK
+
+    return _with_nats(args, main)
+
+
+def _host_command(args, what: str) -> int:
+    from autotune.api import reads
+    from autotune.shared import commands
+
+    async def main(nc, js, settings) -> int:
+        if not await commands.host_known(js, args.host) and not await reads.live_hosts(js, [args.host]):
+            raise commands.UnknownHost(args.host)
+        if what == "drain":
+            seq = await commands.drain_host(js, args.host, requested_by="cli")
+            message = f"drain requested for host {args.host}: it takes no new experiments; running ones finish"
+        else:
+            live = (await reads.live_hosts(js, [args.host])).get(args.host)
+            if live is not None and live.running and not args.force:
+                return _err(f"host {args.host} is running {', '.join(live.running)}; drain it first (autotune drain {args.host}) or pass --force")
+            seq = await commands.remove_host(js, args.host, requested_by="cli")
+            message = f"host {args.host} removed from the fleet" + ("; its runner is still alive: stop it there" if live is not None else "")
+        print(json.dumps({"id": args.host, "seq": seq, "status": "drain_requested" if what == "drain" else "removed"}) if args.json else message)
+        return EXIT_OK
+
+    return _with_nats(args, main)
+
+
+def cmd_drain(args) -> int:
+    return _host_command(args, "drain")
+
+
+def cmd_remove(args) -> int:
+    return _host_command(args, "remove")
+
+
+# --- commands: live views, SQL, snapshot ------------------------------------------------------------------
+
+
+def _summary(env: dict) -> str:
+    e = env.get("event") or {}
+    keys = ("task", "n", "attempt", "host", "status", "kind", "stage", "score", "reason", "strategy", "budget", "message")
+    parts = [f"{k}={e[k]}" for k in keys if e.get(k) not in (None, "", [])]
+    if env["type"] == "gpu.sample":
+        parts = [f"host={e.get('host')}", f"gpu={e.get('index')}", f"util={e.get('util_gpu')}%", f"mem={e.get('memory_used_mib')}MiB", f"temp={e.get('temperature_c')}C"]
+    elif env["type"] == "log.lines":
+        parts = [f"task={e.get('task')}", f"n={e.get('n')}", f"lines={len(e.get('lines') or [])}"]
+    return " ".join(parts)
+
+
+def cmd_events(args) -> int:
+    from autotune.api import stream
+
+    subject = args.subject or (f"autotune.task.{args.task}.>" if args.task else "autotune.>")
+
+    async def main(nc, js, settings) -> int:
+        stream.route(subject)
+        until = stream.TASK_FINISHED if args.task and not args.subject else frozenset()  # a task's events end with the task
+        async for env in stream.events(js, subject, since_seq=args.since_seq, since_time=args.since, follow=args.follow, limit=args.limit, until=until):
+            if env is None:
+                continue
+            if args.json:
+                print(json.dumps(env), flush=True)
+            else:
+                at = env["stored_at"][11:23]
+                print(f"{env['seq']:>8}  {at}  {env['type']:<26} {_summary(env)}", flush=True)
+        return EXIT_OK
+
+    return _with_nats(args, main)
+
+
+def cmd_logs(args) -> int:
+    from autotune.api import stream
+    from autotune.shared import commands
+
+    async def main(nc, js, settings) -> int:
+        await commands.submitted(js, args.id)
+        end: dict = {}
+        async for kind, data in stream.logs(js, args.id, args.n, attempt=args.attempt, follow=args.follow):
+            if kind == "end":
+                end = data
+                break
+            if args.json:
+                print(json.dumps(data), flush=True)
+            else:
+                for line in data["lines"]:
+                    print(line, flush=True)
+        if end and not args.json:
+            sys.stderr.write(f"# experiment {args.n} of {args.id}, attempt {end.get('attempt')}: {end.get('status')}\n")
+        return EXIT_OK
+
+    return _with_nats(args, main)
+
+
+def cmd_sql(args) -> int:
+    from autotune.shared import query as q
+
+    async def main(nc, js, settings) -> int:
+        res = await q.sql(nc, args.query, None, limit=args.limit)
+        _print_rows(res, args.json)
+        if res.truncated and not args.json:
+            sys.stderr.write(f"autotune: only the first {res.row_count} rows; pass --limit N for more\n")
+        return EXIT_OK
+
+    return _with_nats(args, main)
+
+
+def cmd_snapshot(args) -> int:
+    _lean_imports(args)
+    from autotune.projector.cli import snapshot
+    from autotune.shared import query as q
+
+    async def main() -> int:
+        try:
+            out = await snapshot(_settings(args), args.file, overwrite=args.overwrite)
+        except SystemExit as e:
+            return _err(str(e.code), EXIT_FAILED)
+        except q.QueryError as e:
+            return _err(e.message, EXIT_FAILED)
+        if args.json:
+            print(json.dumps(out, default=str))
+        else:
+            print(f"wrote {out['path']} ({out.get('bytes', 0) / 1e6:.1f} MB, via the {out.get('via')}); open it with: duckdb {out['path']}")
+        return EXIT_OK
 
     return _run_async(main())
+
+
+# --- commands: the rest ------------------------------------------------------------------------------------
 
 
 def cmd_demo(args) -> int:
@@ -325,31 +790,40 @@ def cmd_bench(args) -> int:
 def cmd_projector(args) -> int:
     from autotune.projector.cli import projector_main
 
+    os.environ.setdefault("AUTOTUNE_NATS_URL", _settings(args).nats_url)  # the stack `autotune up` started
     return projector_main(args.rest)
 
 
 # --- parser --------------------------------------------------------------------------------------------
 
 
-def _sub(sp, name: str, help_: str, examples: str, func) -> argparse.ArgumentParser:
+def _sub(sp, name: str, help_: str, examples: str, func, *, connects: bool = True) -> argparse.ArgumentParser:
     p = sp.add_parser(
         name, help=help_, description=help_, epilog="examples:\n" + textwrap.indent(examples.strip(), "  "),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.set_defaults(func=func)
-    p.add_argument("--nats", help="NATS URL (default: the stack `autotune up` started, else $AUTOTUNE_NATS_URL)")
-    p.add_argument("--data-dir", help="data directory (default: ~/.local/share/autotune)")
+    if connects:
+        p.add_argument("--nats", help="NATS URL (default: the stack `autotune up` started, else $AUTOTUNE_NATS_URL)")
+        p.add_argument("--data-dir", help="data directory (default: ~/.local/share/autotune)")
     return p
+
+
+def _json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON (the HTTP API's shapes) instead of tables")
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="autotune", description="Find the best serving configuration of an LLM engine by experiment.",
-        epilog="Start with: autotune demo   |   autotune up   then   autotune submit examples/quickstart.yaml --watch",
+        epilog="Start with: autotune demo   |   autotune up   then   autotune submit examples/quickstart.yaml --watch\n"
+        "Exit codes: 0 ok, 1 failed (task failed, query error), 2 bad input (invalid file, unknown task/host), 3 autotune not reachable.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--version", action="version", version=f"autotune {__version__}")
     sp = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    # running it
     p = _sub(sp, "up", "start nats-server and every service on this machine, supervised", "autotune up\nautotune up --hosts 3 --simulate 2xH100 --time-scale 10", cmd_up)
     p.add_argument("--nats-port", type=int, default=4222)
     p.add_argument("--api-port", type=int, default=8080)
@@ -358,7 +832,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--time-scale", type=float, default=10.0, help="simulated engines run this much faster than real time (keep it at 10 or below for faithful latencies)")
     p.add_argument("--no-auth", action="store_true", help="do not require an API token for POST calls")
 
-    p = _sub(sp, "run", "run one service in the foreground", "autotune run scheduler --nats nats://10.0.0.5:4222\nautotune run runner --host gpu-node-7", cmd_run)
+    p = _sub(sp, "run", "run one service in the foreground", "autotune run scheduler --nats nats://10.0.0.5:4222\nautotune run runner --host gpu-node-7\nautotune run api --bind 0.0.0.0 --port 8080", cmd_run)
     p.add_argument("service", choices=["scheduler", "runner", "projector", "api", "gpumon"])
     p.add_argument("--host", help="runner/gpumon: this host's id (default: derived from the machine id)")
     p.add_argument("--simulate", help="runner/gpumon: simulated GPUs, e.g. 4xH100")
@@ -367,42 +841,138 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="api: port")
     p.add_argument("--bind", default="127.0.0.1", help="api: address")
 
-    p = _sub(sp, "submit", "submit a task file (JSON or YAML)", "autotune submit examples/quickstart.yaml --watch\nautotune submit my-task.json --simulate --json", cmd_submit)
-    p.add_argument("file")
-    p.add_argument("--watch", action="store_true", help="follow the task live until it ends")
-    p.add_argument("--simulate", action="store_true", help="rehearse on simulated engines and GPUs, whatever deployment_mode says")
-    p.add_argument("--json", action="store_true")
-
-    p = _sub(sp, "tasks", "list tasks", "autotune tasks\nautotune tasks --status running --json", cmd_tasks)
-    p.add_argument("--status")
-    p.add_argument("--json", action="store_true")
-
-    p = _sub(sp, "task", "show one task", "autotune task quickstart", cmd_task)
-    p.add_argument("id")
-    p.add_argument("--json", action="store_true")
-
-    p = _sub(sp, "experiments", "list a task's experiments", "autotune experiments quickstart --sort score", cmd_experiments)
-    p.add_argument("id")
-    p.add_argument("--sort", default="n", help="n | score | any experiments column")
-    p.add_argument("--json", action="store_true")
-
-    p = _sub(sp, "cancel", "cancel a task: stops its running engines", "autotune cancel quickstart", cmd_cancel)
-    p.add_argument("id")
-    p.add_argument("--reason", default="")
-
-    p = _sub(sp, "sql", "run a read-only SQL query on the projection", 'autotune sql "select id, status, best_score from tasks"', cmd_sql)
-    p.add_argument("query")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--json", action="store_true")
-
-    p = _sub(sp, "demo", "run a small tuning task end to end on this machine and print the best configuration", "autotune demo", cmd_demo)
+    p = _sub(sp, "demo", "run a small tuning task end to end on this machine and print the best configuration", "autotune demo\nautotune demo --task-file my-task.yaml", cmd_demo)
     p.add_argument("--task-file", default=None, help="task file to run (default: examples/demo.yaml)")
     p.add_argument("--time-scale", type=float, default=10.0, help="simulated engines run this much faster than real time")
 
-    p = _sub(sp, "bench", "benchmark a running OpenAI-compatible server", "autotune bench --url http://127.0.0.1:30000 --model M --concurrency 1 8", cmd_bench)
+    # tasks
+    p = _sub(sp, "submit", "submit a task file (JSON or YAML, the original tool's format)",
+             "autotune submit examples/quickstart.yaml --watch\nautotune submit my-task.json --simulate --watch   # rehearse on simulated engines and GPUs\nautotune submit my-task.json --json", cmd_submit)  # fmt: skip
+    p.add_argument("file")
+    p.add_argument("--watch", action="store_true", help="follow the task live (progress bar, finished experiments) until it ends")
+    p.add_argument("--simulate", action="store_true", help="rehearse on simulated engines and GPUs of the types it asks for, whatever deployment_mode says")
+    _json(p)
+
+    p = _sub(sp, "tasks", "list tasks, newest first", "autotune tasks\nautotune tasks --status running --json\nautotune tasks --name llama --limit 10", cmd_tasks)
+    p.add_argument("--status", help="submitted | running | cancelling | completed | failed | cancelled | rejected")
+    p.add_argument("--name", help="substring of the name")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--offset", type=int, default=0)
+    _json(p)
+
+    p = _sub(sp, "task", "show one task: status, progress, best experiment and its command line, Pareto set", "autotune task quickstart\nautotune task quickstart --json", cmd_task)
+    p.add_argument("id")
+    _json(p)
+
+    p = _sub(sp, "experiments", "list a task's experiments, sorted by score or any metric",
+             "autotune experiments quickstart --sort score\nautotune experiments quickstart --sort mean_total_tps_per_gpu --desc\nautotune experiments quickstart --status failed", cmd_experiments)  # fmt: skip
+    p.add_argument("id")
+    p.add_argument("--sort", default="n", help="n | score | any column of the experiments table (see `autotune sql 'describe experiments'`)")
+    p.add_argument("--desc", action="store_true", help="largest first")
+    p.add_argument("--status", help="planned | assigned | running | ready | cancelling | completed | failed | cancelled")
+    p.add_argument("--latest", action="store_true", help="only the latest attempt of each experiment")
+    p.add_argument("--limit", type=int, default=1000)
+    _json(p)
+
+    p = _sub(sp, "experiment", "show one experiment: parameters, command, runs, GPU telemetry, failure and log excerpt",
+             "autotune experiment quickstart 3\nautotune experiment quickstart 3 --attempt 0 --json", cmd_experiment)  # fmt: skip
+    p.add_argument("id")
+    p.add_argument("n", type=int)
+    p.add_argument("--attempt", type=int, help="default: the latest")
+    p.add_argument("--log-lines", type=int, default=20)
+    _json(p)
+
+    p = _sub(sp, "cancel", "cancel a task: its running engines are stopped", "autotune cancel quickstart\nautotune cancel quickstart --reason 'wrong model'", cmd_cancel)
+    p.add_argument("id")
+    p.add_argument("--reason", default="")
+    _json(p)
+
+    p = _sub(sp, "clone", "re-run a task as a new one (the original is never edited), with overrides",
+             "autotune clone quickstart\nautotune clone quickstart --name quickstart-long --set optimization.max_iterations=20 --watch\n"
+             "autotune clone quickstart --set 'benchmark.num_concurrency=[1, 8, 32]' --simulate", cmd_clone)  # fmt: skip
+    p.add_argument("id")
+    p.add_argument("--name", help="the new task's name (default: <name>-2, -3, ...)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field of the task file (VALUE is YAML); repeatable")
+    sim = p.add_mutually_exclusive_group()
+    sim.add_argument("--simulate", dest="simulate", action="store_const", const=True, default=None, help="rehearse on simulated engines and GPUs")
+    sim.add_argument("--no-simulate", dest="simulate", action="store_const", const=False, help="run for real even if the original was a rehearsal")
+    p.add_argument("--watch", action="store_true", help="follow the new task live until it ends")
+    _json(p)
+
+    p = _sub(sp, "best", "the best configuration as an engine command line, a docker run line or a Kubernetes manifest",
+             "autotune best quickstart\nautotune best quickstart --format docker\nautotune best quickstart --format k8s > deploy.yaml && kubectl apply -f deploy.yaml", cmd_best)  # fmt: skip
+    p.add_argument("id")
+    p.add_argument("--format", choices=["cmd", "docker", "k8s"], default="cmd")
+    p.add_argument("--n", type=int, help="export this experiment instead of the best")
+    p.add_argument("--port", type=int, help="the engine's port (default: 30000 SGLang, 8000 vLLM)")
+    _json(p)
+
+    # hosts
+    p = _sub(sp, "hosts", "list hosts: online / busy / draining / offline, GPUs with model, memory, utilization, temperature, node",
+             "autotune hosts\nautotune hosts --status busy --json", cmd_hosts)  # fmt: skip
+    p.add_argument("--status", help="online | busy | draining | offline | removed")
+    p.add_argument("--all", action="store_true", help="include removed hosts")
+    _json(p)
+
+    p = _sub(sp, "host", "show one host: its GPUs, running and recent experiments, and GPU history",
+             "autotune host local\nautotune host gpu-node-7 --history 1h --bucket 60", cmd_host)  # fmt: skip
+    p.add_argument("id")
+    p.add_argument("--history", metavar="SINCE", help="GPU history since SINCE (10m, 2h, 1d or an ISO time), downsampled")
+    p.add_argument("--bucket", type=int, help="history bucket in seconds (default: ~200 points)")
+    _json(p)
+
+    p = _sub(sp, "gpus", "the fleet's GPUs by model (total, busy, free, offline) and the Kubernetes cluster's GPU nodes",
+             "autotune gpus\nautotune gpus --kubernetes   # also allocatable vs requested nvidia.com/gpu per node", cmd_gpus)  # fmt: skip
+    p.add_argument("--kubernetes", action="store_true", help="read the cluster's GPU nodes (needs a kubeconfig or in-cluster credentials)")
+    _json(p)
+
+    p = _sub(sp, "drain", "take no new experiments on a host; running ones finish", "autotune drain gpu-node-7", cmd_drain)
+    p.add_argument("host")
+    _json(p)
+
+    p = _sub(sp, "remove", "remove a host from the fleet", "autotune remove gpu-node-7\nautotune remove gpu-node-7 --force   # even while it runs experiments", cmd_remove)
+    p.add_argument("host")
+    p.add_argument("--force", action="store_true", help="remove it even while it runs experiments")
+    _json(p)
+
+    # live views and data
+    p = _sub(sp, "events", "print events from the log (any subject filter), from a sequence or a time, then live with --follow",
+             "autotune events --task quickstart\nautotune events --follow 'autotune.task.quickstart.>'\nautotune events autotune.host.> --since 1h\n"
+             "autotune events 'autotune.gpu.local.*' --since-seq 1000 --limit 20 --json", cmd_events)  # fmt: skip
+    p.add_argument("subject", nargs="?", help="subject filter (default: autotune.> — every task and host event)")
+    p.add_argument("--task", help="shorthand for autotune.task.<TASK>.> (with --follow: until the task finishes)")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing live events (Ctrl-C stops)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--since-seq", type=int, help="start at this stream sequence")
+    start.add_argument("--since", type=_when, help="start at this time: 10m, 2h, 1d ago, or an ISO 8601 time")
+    p.add_argument("--limit", type=int, help="stop after this many events")
+    _json(p)
+
+    p = _sub(sp, "logs", "print an experiment's engine and runner log; --follow tails it until the experiment ends",
+             "autotune logs quickstart 3\nautotune logs quickstart 3 --follow", cmd_logs)  # fmt: skip
+    p.add_argument("id")
+    p.add_argument("n", type=int)
+    p.add_argument("--attempt", type=int, help="default: every attempt")
+    p.add_argument("--follow", "-f", action="store_true")
+    _json(p)
+
+    p = _sub(sp, "sql", "run a read-only SQL query on the projection (DuckDB)",
+             'autotune sql "select id, status, best_score from tasks"\nautotune sql "describe experiments"\n'
+             "autotune sql \"select n, parameters, score from experiments where task='quickstart' order by score limit 3\" --json", cmd_sql)  # fmt: skip
+    p.add_argument("query")
+    p.add_argument("--limit", type=int)
+    _json(p)
+
+    p = _sub(sp, "snapshot", "write a consistent DuckDB file of the projection that anyone can open", "autotune snapshot /tmp/autotune.duckdb\nduckdb /tmp/autotune.duckdb 'select * from tasks'", cmd_snapshot)
+    p.add_argument("file")
+    p.add_argument("--overwrite", action="store_true")
+    _json(p)
+
+    # tools
+    p = _sub(sp, "bench", "benchmark a running OpenAI-compatible server", "autotune bench --url http://127.0.0.1:30000 --model M --concurrency 1 8", cmd_bench, connects=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
 
-    p = _sub(sp, "projector", "projector maintenance (rebuild the read model from the log)", "autotune projector rebuild", cmd_projector)
+    p = _sub(sp, "projector", "projector maintenance (rebuild the read model from the log, snapshot, checksum)", "autotune projector rebuild\nautotune projector snapshot /tmp/x.duckdb", cmd_projector, connects=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     return ap
 

@@ -1,9 +1,11 @@
-"""Live view of one task, straight from the event log: a progress bar and the finished experiments."""
+"""Live view of one task, straight from the event log: a progress bar, the best so far, and a table of
+its experiments (finished ones with their figures; running ones with where and how far). Used by
+`autotune submit --watch`, `autotune clone --watch` and `autotune demo`."""
 
 from __future__ import annotations
 
-import asyncio
 import shlex
+import sys
 
 from rich.console import Console
 from rich.live import Live
@@ -32,6 +34,7 @@ class TaskView:
         self.budget = 0
         self.final: ev.Event | None = None
         self.rejected: ev.TaskRejected | None = None
+        self.strategy = ""
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         self.bar = self.progress.add_task(f"{task}: waiting for the scheduler", total=None)
 
@@ -41,7 +44,8 @@ class TaskView:
                 self.simulated = self.simulated or e.simulate or e.spec.get("deployment_mode") == "simulated"
             case ev.TaskStarted():
                 self.budget = e.budget
-                self.progress.update(self.bar, total=e.budget, description=f"{self.task}: {e.strategy}")
+                self.strategy = e.strategy
+                self.progress.update(self.bar, total=e.budget, description=self._description())
             case ev.ExperimentPlanned():
                 self.params[e.n] = dict(e.parameters)
                 self.rows.setdefault(e.n, {"status": "queued"})["status"] = "queued" if e.attempt == 0 else f"retry {e.attempt}"
@@ -50,6 +54,8 @@ class TaskView:
                 self.rows[e.n]["gpus"] = ",".join(map(str, e.gpu_indices))
             case ev.ExperimentReady():
                 self.rows.setdefault(e.n, {})["status"] = "benchmarking"
+            case ev.ExperimentProgress():
+                self.rows.setdefault(e.n, {})["status"] = f"benchmarking {e.run_index + 1}/{e.runs_total}"
             case ev.ExperimentCompleted():
                 m = e.metrics
                 self.rows[e.n] = {
@@ -73,7 +79,16 @@ class TaskView:
 
     def _advance(self) -> None:
         done = sum(1 for r in self.rows.values() if r.get("status", "").startswith(("done", "slo fail", "failed: ")) and "retry" not in r.get("status", ""))
-        self.progress.update(self.bar, completed=done)
+        self.progress.update(self.bar, completed=done, description=self._description())
+
+    def _description(self) -> str:
+        failed = sum(1 for r in self.rows.values() if r.get("status", "").startswith("failed: ") and "retry" not in r.get("status", ""))
+        text = f"{self.task}" + (f" ({self.strategy})" if self.strategy else "") + (f", {failed} failed" if failed else "")
+        return text + ("  [SIMULATED]" if self.simulated else "")
+
+    def best(self) -> tuple[int, dict] | None:
+        done = [(n, r) for n, r in self.rows.items() if r.get("status") == "done" and r.get("score") is not None]
+        return min(done, key=lambda nr: nr[1]["score"]) if done else None
 
     def table(self) -> Table:
         title = f"task {self.task}" + ("  [SIMULATED engines and GPUs]" if self.simulated else "")
@@ -92,8 +107,11 @@ class TaskView:
 
     def render(self):
         from rich.console import Group
+        from rich.text import Text
 
-        return Group(self.progress, self.table())
+        best = self.best()
+        line = Text(f"best so far: experiment {best[0]}, score {best[1]['score']:.4f}  {params_text(self.params.get(best[0], {}))}" if best else "best so far: -")
+        return Group(self.progress, line, self.table())
 
 
 async def watch_task(js, task: str, *, console: Console | None = None, simulated: bool = False, live: bool = True) -> TaskView:
@@ -107,7 +125,7 @@ async def watch_task(js, task: str, *, console: Console | None = None, simulated
             if view.final is not None:
                 break
         return view
-    console = console or Console()
+    console = console or Console(width=None if sys.stdout.isatty() else 160)  # piped: wide enough for the table
     with Live(view.render(), console=console, refresh_per_second=4, transient=False) as lv:
         async for d in bus.replay(js, subj.task_all(task)):
             view.apply(d.event)

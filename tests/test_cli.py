@@ -1,35 +1,87 @@
-"""The real `autotune` commands, run as processes: bad input, and `autotune up` with Ctrl-C and restart."""
+"""The real `autotune` commands, run as processes (`python -m autotune.cli ...`): against an embedded
+stack (the per-test nats-server, a projector on its own thread, a fleet and task history published
+as events), and `autotune up` itself with Ctrl-C and restart."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import duckdb
 import pytest
+import yaml
 
 from autotune.runner.runtimes.local import labelled_processes
+from autotune.schemas import subjects as subj
+from autotune.shared import bus
 from tests.conftest import free_port
+from tests.helpers import small_spec
+from tests.test_api import Background, alive, applied, golden, seed_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = ("up", "run", "demo", "submit", "tasks", "task", "experiments", "experiment", "cancel", "clone", "best", "hosts", "host", "gpus",
+            "drain", "remove", "events", "logs", "sql", "snapshot", "bench", "projector")  # fmt: skip
+
+
+# Each command is a fresh interpreter: let them share compiled bytecode (outside the work tree) even
+# where the environment says PYTHONDONTWRITEBYTECODE, as a user's installation would.
+BYTECODE = {"PYTHONPYCACHEPREFIX": str(Path(tempfile.gettempdir()) / f"autotune-pycache-{os.getuid()}")}
 
 
 def autotune(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     return subprocess.run(
-        [sys.executable, "-m", "autotune.cli", *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=ROOT
+        [sys.executable, "-m", "autotune.cli", *args], capture_output=True, text=True, timeout=timeout, env={**environ, **BYTECODE, **(env or {})}, cwd=ROOT
     )
+
+
+class Cli:
+    """`autotune` against the per-test nats-server, off the test's event loop."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def __call__(self, *args: str, code: int | None = 0) -> subprocess.CompletedProcess:
+        r = await asyncio.to_thread(autotune, *args, "--nats", self.url)
+        assert "Traceback" not in r.stderr, r.stderr
+        if code is not None:
+            assert r.returncode == code, f"autotune {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}"
+        return r
+
+    async def json(self, *args: str) -> object:
+        return json.loads((await self(*args, "--json")).stdout)
+
+
+@pytest.fixture
+async def cli(settings, nc, tmp_path):
+    from autotune.projector.service import run as projector_run
+    from tests.test_api import answering
+
+    bg = Background(lambda stop: projector_run(settings, stop=stop, db_path=str(tmp_path / "view.duckdb")))
+    await answering(nc)
+    yield Cli(settings.nats_url)
+    bg.close()
 
 
 def test_help_lists_every_command_with_examples():
     out = autotune("--help").stdout
-    for cmd in ("up", "run", "submit", "tasks", "task", "experiments", "cancel", "sql", "demo", "bench"):
-        assert cmd in out
-    sub = autotune("submit", "--help").stdout
-    assert "examples:" in sub and "autotune submit examples/quickstart.yaml --watch" in sub
+    for cmd in COMMANDS:
+        assert f"    {cmd} " in out or f"    {cmd}\n" in out, cmd
+    assert "Exit codes" in out
+    ours = [c for c in COMMANDS if c not in ("bench", "projector")]  # those two parsers take the rest of the line
+    with ThreadPoolExecutor(4) as pool:
+        helps = dict(zip(ours, pool.map(lambda c: autotune(c, "--help").stdout, ours), strict=True))
+    for cmd, sub in helps.items():
+        assert "examples:" in sub and f"autotune {cmd}" in sub, cmd
+    assert "autotune submit examples/quickstart.yaml --watch" in helps["submit"]
 
 
 async def test_an_invalid_task_file_is_refused_and_nothing_is_published(tmp_path, settings, js):
@@ -44,9 +96,116 @@ async def test_an_invalid_task_file_is_refused_and_nothing_is_published(tmp_path
 
 
 def test_unreachable_nats_says_what_to_do(tmp_path):
-    r = autotune("tasks", "--nats", f"nats://127.0.0.1:{free_port()}")
-    assert r.returncode == 3
-    assert "autotune up" in r.stderr and "Traceback" not in r.stderr
+    for args in (("tasks",), ("cancel", "x")):
+        r = autotune(*args, "--nats", f"nats://127.0.0.1:{free_port()}")
+        assert r.returncode == 3, args
+        assert "autotune up" in r.stderr and "Traceback" not in r.stderr and "nats error" not in r.stderr
+
+
+async def test_tasks_experiments_exports_and_clones(cli, js, tmp_path):
+    spec = tmp_path / "t.yaml"
+    spec.write_text(yaml.safe_dump(small_spec("rehearsal", deployment_mode="docker")))
+    out = await cli.json("submit", str(spec), "--simulate")
+    assert out["id"] == "rehearsal" and out["simulate"] is True
+    dup, seeded = await asyncio.gather(cli("submit", str(spec), code=2), seed_fleet(js, "rehearsal"))
+    assert "already exists" in dup.stderr
+    await applied(js._nc, seeded)
+
+    # independent reads run side by side (each command is a process of its own)
+    (tasks, tasks_table, shown, detail, nope, exps, failed_table, bad_sort, one, zero, nine, cmd, docker, k8s) = await asyncio.gather(
+        cli.json("tasks"), cli("tasks"), cli("task", "rehearsal"), cli.json("task", "rehearsal"), cli("task", "nope", code=2),
+        cli.json("experiments", "rehearsal", "--sort", "score"), cli("experiments", "rehearsal", "--status", "failed"),
+        cli("experiments", "rehearsal", "--sort", "no such", code=2), cli("experiment", "rehearsal", "2"),
+        cli.json("experiment", "rehearsal", "0"), cli("experiment", "rehearsal", "9", code=2),
+        cli("best", "rehearsal"), cli("best", "rehearsal", "--format", "docker"), cli("best", "rehearsal", "--format", "k8s"),
+    )  # fmt: skip
+    assert [t["id"] for t in tasks] == ["rehearsal"] and tasks[0]["simulate"] is True and tasks[0]["status"] == "running"
+    assert "SIMULATED" in tasks_table.stdout
+    assert "[SIMULATED engines and GPUs]" in shown.stdout and "2/4 done" in shown.stdout and "experiment 0" in shown.stdout
+    assert "python3 -m sglang.launch_server --model-path meta-llama/Llama-3.1-8B-Instruct" in shown.stdout
+    assert detail["best"]["n"] == 0 and detail["progress"]["failed"] == 1 and detail["simulate"] is True
+    assert "no task `nope`" in nope.stderr
+    assert [e["n"] for e in exps] == [0, 1, 2]
+    assert "SIMULATED" in failed_table.stdout and "oom" in failed_table.stdout
+    assert "cannot sort by" in bad_sort.stderr
+    assert "failed" in one.stdout and "CUDA out of memory" in one.stdout and "allocating KV cache" in one.stdout
+    assert zero["runs"][0]["scenario"] == "D(100,100)" and zero["log_excerpt"] == ["loading weights", "server ready"]
+    assert "no experiment 9" in nine.stderr
+    assert cmd.stdout.startswith("python3 -m sglang.launch_server")
+    assert docker.stdout.startswith("docker run") and "--gpus 1" in docker.stdout and "SIMULATED" in docker.stderr
+    deployment, service = yaml.safe_load_all(k8s.stdout)
+    assert deployment["kind"] == "Deployment" and service["kind"] == "Service"
+
+    cloned, bad_clone, cancelled, cancel_nope = await asyncio.gather(
+        cli("clone", "rehearsal", "--name", "again", "--set", "optimization.max_iterations=20", "--set", "benchmark.num_concurrency=[1, 8]", "--json"),
+        cli("clone", "rehearsal", "--set", "optimization.max_iterations=many", code=2),
+        cli("cancel", "rehearsal"), cli("cancel", "nope", code=2),
+    )  # fmt: skip
+    out = json.loads(cloned.stdout)
+    assert out == {"id": "again", "seq": out["seq"], "cloned_from": "rehearsal", "simulate": True}
+    assert "$.optimization.max_iterations" in bad_clone.stderr
+    assert "cancel requested" in cancelled.stdout
+    again, source = await asyncio.gather(cli.json("task", "again"), cli.json("task", "rehearsal"))
+    assert again["cloned_from"] == "rehearsal" and again["spec"]["optimization"]["max_iterations"] == 20
+    assert again["spec"]["benchmark"]["num_concurrency"] == [1, 8] and again["simulate"] is True
+    assert source["status"] == "cancelling" and source["spec"]["optimization"]["max_iterations"] == 4
+
+
+async def test_hosts_events_logs_sql_and_snapshot(cli, js, tmp_path):
+    from autotune.schemas.spec import spec_from_obj
+    from autotune.shared import commands
+
+    await commands.submit_task(js, spec_from_obj(small_spec("fleet")), submitted_by="test")
+    await applied(js._nc, await seed_fleet(js, "fleet"), gpu_samples=24)
+    await alive(js, "h1", running=["fleet/1/0"])
+
+    # a live tail runs meanwhile: the experiment's next lines and its end arrive while `logs --follow` waits
+    follow = asyncio.create_task(cli("logs", "fleet", "1", "--follow"))
+    hosts, table, h1, gpus, ghost, events, gpu, bad_subject, logs0, sql, refused = await asyncio.gather(
+        cli.json("hosts"), cli("hosts"), cli.json("host", "h1", "--history", "1h", "--bucket", "60"), cli("gpus"),
+        cli("host", "ghost", code=2), cli("events", "--task", "fleet", "--json"), cli("events", "autotune.gpu.h1.0", "--limit", "2"),
+        cli("events", "foo.>", code=2), cli("logs", "fleet", "0"), cli.json("sql", "select id, status from tasks"),
+        cli("sql", "drop table tasks", code=1),
+    )  # fmt: skip
+    hosts = {h["host"]: h for h in hosts}
+    assert hosts["h1"]["status"] == "busy" and hosts["h2"]["status"] == "offline" and len(hosts["h1"]["gpus"]) == 2
+    assert "busy" in table.stdout and "offline" in table.stdout and "NVIDIA H100 80GB HBM3" in table.stdout
+    assert h1["gpus"][1]["leased_by"] == "fleet/1/0" and sum(p["samples"] for p in h1["history"]["points"]) == 24
+    assert "no host `ghost`" in ghost.stderr
+    assert "NVIDIA H100 80GB HBM3" in gpus.stdout and "h1, h2" in gpus.stdout
+    lines = [json.loads(x) for x in events.stdout.splitlines()]
+    assert lines[0]["type"] == "task.submitted" and lines[-1]["type"] == "experiment.failed"
+    assert len(gpu.stdout.splitlines()) == 2 and "util=" in gpu.stdout
+    assert "not an autotune subject" in bad_subject.stderr
+    assert logs0.stdout.splitlines() == ["loading weights", "server ready"]
+    assert sql == [{"id": "fleet", "status": "running"}] and "refused" in refused.stderr
+
+    await bus.append(js, subj.log("fleet", 1), golden("log.lines", id="fleet.1.log0", task="fleet", n=1, attempt=0, lines=["step 1", "step 2"]))
+    await bus.append(js, subj.experiment("fleet", 1, "completed"),
+                     golden("experiment.completed", id="fleet.1.0.completed", task="fleet", n=1, attempt=0, host="h1", score=2.0))  # fmt: skip
+    r = await asyncio.wait_for(follow, 30)
+    assert r.stdout.splitlines() == ["step 1", "step 2"] and "completed" in r.stderr
+
+    drained, busy, removed, ghost = await asyncio.gather(
+        cli("drain", "h1"), cli("remove", "h1", code=2), cli("remove", "h2"), cli("remove", "ghost", code=2)
+    )
+    assert "drain requested" in drained.stdout and "drain it first" in busy.stderr and "no host" in ghost.stderr
+    snap = tmp_path / "snap.duckdb"
+    hosts, tail, host_events, out = await asyncio.gather(
+        cli.json("hosts"), cli("events", "--task", "fleet", "--since-seq", str(lines[-2]["seq"]), "--json"), cli("events", "autotune.host.>"),
+        cli.json("snapshot", str(snap)),
+    )  # fmt: skip
+    hosts = {h["host"]: h for h in hosts}
+    assert hosts["h1"]["status"] == "draining" and "h2" not in hosts
+    assert [json.loads(x)["seq"] for x in tail.stdout.splitlines()][:2] == [lines[-2]["seq"], lines[-1]["seq"]]
+    assert "host.drain_requested" in host_events.stdout and "host.removed" in host_events.stdout
+    assert out["path"] == str(snap) and out["via"] == "projector"
+    with duckdb.connect(str(snap), read_only=True) as db:
+        assert db.execute("select id from tasks").fetchall() == [("fleet",)]
+    await cli("snapshot", str(snap), code=1)  # it exists: refused without --overwrite
+
+
+# --- `autotune up` ------------------------------------------------------------------------------------------
 
 
 def _our_processes(marker: str) -> list[int]:
@@ -66,6 +225,7 @@ def _start_up(data: Path, nats_port: int, api_port: int) -> subprocess.Popen:
         [sys.executable, "-m", "autotune.cli", "up", "--data-dir", str(data), "--nats-port", str(nats_port), "--api-port", str(api_port),
          "--simulate", "2xH100", "--time-scale", "50", "--no-auth"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, start_new_session=True,
+        env={**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}, **BYTECODE},
     )
 
 
@@ -83,8 +243,6 @@ def test_up_runs_a_task_stops_cleanly_and_remembers(tmp_path):
     nats_port, api_port = free_port(), free_port()
     env = {"AUTOTUNE_DATA_DIR": str(data)}
     spec = tmp_path / "t.json"
-    from tests.helpers import small_spec
-
     spec.write_text(json.dumps(small_spec("uptask", optimization={"max_iterations": 2, "max_parallel": 2})))
     up = _start_up(data, nats_port, api_port)
     try:
@@ -92,7 +250,9 @@ def test_up_runs_a_task_stops_cleanly_and_remembers(tmp_path):
         r = autotune("submit", str(spec), "--watch", "--json", env=env, timeout=150)
         assert r.returncode == 0, r.stdout + r.stderr
         result = json.loads(r.stdout.strip().splitlines()[-1])
-        assert result["status"] == "completed" and "--model-path" in result["command"]
+        assert result["status"] == "completed" and "--model-path" in result["command"] and result["simulate"] is True
+        r = autotune("best", "uptask", "--format", "docker", env=env)
+        assert r.returncode == 0 and r.stdout.startswith("docker run"), r.stderr
     finally:
         up.send_signal(signal.SIGINT)
         out, _ = up.communicate(timeout=60)

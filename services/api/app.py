@@ -1,149 +1,90 @@
-"""The HTTP API. It never owns state: it validates, publishes events, and reads through the
+"""The HTTP API (Litestar). It never owns state: it validates, publishes events, and reads through the
 projector's query service (`autotune.query.sql`), passing the sequence of its own last publish as
-`min_seq` so a GET right after a POST sees the change."""
+`min_seq` so a GET right after a POST sees the change. Live views stream from JetStream (SSE).
+
+    app = create_app(nc=await bus.connect(settings, "api"), settings=settings)
+
+One controller per resource: tasks.py, experiments.py, hosts.py, system.py (events, SQL, health).
+Every error is JSON (`models.ApiError`); mutating calls need the bearer token when one is set.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import AsyncIterator
 
 import msgspec
-from litestar import Controller, Litestar, Request, get, post
-from litestar.exceptions import HTTPException
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
-from litestar.response import Response
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from nats.aio.client import Client as NATS
 
 from autotune import __version__
-from autotune.schemas.spec import SpecError, parse_spec
-from autotune.shared import commands
-from autotune.shared import query as q
+from autotune.api.common import BEARER, EXCEPTION_HANDLERS
+from autotune.api.experiments import ExperimentController
+from autotune.api.hosts import GpuController, HostController
+from autotune.api.system import EventController, SystemController
+from autotune.api.tasks import TaskController
+from autotune.schemas.spec import TaskSpec
+from autotune.shared import bus
 from autotune.shared.settings import Settings
 
+DESCRIPTION = """Tune LLM inference engines (SGLang, vLLM) by experiment.
 
-class ApiError(msgspec.Struct):
-    error: str
-    path: str | None = None
-    line: int | None = None
-
-
-class TaskCreated(msgspec.Struct):
-    id: str
-    seq: int
-    url: str
+Submit a task file (the original autotuner's format, JSON or YAML), follow its experiments, export
+the best configuration. Everything is read from the event log's projection; live views are SSE
+streams from the log itself. Mutating calls need `Authorization: Bearer <token>` when a token is set.
+"""
 
 
-def _error(status: int, message: str, **extra: Any) -> Response:
-    return Response(content=msgspec.to_builtins(ApiError(error=message, **extra)), status_code=status)
+def _spec_components() -> dict:
+    """The task spec's JSON schema (from the msgspec Structs users' files are decoded into)."""
+    _, components = msgspec.json.schema_components([TaskSpec], ref_template="#/components/schemas/Spec{name}")
+    return {f"Spec{name}": schema for name, schema in components.items()}
 
 
-def _check_token(request: Request) -> None:
-    token = request.app.state.settings.api_token
-    if token and request.headers.get("authorization", "") != f"Bearer {token}":
-        raise HTTPException(status_code=401, detail="missing or wrong bearer token; pass `Authorization: Bearer <token>`")
+def create_app(*, nc: NATS | None, settings: Settings, debug: bool = False) -> Litestar:
+    """The API over `nc`; with `nc=None` it connects (and provisions) in its own lifespan and drains
+    the connection at shutdown — what a test client that runs the app in its own event loop needs."""
 
-
-async def _sql(request: Request, sql: str, params: list | None = None, *, min_seq: int | None = None) -> list[dict]:
-    try:
-        res = await q.sql(request.app.state.nc, sql, params, min_seq=min_seq or request.app.state.last_seq or None)
-    except q.QueryError as e:
-        raise HTTPException(status_code=503, detail=str(e)) from None
-    return res.rows_as_dicts()
-
-
-class TaskController(Controller):
-    path = "/api/tasks"
-
-    @post("/", operation_id="submitTask", status_code=201)
-    async def submit(self, request: Request) -> Response:
-        _check_token(request)
-        body = await request.body()
-        fmt = "json" if "json" in request.headers.get("content-type", "") else None
-        simulate = request.query_params.get("simulate", "").lower() in ("1", "true", "yes")
+    @contextlib.asynccontextmanager
+    async def nats_connection(app: Litestar) -> AsyncIterator[None]:
+        if app.state.nc is not None:
+            yield
+            return
+        conn = await bus.connect(settings, "api")
         try:
-            spec = parse_spec(body, source="request body", fmt=fmt)
-        except SpecError as e:
-            return _error(400, e.message, path=e.path, line=e.line)
-        js = request.app.state.nc.jetstream()
-        try:
-            task, seq = await commands.submit_task(js, spec, simulate=simulate, submitted_by="api")
-        except commands.DuplicateTask as e:
-            return _error(409, str(e), path="$.task_name")
-        request.app.state.last_seq = max(request.app.state.last_seq, seq)
-        return Response(content=msgspec.to_builtins(TaskCreated(id=task, seq=seq, url=f"/api/tasks/{task}")), status_code=201)
-
-    @get("/", operation_id="listTasks")
-    async def list_tasks(self, request: Request, status: str | None = None, name: str | None = None, limit: int = 50, offset: int = 0) -> list[dict]:
-        where, params = [], []
-        if status:
-            where.append("status = ?")
-            params.append(status)
-        if name:
-            where.append("name ILIKE ?")
-            params.append(f"%{name}%")
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        params += [max(1, min(limit, 1000)), max(0, offset)]
-        return await _sql(request, f"SELECT * FROM tasks {clause} ORDER BY submitted_at DESC LIMIT ? OFFSET ?", params)
-
-    @get("/{task_id:str}", operation_id="getTask")
-    async def get_task(self, request: Request, task_id: str) -> dict:
-        rows = await _sql(request, "SELECT * FROM tasks WHERE id = ?", [task_id])
-        if not rows:
-            raise HTTPException(status_code=404, detail=f"no task `{task_id}`")
-        return rows[0]
-
-    @get("/{task_id:str}/experiments", operation_id="listExperiments")
-    async def experiments(self, request: Request, task_id: str, status: str | None = None) -> list[dict]:
-        params: list[Any] = [task_id]
-        clause = ""
-        if status:
-            clause, params = " AND status = ?", [task_id, status]
-        return await _sql(request, f"SELECT * FROM experiments WHERE task = ?{clause} ORDER BY n, attempt", params)
-
-    @post("/{task_id:str}/cancel", operation_id="cancelTask", status_code=202)
-    async def cancel(self, request: Request, task_id: str) -> Response:
-        _check_token(request)
-        try:
-            seq = await commands.cancel_task(request.app.state.nc.jetstream(), task_id, requested_by="api")
-        except commands.UnknownTask as e:
-            return _error(404, str(e))
-        request.app.state.last_seq = max(request.app.state.last_seq, seq)
-        return Response(content={"id": task_id, "seq": seq, "status": "cancel_requested"}, status_code=202)
-
-
-class SqlRequest(msgspec.Struct, forbid_unknown_fields=True):
-    sql: str
-    params: list[Any] | None = None
-    limit: int | None = None
-
-
-@post("/api/sql", operation_id="querySql", status_code=200)
-async def run_sql(request: Request, data: SqlRequest) -> Response:
-    try:
-        res = await q.sql(request.app.state.nc, data.sql, data.params, limit=data.limit)
-    except q.QueryError as e:
-        return _error(400, str(e))
-    return Response(content=msgspec.to_builtins(res))
-
-
-@get("/api/health", operation_id="health")
-async def health(request: Request) -> dict:
-    nc: NATS = request.app.state.nc
-    return {"status": "ok" if nc.is_connected else "degraded", "nats_connected": nc.is_connected, "version": __version__}
-
-
-def create_app(*, nc: NATS, settings: Settings) -> Litestar:
-    def _http_error(request: Request, exc: HTTPException) -> Response:
-        return _error(exc.status_code, str(exc.detail))
-
-    def _any_error(request: Request, exc: Exception) -> Response:
-        return _error(500, f"internal error: {type(exc).__name__}")
+            await bus.provision(conn.jetstream(), settings)
+            app.state.nc = conn
+            yield
+        finally:
+            app.state.nc = None
+            with contextlib.suppress(Exception):
+                await conn.drain()
 
     app = Litestar(
-        route_handlers=[TaskController, run_sql, health],
-        openapi_config=OpenAPIConfig(title="autotune", version=__version__, path="/schema"),
-        exception_handlers={HTTPException: _http_error},
-        debug=False,
+        lifespan=[nats_connection],
+        route_handlers=[TaskController, ExperimentController, HostController, GpuController, EventController, SystemController],
+        openapi_config=OpenAPIConfig(
+            title="autotune",
+            version=__version__,
+            description=DESCRIPTION,
+            path="/schema",
+            components=Components(
+                security_schemes={BEARER: SecurityScheme(type="http", scheme="bearer", description="the token `autotune up` prints")},
+            ),
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        cors_config=CORSConfig(allow_origins=["*"], allow_headers=["Authorization", "Content-Type", "Last-Event-ID"]),
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=4 * 1024 * 1024,
+        debug=debug,
     )
+    # Litestar builds the components from the handlers' types; the submit body is read raw (JSON or
+    # YAML), so the task spec's schema is added to the document here.
+    app.openapi_schema.components.schemas.update(_spec_components())  # type: ignore[arg-type]
     app.state.nc = nc
     app.state.settings = settings
     app.state.last_seq = 0

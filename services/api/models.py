@@ -1,0 +1,285 @@
+"""HTTP schemas: what the API accepts and answers, as msgspec Structs. Separate from the events on
+purpose: the wire format of the log and the shape of a response evolve independently. The command
+line prints the same Structs with --json, so a script sees one shape whichever door it uses."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+# --- errors and acknowledgements -----------------------------------------------------------------------
+
+
+class ApiError(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Every error: what was wrong and what to do; for a task spec also the field path and line."""
+
+    error: str
+    status: int
+    path: str | None = None
+    line: int | None = None
+    detail: list[dict[str, Any]] | None = None
+
+
+class Accepted(msgspec.Struct, kw_only=True):
+    """A command was recorded in the log at `seq`; a GET right after it sees its effect."""
+
+    id: str
+    seq: int
+    status: str
+    url: str | None = None
+
+
+class TaskCreated(msgspec.Struct, kw_only=True):
+    id: str
+    seq: int
+    url: str
+    simulate: bool = False
+    cloned_from: str | None = None
+
+
+class CloneRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Re-run a task as a new one. `overrides` is laid over the recorded spec (mappings merge, a
+    null removes a field); `simulate` defaults to the source task's."""
+
+    task_name: str | None = None
+    overrides: dict[str, Any] = {}
+    simulate: bool | None = None
+
+
+class CancelRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    reason: str = ""
+
+
+class SqlRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    sql: str
+    params: list[Any] | None = None
+    limit: int | None = None
+
+
+# --- tasks ---------------------------------------------------------------------------------------------
+
+
+class Progress(msgspec.Struct, kw_only=True):
+    budget: int | None = None  # experiments at most (known once the scheduler started the task)
+    space_size: int | None = None  # configurations in the search space (None: continuous)
+    planned: int = 0
+    running: int = 0
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0  # attempts that failed for infrastructure reasons and were re-planned
+    cancelled: int = 0
+    done: int = 0  # completed + failed: experiments that count against the budget
+    percent: float | None = None
+    time_budget_s: float | None = None
+    elapsed_s: float | None = None
+
+
+class BestExperiment(msgspec.Struct, kw_only=True):
+    n: int
+    attempt: int
+    score: float | None
+    parameters: dict[str, Any]
+    command: str
+    metrics: dict[str, Any] = {}
+
+
+class ParetoPoint(msgspec.Struct, kw_only=True):
+    n: int
+    attempt: int
+    score: float | None
+    objectives: list[float]
+    parameters: dict[str, Any]
+
+
+class Task(msgspec.Struct, kw_only=True):
+    id: str
+    name: str | None = None
+    status: str | None = None
+    simulate: bool = False  # rehearsed on simulated engines and GPUs: figures are not real hardware
+    strategy: str | None = None
+    objective: str | None = None
+    engine: str | None = None
+    model: str | None = None
+    deployment_mode: str | None = None
+    gpu_type: str | None = None
+    submitted_by: str | None = None
+    cloned_from: str | None = None
+    submitted_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    reason: str | None = None
+    experiments_completed: int = 0
+    experiments_failed: int = 0
+    budget: int | None = None
+    best_n: int | None = None
+    best_score: float | None = None
+
+
+class TaskPage(msgspec.Struct, kw_only=True):
+    items: list[Task]
+    total: int
+    limit: int
+    offset: int
+
+
+class TaskDetail(Task, kw_only=True):
+    reason_path: str | None = None
+    cancel_requested_at: str | None = None
+    objectives: list[str] = []
+    progress: Progress = msgspec.field(default_factory=Progress)
+    best: BestExperiment | None = None
+    pareto: list[ParetoPoint] = []
+    spec: dict[str, Any] = {}  # the recorded task spec (secrets redacted)
+    links: dict[str, str] = {}
+
+
+class Export(msgspec.Struct, kw_only=True):
+    """A configuration as something to run: an engine command line, a `docker run` line, or a
+    Kubernetes manifest (Deployment + Service)."""
+
+    task: str
+    n: int
+    attempt: int
+    score: float | None
+    format: Literal["cmd", "docker", "k8s"]
+    content: str
+    parameters: dict[str, Any]
+    simulate: bool = False
+    note: str | None = None
+
+
+# --- experiments ----------------------------------------------------------------------------------------
+
+
+class ExperimentPage(msgspec.Struct, kw_only=True):
+    task: str
+    simulate: bool
+    items: list[dict[str, Any]]  # rows of the `experiments` table (GET /api/sql describes every column)
+    total: int
+    limit: int
+    offset: int
+
+
+class TelemetryPoint(msgspec.Struct, kw_only=True):
+    gpu: int
+    t: str
+    samples: int
+    util_gpu: float | None = None
+    util_gpu_max: float | None = None
+    memory_used_mib: float | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
+
+
+class ExperimentDetail(msgspec.Struct, kw_only=True):
+    task: str
+    n: int
+    attempt: int
+    status: str | None
+    simulate: bool
+    parameters: dict[str, Any]
+    command: str | None
+    experiment: dict[str, Any]  # the whole `experiments` row: placement, lifecycle, score, headline metrics
+    runs: list[dict[str, Any]]  # one row of `experiment_runs` per scenario x concurrency
+    attempts: list[dict[str, Any]]  # every attempt of this experiment: status, host, failure
+    telemetry: list[TelemetryPoint]  # its GPUs while it ran, downsampled
+    telemetry_bucket_s: int
+    failure: dict[str, Any] | None
+    log_excerpt: list[str]
+
+
+# --- hosts -----------------------------------------------------------------------------------------------
+
+
+class HostGpu(msgspec.Struct, kw_only=True):
+    index: int
+    uuid: str | None = None
+    name: str | None = None  # the GPU model
+    memory_total_mib: float | None = None
+    memory_used_mib: float | None = None
+    util_gpu: float | None = None
+    util_memory: float | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
+    sampled_at: str | None = None
+    leased_by: str | None = None  # the experiment attempt running on it, "<task>/<n>/<attempt>"
+
+
+class Host(msgspec.Struct, kw_only=True):
+    host: str
+    status: Literal["online", "busy", "draining", "offline", "removed"]
+    lifecycle: str | None = None  # the log's view: online, busy, draining, drained, lost, removed
+    alive: bool = False  # its liveness key exists (the runner heartbeats)
+    instance: str | None = None
+    hostname: str | None = None
+    node: str | None = None
+    simulated: bool = False
+    version: str | None = None
+    gpu_count: int = 0
+    gpus: list[HostGpu] = []
+    runtimes: list[str] = []
+    engines: list[str] = []
+    running: list[str] = []
+    registered_at: str | None = None
+    last_heartbeat: str | None = None
+
+
+class HostDetail(Host, kw_only=True):
+    drain_requested_at: str | None = None
+    drained_at: str | None = None
+    removed_at: str | None = None
+    lost_at: str | None = None
+    experiments: list[dict[str, Any]] = []  # the latest attempts placed on this host
+
+
+class GpuHistory(msgspec.Struct, kw_only=True):
+    host: str
+    since: str
+    until: str
+    bucket_s: int
+    points: list[TelemetryPoint]
+
+
+class GpuModelSummary(msgspec.Struct, kw_only=True):
+    name: str  # the GPU model
+    total: int  # on live hosts
+    busy: int  # leased to a running experiment
+    free: int
+    offline: int  # on hosts whose liveness key is gone
+    hosts: list[str]
+
+
+class GpuSummary(msgspec.Struct, kw_only=True):
+    """The fleet's GPUs by model; with access to a Kubernetes API also the cluster's GPU nodes
+    (allocatable vs requested `nvidia.com/gpu`)."""
+
+    fleet: list[GpuModelSummary]
+    kubernetes: list[dict[str, Any]] | None = None
+    kubernetes_error: str | None = None
+
+
+# --- system ----------------------------------------------------------------------------------------------
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: Literal["ok", "degraded"]
+    nats_connected: bool
+    version: str
+
+
+class Ready(msgspec.Struct, kw_only=True):
+    ready: bool
+    nats_connected: bool
+    projector: bool
+    last_seq: int | None = None  # AUTOTUNE_EVENTS' last sequence
+    applied_seq: int | None = None  # what the projector has applied
+    lag: int | None = None
+    max_lag: int
+    reason: str | None = None
+
+
+class Version(msgspec.Struct, kw_only=True):
+    version: str
+    api: str
+    projector_schema: int
