@@ -38,6 +38,11 @@ def _settings(args: argparse.Namespace):
         s.nats_url = args.nats
     elif not os.environ.get("AUTOTUNE_NATS_URL") and (info := read_stack_info(Path(s.data_dir))):
         s.nats_url = info["nats_url"]
+        if info.get("secure"):  # the CLI acts as the api role of a secure local stack
+            from autotune.shared import security
+
+            creds = json.loads(security.credentials_path(s.data_dir).read_text())
+            s.nats_url = security.nats_url(info["nats_url"], "api", creds["api"])
     return s
 
 
@@ -268,14 +273,26 @@ def asyncio_run_up(args, lifecycle) -> int:
             code = EXIT_INPUT
             return
         (data / "logs").mkdir(parents=True, exist_ok=True)
-        nats = sv.start_nats(data, args.nats_port)
+        passwords = None
+        if args.secure:
+            nats, passwords = sv.start_secure_nats(data, args.nats_port, sv.host_ids(args.hosts))
+        else:
+            nats = sv.start_nats(data, args.nats_port)
+        await sv.provision_as_admin(nats.url, passwords, data)
         token = None if args.no_auth else (s.api_token or sv.new_token())
-        children = sv.build_children(nats.url, data, api_port=args.api_port, hosts=args.hosts, simulate=args.simulate, time_scale=args.time_scale, api_token=token)
+        children = sv.build_children(
+            nats.url, data, api_port=args.api_port, hosts=args.hosts, simulate=args.simulate, time_scale=args.time_scale, api_token=token,
+            passwords=passwords,
+        )
         api_url = f"http://127.0.0.1:{args.api_port}"
-        stack = sv.Stack(data, nats.url, api_url, token, nats, children)
+        stack = sv.Stack(data, nats.url, api_url, token, nats, children, secure=args.secure)
         sv.stack_file(data).write_text(json.dumps(stack.info()))
         print(f"autotune {__version__} is up (Ctrl-C stops everything)")
         print(f"  NATS      {nats.url}   (watch: nats sub 'autotune.>' -s {nats.url})")
+        if passwords:
+            from autotune.shared import security
+
+            print(f"  secure    a NATS user per role and host; passwords in {security.credentials_path(data)} (0600)")
         print(f"  API       {api_url}   (OpenAPI: {api_url}/schema)")
         if token:
             print(f"  API token {token}   (send `Authorization: Bearer <token>` on POST)")
@@ -831,6 +848,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--simulate", help="simulated GPUs per host, e.g. 4xH100 (default: real GPUs, else simulated)")
     p.add_argument("--time-scale", type=float, default=10.0, help="simulated engines run this much faster than real time (keep it at 10 or below for faithful latencies)")
     p.add_argument("--no-auth", action="store_true", help="do not require an API token for POST calls")
+    p.add_argument("--secure", action="store_true", help="NATS with a user per role and host, each allowed only the subjects it needs (infra/nats/README.md)")
 
     p = _sub(sp, "run", "run one service in the foreground", "autotune run scheduler --nats nats://10.0.0.5:4222\nautotune run runner --host gpu-node-7\nautotune run api --bind 0.0.0.0 --port 8080", cmd_run)
     p.add_argument("service", choices=["scheduler", "runner", "projector", "api", "gpumon"])
