@@ -7,6 +7,7 @@ loudly), and every error names the field path, the line (YAML/JSON), and what to
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, Literal
 
@@ -271,6 +272,8 @@ def validate(spec: TaskSpec) -> None:
     ):
         if value < low:
             raise SpecError(f"must be at least {low}, got {value}", f"$.optimization.{field}")
+    if not math.isfinite(opt.timeout_per_iteration) or (opt.time_budget_s is not None and not math.isfinite(opt.time_budget_s)):
+        raise SpecError("must be a finite number of seconds", "$.optimization")
     if opt.timeout_per_iteration <= 0:
         raise SpecError("must be positive (seconds)", "$.optimization.timeout_per_iteration")
     if opt.patience is not None and opt.patience < 1:
@@ -286,6 +289,8 @@ def validate(spec: TaskSpec) -> None:
             else:
                 if p.low is None or p.high is None:
                     raise SpecError(f"type {p.type} needs `low` and `high`", path)
+                if not (math.isfinite(p.low) and math.isfinite(p.high)) or max(abs(p.low), abs(p.high)) > 1e15:
+                    raise SpecError("low and high must be finite numbers (at most 1e15)", path)
                 if p.low > p.high:
                     raise SpecError(f"low ({p.low}) is greater than high ({p.high})", path)
                 if p.log and p.low <= 0:
@@ -320,6 +325,8 @@ def validate(spec: TaskSpec) -> None:
         for key, term in terms:
             if term is None:
                 continue
+            if not math.isfinite(term.threshold) or not math.isfinite(term.weight):
+                raise SpecError("must be a finite number", f"$.slo.{key}")
             if term.threshold <= 0:
                 raise SpecError("must be positive (seconds)", f"$.slo.{key}.threshold")
             if term.weight < 0 or term.fail_ratio < 0:

@@ -58,7 +58,12 @@ def test_placement_prefers_best_fit_and_never_reuses_a_leased_gpu():
     assert p and p.host == "b" and p.gpu_indices == [0, 1]
     p = place(gpus_needed=2, engine="sglang", deployment_mode="simulated", gpu_type="h100", simulate=False, fleet=fleet, leased={"b": {0}}, foreign_busy={"a": {1}})
     assert p and p.host == "a" and p.gpu_indices == [0, 2]
-    assert place(gpus_needed=1, engine="sglang", deployment_mode="simulated", gpu_type="A100", simulate=False, fleet=fleet, leased={}, foreign_busy={}) is None
+    # simulated GPUs imitate the type a task asks for; real ones must match it
+    p = place(gpus_needed=1, engine="sglang", deployment_mode="simulated", gpu_type="A100", simulate=False, fleet=fleet, leased={}, foreign_busy={})
+    assert p and p.gpu_type == "A100" and p.simulated
+    real = {"r": LiveHost(host="r", instance="r-i", gpus=[LiveGpu(index=0, uuid="u", name="NVIDIA H100 80GB HBM3")], runtimes=["docker"])}
+    assert place(gpus_needed=1, engine="sglang", deployment_mode="docker", gpu_type="A100", simulate=False, fleet=real, leased={}, foreign_busy={}) is None
+    assert place(gpus_needed=1, engine="sglang", deployment_mode="docker", gpu_type="h100", simulate=False, fleet=real, leased={}, foreign_busy={}).host == "r"
     drained = {"a": host("a", 4, draining=True)}
     assert place(gpus_needed=1, engine="sglang", deployment_mode="simulated", gpu_type=None, simulate=False, fleet=drained, leased={}, foreign_busy={}) is None
 

@@ -113,6 +113,7 @@ def test_examples_are_valid():
         ("model: m\n", "$", "task_name", None),
         ("task_name: t\nmodel: m\nparameters:\n  tp-size: {type: integer, low: 1, high: 8}\n", "$.parameters.tp-size", "grid_search", 4),
         ("task_name: t\nmodel: m\nslo:\n  ttft: {threshold: -1}\n", "$.slo.ttft.threshold", "positive", 4),
+        ("task_name: t\nmodel: m\noptimization: {strategy: random}\nparameters:\n  x: {type: integer, low: 1, high: .inf}\n", "$.parameters.x", "finite", 5),
     ],
 )
 def test_invalid_specs_name_the_field_and_line(text, path, fragment, line):

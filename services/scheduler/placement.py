@@ -54,16 +54,19 @@ def place(
         if host.engines and engine not in host.engines and mode != "simulated":
             continue
         taken = leased.get(host_id, set()) | foreign_busy.get(host_id, set())
-        free = [g for g in host.gpus if g.index not in taken and (not gpu_type or gpu_type.lower() in g.name.lower())]
+        # simulated GPUs imitate whatever type the task asks for (a rehearsal of an A100 task runs anywhere)
+        wanted = None if mode == "simulated" else gpu_type
+        free = [g for g in host.gpus if g.index not in taken and (not wanted or wanted.lower() in g.name.lower())]
         if len(free) < gpus_needed:
             continue
         chosen = free[:gpus_needed]
+        imitated = gpu_type if mode == "simulated" and gpu_type else (chosen[0].name if chosen else "")
         p = Placement(
             host_id,
             host.instance,
             [g.index for g in chosen],
             [g.uuid for g in chosen],
-            chosen[0].name if chosen else "",
+            imitated,
             mode,
             mode == "simulated",
         )
