@@ -58,9 +58,6 @@ async def start_runner(settings, js, tmp_path, host: str, gpus: str = "1xH100") 
 
 
 def terminal_counts(history) -> Counter:
-    for _, e in history:
-        if isinstance(e, ev.ExperimentFailed):
-            print("failed:", e.n, e.attempt, e.host, e.kind, e.message, e.log_tail[-3:])
     return Counter((e.n, e.attempt) for _, e in history if isinstance(e, ev.TERMINAL_EXPERIMENT))
 
 
