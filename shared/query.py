@@ -15,8 +15,9 @@ from typing import Any
 
 import msgspec
 import nats.errors
-from autotune.schemas import subjects as subj
 from nats.aio.client import Client as NATS
+
+from autotune.schemas import subjects as subj
 
 QUERY_SQL = subj.QUERY_SQL
 QUERY_SNAPSHOT = subj.QUERY_SNAPSHOT  # request/reply: {path, overwrite?} -> the projector writes a file

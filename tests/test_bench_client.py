@@ -9,6 +9,7 @@ import urllib.request
 
 import msgspec
 import pytest
+
 from autotune.bench import BenchmarkStopped, run_benchmark
 from autotune.bench.cli import bench_main
 from autotune.schemas.metrics import ExperimentMetrics

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from autotune.bench.genai_bench import GenaiBenchError, build_command, parse_results, result_files, run_genai_bench
 from autotune.schemas.spec import Benchmark
 

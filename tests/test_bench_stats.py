@@ -7,6 +7,7 @@ import random
 
 import msgspec
 import pytest
+
 from autotune.bench import aggregate, meets_slo, merge, percentile, run_stats, stats
 from autotune.schemas.metrics import ExperimentMetrics, RequestSample
 from autotune.schemas.spec import SLO, LatencySLO, SLOTerm

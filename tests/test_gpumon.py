@@ -14,7 +14,6 @@ from autotune.gpumon.service import nvml_samples, run, simulated_samples
 from autotune.runner.gpus import nvml_busy, nvml_gpus, parse_simulated
 from autotune.schemas import events as ev
 from autotune.shared import bus
-
 from tests.fixtures import nvml_standin
 from tests.fixtures.nvml_standin import FakeGpu
 from tests.helpers import Services

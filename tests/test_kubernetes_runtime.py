@@ -6,6 +6,7 @@ below really launch, become ready, get benchmarked and are torn down through the
 from __future__ import annotations
 
 import pytest
+
 from autotune.gpumon.kube import cluster_gpu_inventory
 from autotune.runner.runtimes import Launch
 from autotune.runner.runtimes.kubernetes import A_KEY, K_EXPERIMENT, KubernetesRuntime, label_value, resource_name
@@ -14,7 +15,6 @@ from autotune.runner.settings import RunnerSettings
 from autotune.scheduler.service import run as scheduler_run
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
-
 from tests.fixtures.k8s_standin import KubeStandin, gpu_node, gpu_pod
 from tests.fixtures.runner_kit import context, engines_of, log_lines, run_one, spec
 from tests.helpers import Services, events_of, submit, task_finished

@@ -13,6 +13,7 @@ import sys
 
 import msgspec
 import pytest
+
 from autotune.projector import service
 from autotune.projector.rebuild import rebuild
 from autotune.projector.settings import ProjectorConfig

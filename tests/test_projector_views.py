@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
+
 from autotune.projector import schema as sc
 from autotune.projector import views
 from autotune.projector.store import Store, checksums

@@ -8,6 +8,7 @@ import time
 
 import duckdb
 import pytest
+
 from autotune.projector import guard, reader, service
 from autotune.projector.settings import ProjectorConfig
 from autotune.projector.store import Store

@@ -13,7 +13,6 @@ from autotune.runner.gpus import wait_gpus_free
 from autotune.runner.runtimes.local import SimulatedRuntime
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
-
 from tests.fixtures import nvml_standin
 from tests.fixtures.runner_kit import assign, context, engines_of, experiment_events, log_lines, run_one, spec
 from tests.helpers import Services, wait_for

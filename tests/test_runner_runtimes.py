@@ -8,6 +8,7 @@ import os
 import socket
 
 import pytest
+
 from autotune.runner.runtimes import Launch, simulated_argv
 from autotune.runner.runtimes.local import LocalRuntime, SimulatedRuntime, labelled_processes
 

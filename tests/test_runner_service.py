@@ -10,6 +10,7 @@ import time
 from collections import Counter
 
 import msgspec
+
 from autotune.runner.runtimes import Launch
 from autotune.runner.runtimes.local import LocalRuntime
 from autotune.runner.service import run as runner_run
@@ -19,7 +20,6 @@ from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveHost
 from autotune.shared import bus
-
 from tests.fixtures.runner_kit import Proc, assign, engines_of, experiment_events, spec
 from tests.helpers import Services, events_of, submit, task_finished, wait_for
 

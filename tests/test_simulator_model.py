@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from autotune.simulator import steady_state
 from autotune.simulator.catalog import gpu_by_name, params_from_name
 from autotune.simulator.config import ArgError, SimSettings, parse_args, settings_from_env

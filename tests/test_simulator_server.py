@@ -9,8 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-import autotune.simulator
 import pytest
+
+import autotune.simulator
 from autotune.simulator.process import SimProcess
 
 FAST = {"AUTOTUNE_SIM_TIME_SCALE": "50", "AUTOTUNE_SIM_STARTUP_SCALE": "1000"}

@@ -12,6 +12,7 @@ import signal
 import sys
 
 import msgspec
+
 from autotune.schemas.metrics import ExperimentMetrics
 from autotune.schemas.scenarios import ScenarioError, parse_scenario
 from autotune.schemas.spec import Benchmark

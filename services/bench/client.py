@@ -31,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
+
 from autotune.schemas.metrics import ExperimentMetrics, RequestSample, RunMetrics
 from autotune.schemas.scenarios import Scenario, parse_scenario
 from autotune.schemas.spec import SLO, Benchmark

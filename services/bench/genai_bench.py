@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
+
 from autotune.schemas.metrics import ExperimentMetrics, RequestSample, RunMetrics, Stats
 from autotune.schemas.spec import SLO, Benchmark
 

@@ -17,13 +17,14 @@ from typing import Any
 
 import duckdb
 import msgspec
+from nats.aio.msg import Msg
+
 from autotune.projector import reader
 from autotune.projector.guard import Refused
 from autotune.projector.store import write_snapshot
 from autotune.schemas import subjects as subj
 from autotune.shared import log as logging
 from autotune.shared.query import QUERY_SNAPSHOT, QUERY_SQL, QUEUE_GROUP
-from nats.aio.msg import Msg
 
 log = logging.get("projector")
 REOPEN_PREFIX = subj.QUERY_REOPEN

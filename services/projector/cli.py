@@ -102,6 +102,7 @@ async def snapshot(settings: Settings, path: str, *, db_path: str | None = None,
 
 def _open_read_only(db: str):
     import duckdb
+
     from autotune.projector.store import Store
 
     if not os.path.exists(db):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 import msgspec
+
 from autotune.projector import schema as sc
 from autotune.schemas import events as ev
 from autotune.schemas.metrics import RequestSample

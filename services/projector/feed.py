@@ -22,10 +22,11 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from autotune.projector.views import Message
-from autotune.shared import log as logging
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
+
+from autotune.projector.views import Message
+from autotune.shared import log as logging
 
 log = logging.get("projector")
 

@@ -13,6 +13,7 @@ from typing import Any
 import duckdb
 import msgspec
 import pyarrow as pa
+
 from autotune.projector import guard
 
 

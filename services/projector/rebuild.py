@@ -19,6 +19,7 @@ from typing import Any
 import duckdb
 import msgspec
 import nats.errors
+
 from autotune.projector.answer import reopen_subject
 from autotune.projector.service import Projector, tune_gc
 from autotune.projector.settings import ProjectorConfig, default_db_path

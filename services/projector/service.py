@@ -30,6 +30,9 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
 from autotune.projector.answer import Answering
 from autotune.projector.feed import StreamFeed
 from autotune.projector.settings import ProjectorConfig, default_db_path
@@ -40,8 +43,6 @@ from autotune.schemas import subjects as subj
 from autotune.shared import bus
 from autotune.shared import log as logging
 from autotune.shared.settings import Settings
-from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
 
 log = logging.get("projector")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import msgspec
+
 from autotune.shared.settings import Settings
 
 

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import duckdb
 import pyarrow as pa
+
 from autotune.projector import expand
 from autotune.projector import schema as sc
 from autotune.projector.views import Changes, Position

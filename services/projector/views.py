@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+
 from autotune.projector import schema as sc
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj

@@ -24,9 +24,10 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from autotune.shared import log as logging
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+
+from autotune.shared import log as logging
 
 log = logging.get("projector")
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import nats.errors
 import nats.js.errors
+
 from autotune.runner.runtimes import Handle, Launch, simulated_argv
 from autotune.runner.telemetry import TelemetryWindow
 from autotune.schemas import events as ev

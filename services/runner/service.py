@@ -18,6 +18,8 @@ import uuid
 from pathlib import Path
 
 import msgspec
+from nats.js.errors import KeyWrongLastSequenceError
+
 from autotune import __version__
 from autotune.runner.experiment import Context, Writer, run_attempt
 from autotune.runner.gpus import nvml_gpus, parse_simulated, wait_gpus_free
@@ -29,7 +31,6 @@ from autotune.schemas.liveness import LiveGpu, LiveHost, running_key
 from autotune.shared import bus
 from autotune.shared import log as logging
 from autotune.shared.settings import Settings
-from nats.js.errors import KeyWrongLastSequenceError
 
 log = logging.get("runner")
 

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import msgspec
+
 from autotune.shared.settings import Settings
 
 SIMULATED_RUNTIMES = ("process", "docker", "kubernetes")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 
 import msgspec
+
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.shared import log as logging

@@ -14,11 +14,11 @@ from datetime import datetime, timedelta
 
 import msgspec
 
+from autotune.scheduler.placement import place
+from autotune.scheduler.state import Attempt, State, Task
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveHost
-from autotune.scheduler.placement import place
-from autotune.scheduler.state import Attempt, State, Task
 
 
 @dataclass(frozen=True)

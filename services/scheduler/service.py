@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 import msgspec
 from nats.js.errors import KeyWrongLastSequenceError
 
+from autotune.scheduler.decide import Action, Limits, decide
+from autotune.scheduler.state import State, evolve
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
-from autotune.scheduler.decide import Action, Limits, decide
 from autotune.schemas.liveness import LiveHost
-from autotune.scheduler.state import State, evolve
 from autotune.shared import bus
 from autotune.shared import log as logging
 from autotune.shared.settings import Settings
