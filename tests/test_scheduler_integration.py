@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -20,35 +18,11 @@ from autotune.schemas import events as ev
 from autotune.schemas.spec import spec_from_obj
 from autotune.shared.audit import audit, peak_parallelism
 from autotune.shared.expand import experiment_space
+from tests.fixtures.runner_kit import Proc
 from tests.helpers import Services, events_of, small_spec, submit, task_finished, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-
-
-class Proc:
-    """An autotune service as a real child process (its own process group)."""
-
-    def __init__(self, settings, *args: str, log: Path) -> None:
-        env = {**os.environ, "AUTOTUNE_HOST_TTL_S": str(settings.host_ttl_s), "AUTOTUNE_DATA_DIR": settings.data_dir}
-        self.out = open(log, "ab")  # noqa: SIM115
-        self.p = subprocess.Popen([sys.executable, "-m", "autotune.cli", "run", *args, "--nats", settings.nats_url], stdout=self.out, stderr=self.out, env=env, cwd=ROOT, start_new_session=True)
-
-    def kill(self) -> None:
-        if self.p.poll() is None:
-            os.killpg(self.p.pid, signal.SIGKILL)
-        self.p.wait(10)
-        self.out.close()
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            os.killpg(self.p.pid, signal.SIGTERM)
-            try:
-                self.p.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        if not self.out.closed:
-            self.out.close()
 
 
 async def start_runner(settings, js, tmp_path, host: str, gpus: str = "1xH100") -> Proc:
