@@ -303,27 +303,18 @@ def asyncio_run_up(args, lifecycle) -> int:
         try:
             await sv.supervise(children, data / "logs", stop)
         finally:
-            _kill_leftover_engines([c.name.removeprefix("runner-") for c in children if c.name.startswith("runner-")])
+            # a runner that had to be SIGKILLed leaves its engines: reap them as a restarted runner would
+            from autotune.runner.runtimes.local import LocalRuntime
+
+            for c in children:
+                if c.name.startswith("runner-"):
+                    await LocalRuntime().reap_orphans(c.name.removeprefix("runner-"), keep=set())
             nats.stop()
             sv.stack_file(data).unlink(missing_ok=True)
             print("autotune stopped; the event log stays in", data / "nats")
 
     lifecycle.run_until_signal(main)
     return code
-
-
-def _kill_leftover_engines(hosts: list[str]) -> None:
-    import signal
-
-    from autotune.runner.runtimes import LABEL_HOST
-    from autotune.runner.runtimes.local import labelled_processes
-
-    for pid, labels in labelled_processes():
-        if labels.get(LABEL_HOST) in hosts:
-            try:
-                os.killpg(os.getpgid(pid), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 
