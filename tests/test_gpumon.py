@@ -9,8 +9,9 @@ import logging
 import os
 import signal
 import subprocess
+import time
 
-from autotune.gpumon.service import nvml_samples, run, simulated_samples
+from autotune.gpumon.service import engines_by_gpu, nvml_samples, run, simulated_samples
 from autotune.runner.gpus import nvml_busy, nvml_gpus, parse_simulated
 from autotune.schemas import events as ev
 from autotune.shared import bus
@@ -83,6 +84,12 @@ def test_the_simulated_fleet_follows_the_engines_actually_running():
     p = subprocess.Popen(["sleep", "30"], env=env)
     try:
         import random
+
+        # Until the child has exec'd, /proc/<pid>/environ still shows the parent's environment.
+        for _ in range(500):
+            if p.pid in engines_by_gpu("simfleet").get(1, []):
+                break
+            time.sleep(0.01)
 
         idle, busy = simulated_samples("simfleet", gpus, random.Random(0), 100.0, node="n1")
         assert idle.util_gpu == 0 and idle.processes == [] and idle.simulated
