@@ -19,7 +19,7 @@ from autotune.projector import schema as sc
 from autotune.schemas import events as ev
 from autotune.schemas.metrics import RequestSample
 
-SOURCE = "_metrics"  # registered Arrow table: task, n, attempt, payload
+SOURCE = "_metrics"  # registered Arrow table: task, n, attempt, samples (a JSON array of array_like rows)
 
 _DUCK = {int: "BIGINT", float: "DOUBLE", str: "VARCHAR", bool: "BOOLEAN"}
 
@@ -57,25 +57,19 @@ def _samples_sql() -> str:
         cast = f"CAST(x[{k}] AS {typ})"
         d = _default(f)
         select.append(f"coalesce({cast}, {_literal(d)}) AS {f.name}" if d is not None else f"{cast} AS {f.name}")
-    structure = json.dumps({"metrics": {"samples": [["VARCHAR"]]}})
     return (
         f"INSERT INTO request_samples BY NAME SELECT {', '.join(select)} FROM ("
         f"SELECT task, n, attempt, unnest(a) AS x, generate_subscripts(a, 1) AS i FROM ("
-        f"SELECT task, n, attempt, json_transform(decode(payload), '{structure}').metrics.samples AS a FROM {SOURCE}"
+        f"SELECT task, n, attempt, json_transform(decode(samples), '[[\"VARCHAR\"]]') AS a FROM {SOURCE}"
         f") WHERE a IS NOT NULL)"
     )
 
 
 def _events_sql() -> str:
-    # the metrics' runs and raw samples are in experiment_runs and request_samples, typed; keeping
-    # them in the payload too would double the database and its write-ahead log
+    # a result's runs and raw samples were emptied in Python (views._payload): they are in
+    # experiment_runs and request_samples, typed
     cols = ", ".join(f'"{c}"' for c in sc.EVENTS.names if c != "payload")
-    return (
-        f"INSERT INTO events SELECT {cols}, CASE WHEN type IN ('experiment.completed', 'experiment.failed') "
-        "AND json_type(txt, '$.metrics') = 'OBJECT' "
-        'THEN json_merge_patch(txt, \'{"metrics": {"runs": null, "samples": null}}\') '
-        f"ELSE CAST(txt AS JSON) END FROM (SELECT *, decode(payload) AS txt FROM {EVENTS_SOURCE})"
-    )
+    return f"INSERT INTO events SELECT {cols}, CAST(decode(payload) AS JSON) FROM {EVENTS_SOURCE}"
 
 
 def _gpu_sql() -> str:
@@ -141,5 +135,5 @@ SOURCES = {
     EVENTS_SOURCE: [*sc.EVENTS.columns[:-1], ("payload", "BLOB")],
     GPU_SOURCE: [("seq", "BIGINT"), ("payload", "BLOB")],
     LOG_SOURCE: [("seq", "BIGINT"), ("payload", "BLOB")],
-    SOURCE: [("task", "VARCHAR"), ("n", "BIGINT"), ("attempt", "BIGINT"), ("payload", "BLOB")],
+    SOURCE: [("task", "VARCHAR"), ("n", "BIGINT"), ("attempt", "BIGINT"), ("samples", "BLOB")],
 }

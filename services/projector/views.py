@@ -160,7 +160,7 @@ class Changes:
     first). Append-only rows travel as the raw payloads they are made of, and the store expands
     them in SQL (expand.py): DuckDB parses JSON in C++, off the GIL, far faster than Python
     builds tuples. `gpu_samples` and `log_lines`: (seq, payload); `metrics`: (task, n, attempt,
-    payload) of the events whose raw samples become request_samples; `events` (its payload still
+    samples) of the results whose raw samples become request_samples (their JSON array); `events` (its payload still
     raw bytes), `experiment_runs` and `dead_letters`: whole rows in column order.
     """
 
@@ -325,8 +325,21 @@ def _event_row(m: Message, e: Any) -> tuple:
     return (
         m.stream, m.seq, m.stored_us, m.subject, e.id, e.__struct_config__.tag, True,
         getattr(e, "task", None), n, e.attempt if n is not None else None,
-        getattr(e, "host", None) or None, e.at, m.data,
+        getattr(e, "host", None) or None, e.at, _payload(m, e),
     )  # fmt: skip
+
+
+def _payload(m: Message, e: Any) -> bytes:
+    """The payload kept in `events`. A result's per-run statistics and raw samples have their own
+    tables (experiment_runs, request_samples); keeping them here too would double the database, so
+    they are emptied (the headline metrics stay)."""
+    x = getattr(e, "metrics", None)
+    if x is None or not (x.runs or x.samples) or type(e) not in _WITH_METRICS:
+        return m.data
+    return _json.encode(msgspec.structs.replace(e, metrics=msgspec.structs.replace(x, runs=[], samples=[])))
+
+
+_WITH_METRICS = (ev.ExperimentCompleted, ev.ExperimentFailed)
 
 
 def _unknown_row(m: Message, u: _Unknown) -> tuple:
@@ -643,8 +656,8 @@ def _metrics(ch: Changes, row: dict, x: ExperimentMetrics, m: Message) -> None:
                 r.total_tps, r.goodput_rps, *stats,
             )
         )  # fmt: skip
-    if x.samples:
-        ch.metrics.append((task, n, attempt, m.data))
+    if x.samples:  # the store expands them in SQL from their JSON (array_like rows)
+        ch.metrics.append((task, n, attempt, _json.encode(x.samples)))
 
 
 def utc_from_us(us: int) -> datetime:
