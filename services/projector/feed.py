@@ -83,6 +83,14 @@ class StreamFeed:
     def caught_up(self) -> bool:
         return self.pending == 0
 
+    def state(self) -> str:
+        """One line for the logs: where the feed is and what it waits for."""
+        idle = time.monotonic() - self._last_activity
+        return (
+            f"last_seq={self.last_seq} pending={self.pending} consumer={self._consumer or '-'} outstanding={self._outstanding} "
+            f"recreating={self._recreating} idle_s={idle:.1f}"
+        )
+
     async def start(self, start_seq: int) -> None:
         self.last_seq = start_seq - 1
         await self._create()
