@@ -80,6 +80,7 @@ def addressed_to(host: str) -> list[str]:
         f"{PREFIX}.task.*.exp.*.assigned.{h}",
         f"{PREFIX}.task.*.exp.*.cancel_requested.{h}",
         f"{PREFIX}.host.{h}.drain_requested",
+        f"{PREFIX}.host.{h}.removed",
     ]
 
 

@@ -149,6 +149,21 @@ async def test_drain_takes_no_new_work_and_reports_drained_after_the_running_exp
         await svc.stop_all()
 
 
+async def test_a_removed_host_takes_no_new_work_and_reports_drained(settings, js):
+    svc = Services()
+    svc.start(lambda stop: runner_run(settings, stop=stop, runner=RunnerSettings(host="rm", simulate="1xH100", time_scale=50)), "runner")
+    try:
+        await registered(js, "rm")
+        await bus.append(js, subj.host("rm", "removed"), ev.HostRemoved(id="host.rm.removed", host="rm"))
+        drained = await wait_for(js, subj.host("rm", "drained"), lambda e: True, timeout=30)
+        assert isinstance(drained, ev.HostDrained) and (await live_value(js, "rm")).draining
+        await assign(js, spec("late"), host="rm", gpus=[0])
+        refused = await wait_for(js, subj.experiment("late", 0, "failed"), lambda e: True, timeout=20)
+        assert refused.retryable and "draining" in refused.message
+    finally:
+        await svc.stop_all()
+
+
 async def test_stopping_the_runner_tears_engines_down_and_reports_retryable(settings, js):
     svc = Services()
     stop = svc.start(lambda stop: runner_run(settings, stop=stop, runner=RunnerSettings(host="st", simulate="1xH100", time_scale=50)), "runner")

@@ -345,9 +345,10 @@ class Runner:
                     log.info("cancelling experiment", experiment=key, reason=c.reason)
                     await asyncio.sleep(0)  # a task cancelled before it ever ran would not report anything
                     t.cancel()
-            case ev.HostDrainRequested():
+            case ev.HostDrainRequested() | ev.HostRemoved():
                 if not self.draining:
-                    log.info("drain requested: taking no new experiments", host=self.host, running=len(self.running))
+                    why = "host removed from the fleet" if isinstance(d.event, ev.HostRemoved) else "drain requested"
+                    log.info(f"{why}: taking no new experiments", host=self.host, running=len(self.running))
                 self.draining = True
                 with contextlib.suppress(Exception):
                     await self._publish_live()
