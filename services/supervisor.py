@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autotune.shared import log as logging
+from autotune.shared.lifecycle import wait_event
 from autotune.shared.natsserver import NatsServer
 
 log = logging.get("up")
@@ -192,9 +193,7 @@ async def supervise(children: list[Child], logs: Path, stop: asyncio.Event) -> N
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()
+    return await wait_event(stop, seconds)
 
 
 async def stop_children(children: list[Child], grace_s: float = 20.0) -> None:

@@ -32,8 +32,21 @@ def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 
 async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     """Sleep up to `seconds`; True when stop was set meanwhile."""
+    return await wait_event(stop, seconds)
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to `seconds` for `event`; True when it is set.
+
+    Not `asyncio.wait_for(event.wait(), seconds)`: on Python 3.11 wait_for swallows a cancellation
+    that arrives while the event is being set (it returns the result instead of raising), so a
+    cancelled service loop that waits on a busy event can go on running for ever. asyncio.timeout
+    runs the wait in the calling task, where a cancellation always propagates."""
+    if event.is_set():
+        return True
     try:
-        await asyncio.wait_for(stop.wait(), seconds)
+        async with asyncio.timeout(max(seconds, 0.0)):
+            await event.wait()
         return True
     except TimeoutError:
-        return False
+        return event.is_set()

@@ -192,8 +192,6 @@ async def test_restarts_and_cancels_mid_stream_equal_a_rebuild(js, settings, tmp
 
 
 
-@pytest.mark.skip(reason="intermittently hangs while stopping the projector right after it swapped in a rebuilt file "
-                  "(seen on this 2-core machine; see the issue 6 note)")
 async def test_a_rebuild_swapped_into_a_running_projector_changes_nothing(js, settings, tmp_path):
     path = str(tmp_path / "incremental.duckdb")
     await publish(js, traffic(2, tasks=2, experiments=4))

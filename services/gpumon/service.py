@@ -26,6 +26,7 @@ from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.shared import bus
 from autotune.shared import log as logging
+from autotune.shared.lifecycle import wait_event
 from autotune.shared.settings import Settings
 
 log = logging.get("gpumon")
@@ -146,7 +147,6 @@ async def run(
                     await js.publish(subj.gpu(host, s.index), ev.encode(s), headers={"Nats-Msg-Id": s.id})
                 except Exception as e:  # telemetry is best effort; the next sample follows in a second
                     log.warning("sample not published", error=repr(e))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(0.05, interval_s - (time.time() - t)))
+            await wait_event(stop, max(0.05, interval_s - (time.time() - t)))
     finally:
         await nc.drain()

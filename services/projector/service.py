@@ -42,6 +42,7 @@ from autotune.projector.wire import LeanWire, NatsPyWire
 from autotune.schemas import subjects as subj
 from autotune.shared import bus
 from autotune.shared import log as logging
+from autotune.shared.lifecycle import wait_event
 from autotune.shared.settings import Settings
 
 log = logging.get("projector")
@@ -290,8 +291,7 @@ class Projector(Answering):
                         log.info("catching up", **{f.stream: f.state() for f in self.feeds})
                         next_report = time.monotonic() + 5.0
                     self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._idle_wait())
+                    await wait_event(self._wake, self._idle_wait())
                     continue
                 try:
                     prepared, summary, seq = await loop.run_in_executor(self._applier, self._apply, batch)
@@ -417,11 +417,11 @@ class Projector(Answering):
         if self.applied_seq >= seq:
             return True
         try:
-            async with self._applied:
-                await asyncio.wait_for(self._applied.wait_for(lambda: self.applied_seq >= seq), timeout)
+            async with asyncio.timeout(timeout), self._applied:  # not wait_for: see lifecycle.wait_event
+                await self._applied.wait_for(lambda: self.applied_seq >= seq)
             return True
         except TimeoutError:
-            return False
+            return self.applied_seq >= seq
 
     # --- swapping in a rebuilt file -----------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveHost
 from autotune.shared import bus
 from autotune.shared import log as logging
+from autotune.shared.lifecycle import wait_event
 from autotune.shared.settings import Settings
 
 log = logging.get("scheduler")
@@ -139,8 +140,7 @@ class Scheduler:
         await self.caught_up.wait()
         await self.fleet_loaded.wait()
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.tick_s)
+            await wait_event(self.wake, self.tick_s)
             self.wake.clear()
             if not self.leader:
                 continue
