@@ -213,7 +213,7 @@ class SearchSpace(msgspec.Struct, frozen=True, kw_only=True):
                     label = next(
                         (
                             lab
-                            for lab, fl in zip(d.values, d.bundles)
+                            for lab, fl in zip(d.values, d.bundles, strict=True)
                             if all(_same(_on(params.get(k)), _on(fl.get(k))) for k in union)
                         ),
                         None,
@@ -249,7 +249,7 @@ class SearchSpace(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("a continuous range cannot be enumerated; give a list of values or a step")
         axes = [[d.value_at(i) for i in range(d.size or 0)] for d in self.dims]
         for combo in itertools.product(*axes):
-            yield self.configuration(dict(zip(self.names, combo)))
+            yield self.configuration(dict(zip(self.names, combo, strict=True)))
 
     def grid(self, limit: int | None = None) -> list[dict[str, Scalar]]:
         """The Cartesian product in a stable order (spec order, first dimension varying slowest)."""
@@ -446,7 +446,7 @@ def _field_values(cfg: Any, fields: tuple[str, ...], base: str) -> dict[str, lis
 def _combos(fields: dict[str, list[tuple[Any, str]]]) -> Iterator[dict[str, Any]]:
     names = list(fields)
     for combo in itertools.product(*(fields[n] for n in names)):
-        yield {n: v for n, (v, _) in zip(names, combo)}
+        yield {n: v for n, (v, _) in zip(names, combo, strict=True)}
 
 
 def _label(combo: Mapping[str, Any]) -> str:

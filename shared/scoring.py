@@ -115,7 +115,7 @@ def _from_run_stats(metrics: ExperimentMetrics, runs: Sequence[int]) -> _Figures
     def wmean(get) -> float:  # type: ignore[no-untyped-def]
         if total <= 0:
             return 0.0
-        return sum(w * get(r) for w, r in zip(weights, chosen)) / total
+        return sum(w * get(r) for w, r in zip(weights, chosen, strict=True)) / total
 
     return _Figures(
         ok=int(total),

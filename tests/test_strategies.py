@@ -257,9 +257,9 @@ def test_multi_objective_pareto_and_exact_resume():
     front = st.pareto()
     vectors = {n: st.experiments[n].score for n in st._ok_numbers()}
     for n in front:  # nothing dominates a front member, and every non-member is dominated
-        assert not any(all(a <= b for a, b in zip(v, vectors[n])) and v != vectors[n] for v in vectors.values())
+        assert not any(all(a <= b for a, b in zip(v, vectors[n], strict=True)) and v != vectors[n] for v in vectors.values())
     for n in set(vectors) - set(front):
-        assert any(all(a <= b for a, b in zip(vectors[m], vectors[n])) for m in front)
+        assert any(all(a <= b for a, b in zip(vectors[m], vectors[n], strict=True)) for m in front)
     assert st.best()[0] in front
 
 

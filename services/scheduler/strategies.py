@@ -255,7 +255,7 @@ def _draw(d: Dimension, rng: random.Random) -> Scalar:
 
 
 def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
 
 
 class GridStrategy(Strategy):

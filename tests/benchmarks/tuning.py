@@ -216,7 +216,7 @@ def experiments_to_target(spec: TaskSpec, space: SearchSpace, table: dict[str, O
 
 
 def _dominates(a: list[float], b: list[float]) -> bool:
-    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
 
 
 def pareto_recall(spec: TaskSpec, space: SearchSpace, table: dict[str, Outcome], budget: int) -> tuple[float, int]:
