@@ -95,6 +95,21 @@ def stream_configs(settings: Settings) -> list[jsapi.StreamConfig]:
     ]
 
 
+TRANSIENT = (TimeoutError, ServiceUnavailableError, nats.errors.NoRespondersError)  # no JetStream leader (yet)
+
+
+async def retry_transient(call: Callable[[], Awaitable[Any]], *, attempts: int = 40, delay: float = 0.5) -> Any:
+    """`call()`, again while it fails the way a cluster electing a leader makes calls fail (a
+    node was just killed, a service starts with the cluster): ~20 s by default, then the error."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except TRANSIENT:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(delay)
+
+
 async def provision(js: JetStreamContext, settings: Settings) -> None:
     """Create the streams and KV buckets that are missing. Idempotent: every service calls it at start.
 
@@ -135,7 +150,7 @@ async def update_streams(js: JetStreamContext, settings: Settings) -> None:
 
 async def kv_bucket(js: JetStreamContext, name: str, settings: Settings, *, ttl_markers: bool = False):
     try:
-        return await js.key_value(name)
+        return await retry_transient(lambda: js.key_value(name))
     except (NotFoundError, APIError):
         pass
     cfg = jsapi.KeyValueConfig(
@@ -160,10 +175,11 @@ async def kv_claim(kv: Any, key: str, value: bytes, *, ttl: float | None = None)
         return await kv.create(key, value, msg_ttl=ttl)
     except KeyWrongLastSequenceError:
         pass
-    # An expired key leaves a server-placed marker that nats-py's create() does not treat as deleted.
+    # An expired key leaves a server-placed marker (no value, kept limit_marker_ttl) that nats-py's
+    # create() does not treat as deleted and get() returns as an entry whose value is None.
     try:
-        await kv.get(key)
-        return None  # alive
+        if (await kv.get(key)).value:
+            return None  # alive
     except (KeyDeletedError, KeyNotFoundError):
         pass
     try:
@@ -371,7 +387,7 @@ async def durable_consume(
         filter_subject=subjects[0] if len(subjects) == 1 else None,
         max_ack_pending=1000,
     )
-    await js.add_consumer(stream, cfg)
+    await retry_transient(lambda: js.add_consumer(stream, cfg))
     psub = await js.pull_subscribe_bind(durable, stream)
     try:
         while not stop.is_set():

@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 from nats.js import api as jsapi
 
 from autotune.projector.views import Message
+from autotune.shared import bus
 from autotune.shared import log as logging
 
 log = logging.get("projector")
@@ -123,7 +124,7 @@ class StreamFeed:
             num_replicas=1,
             description="autotune projector (position kept in DuckDB)",
         )
-        info = await self.js.add_consumer(self.stream, cfg)
+        info = await bus.retry_transient(lambda: self.js.add_consumer(self.stream, cfg))
         self._inbox = self.wire.new_inbox()
         self._sid = await self.wire.subscribe(self._inbox, self._on_msg)
         self._consumer = info.name

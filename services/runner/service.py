@@ -201,8 +201,17 @@ class Runner:
     async def _claim(self, js) -> None:
         kv, ttl = self.kv, self.settings.host_ttl_s
         rev = await bus.kv_claim(kv, self.host, self.live_value(), ttl=ttl)
+        entry = await kv.get(self.host) if rev is None else None
+        for _ in range(10):  # the holder's key expired between the claim and the read: claim again
+            if entry is None or entry.value:
+                break
+            await asyncio.sleep(0.2)
+            rev = await bus.kv_claim(kv, self.host, self.live_value(), ttl=ttl)
+            entry = await kv.get(self.host) if rev is None else None
         if rev is None:
-            previous = msgspec.json.decode((await kv.get(self.host)).value, type=LiveHost)
+            if entry is None or not entry.value:
+                raise HostTaken(f"host `{self.host}`: its liveness key keeps changing under this runner; start it again")
+            previous = msgspec.json.decode(entry.value, type=LiveHost)
             dead_here = previous.hostname == socket.gethostname() and not _pid_alive(previous.pid)
             if not (self.rs.takeover or dead_here):
                 raise HostTaken(
