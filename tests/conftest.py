@@ -15,7 +15,7 @@ from autotune.shared.settings import Settings
 
 @pytest.fixture
 def nats_server(tmp_path):
-    with NatsServer(tmp_path / "nats") as server:
+    with NatsServer(tmp_path / "nats", log_file=str(tmp_path / "nats-server.log")) as server:  # kept for a failing test
         yield server
 
 

@@ -12,6 +12,11 @@ restarted after a delay. At the end it checks, from the log and the files:
 
 It prints one JSON line (kills, restarts, experiments, attempts, violations) and exits 1 on any
 violation. `--short` is the CI form.
+
+`--cluster` runs it on a 3-node NATS cluster (tests/chaos/cluster.py): streams replicated x3, every
+service connected as its own role's user with the URLs of all nodes, liveness keys of 15 s. A node is
+one more victim, killed only when every stream and durable consumer is fully replicated, so two nodes
+are never down (or catching up) at once and every raft group keeps its quorum.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging as pylogging
 import os
 import random
 import signal
@@ -35,9 +41,12 @@ sys.path.insert(0, str(ROOT))
 from autotune.runner.runtimes.local import labelled_processes  # noqa: E402
 from autotune.schemas import events as ev  # noqa: E402
 from autotune.shared import bus  # noqa: E402
+from autotune.shared import log as logging  # noqa: E402
 from autotune.shared.audit import audit, peak_parallelism  # noqa: E402
 from autotune.shared.natsserver import NatsServer  # noqa: E402
 from autotune.shared.settings import Settings  # noqa: E402
+from tests.chaos.cluster import LocalCluster, healthy  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 from tests.helpers import events_of, small_spec, submit  # noqa: E402
 
 
@@ -71,110 +80,220 @@ class Service:
         return bool(self.proc and self.proc.poll() is None)
 
 
+class Node:
+    """A NATS cluster node as a victim: SIGKILLed, then started again from its configuration and store."""
+
+    def __init__(self, cluster: LocalCluster, name: str) -> None:
+        self.cluster, self.name = cluster, name
+
+    def start(self) -> None:
+        self.cluster.start(self.name)
+
+    def kill(self) -> None:
+        self.cluster.kill(self.name)
+
+    @property
+    def alive(self) -> bool:
+        return self.cluster.alive(self.name)
+
+
+class Run:
+    """The processes of one run, the victims among them, and what was killed and restarted when."""
+
+    def __init__(self, rng: random.Random, hosts: list[str], logs: Path, cluster: LocalCluster | None, t0: float) -> None:
+        self.rng, self.hosts, self.logs, self.cluster, self.t0 = rng, hosts, logs, cluster, t0
+        self.services: dict[str, Service | Node] = {}
+        self.kills: Counter[str] = Counter()
+        self.restarts = 0
+        self.pending: list[tuple[float, Service | Node]] = []  # (when, what) to restart
+        self.violations: list[str] = []
+        self.victims: list[str] = []
+        self.dead: set[Service | Node] = set()
+        self.timeline = open(logs / "chaos.log", "a", buffering=1)  # noqa: SIM115 - the driver's own log: what it did when
+
+    def note(self, what: str) -> None:
+        self.timeline.write(f"{time.strftime('%H:%M:%S')} +{time.monotonic() - self.t0:6.1f}s {what}\n")
+
+    async def drive(self, js, task: str, *, deadline: float, max_kills: int, gap: tuple[float, float]) -> ev.Event | None:
+        """Kill and restart until the task ends (its terminal event) or the deadline."""
+        next_kill = time.monotonic() + self.rng.uniform(*gap)
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            self._restart_due(now)
+            if "scheduler" in self._died():
+                return None  # nothing can finish the task now
+            if now >= next_kill and sum(self.kills.values()) < max_kills:
+                next_kill = now + (self.rng.uniform(*gap) if await self._kill_next(js, now) else 1.0)
+            try:
+                if final := await _task_end(js, task):
+                    return final
+            except Exception:  # noqa: BLE001 - the node this client talks to was killed; it reconnects
+                pass
+            await asyncio.sleep(0.5)
+        return None
+
+    def restart_all(self) -> None:
+        self._restart_due(float("inf"))
+
+    def _restart_due(self, now: float) -> None:
+        for due, s in list(self.pending):
+            if now >= due:
+                self.note(f"restart {s.name}")
+                s.start()
+                self.restarts += 1
+                self.pending.remove((due, s))
+
+    def _died(self) -> set[str]:
+        """Services that exited by themselves (a violation: nothing restarts them here); says which and why, once."""
+        waiting = [s for _, s in self.pending]
+        died = {s for s in self.services.values() if isinstance(s, Service) and not s.alive and s not in waiting}
+        for s in died - self.dead:
+            code = s.proc.returncode if s.proc else None
+            self.violations.append(f"{s.name} exited by itself (code {code}): {_last_error(self.logs / f'{s.name}.log')}")
+            self.note(f"{s.name} exited by itself with code {code}")
+        self.dead |= died
+        return {s.name for s in died}
+
+    async def _kill_next(self, js, now: float) -> bool:
+        """Kill the next victim; False when it is a NATS node and the cluster is not ready to lose one."""
+        # every kind of victim in a seeded order, round after round, so each is killed at least once
+        if not self.victims:
+            self.victims = ["scheduler", "projector", "api", self.rng.choice(self.hosts)] + (["nats"] if self.cluster else [])
+            self.rng.shuffle(self.victims)
+        name = self.victims.pop()
+        if name == "nats":
+            assert self.cluster is not None
+            # never a second node while one is down or catching up: that could cost a raft group its quorum
+            if any(isinstance(s, Node) for _, s in self.pending) or not await healthy(js):
+                self.victims.insert(0, name)  # after the others of this round
+                return False
+            leader = await _events_leader(js) if self.rng.random() < 0.5 else None  # the event stream's leader, half the time
+            name = leader or self.rng.choice(self.cluster.names)
+        victim = self.services[name]
+        if victim.alive:
+            self.note(f"kill {name}")
+            victim.kill()
+            self.kills["nats" if isinstance(victim, Node) else "runner" if name in self.hosts else name] += 1
+            self.pending.append((now + self.rng.uniform(1.0, 4.0), victim))
+        return True
+
+    def stop(self) -> None:
+        """SIGTERM the services (runners first: they tear their engines down), SIGKILL what lingers."""
+        for name in self.hosts + ["scheduler", "api", "projector"]:
+            if name in self.services:
+                self.services[name].stop()
+
+
 async def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--runners", type=int, default=3)
     ap.add_argument("--short", action="store_true", help="CI form: 12 experiments, fewer kills")
+    ap.add_argument("--cluster", action="store_true", help="3 NATS nodes, streams x3, a user per role; a node is a victim too")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args(argv)
-    rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="autotune-chaos-"))
     logs = work / "logs"
     logs.mkdir()
     t0 = time.monotonic()
-
-    nats = NatsServer(work / "nats", log_file=str(logs / "nats.log")).start()
-    settings = Settings(nats_url=nats.url, data_dir=str(work / "data"), host_ttl_s=4.0)
-    env = {"AUTOTUNE_DATA_DIR": settings.data_dir, "AUTOTUNE_HOST_TTL_S": "4", "AUTOTUNE_NATS_URL": nats.url}
-    db = work / "data" / "autotune.duckdb"
     hosts = [f"chaos-{i}" for i in range(args.runners)]
-    services = {
-        "scheduler": Service("scheduler", ["run", "scheduler"], env, logs),
-        "projector": Service("projector", ["run", "projector"], env, logs),
-        "api": Service("api", ["run", "api", "--port", str(_free_port())], env, logs),
-        **{h: Service(h, ["run", "runner", "--host", h, "--simulate", "1xH100", "--time-scale", "40"], env, logs) for h in hosts},
-    }
-    for s in services.values():
-        s.start()
+    cluster = LocalCluster(work, hosts, logs=logs) if args.cluster else None
+    run = Run(random.Random(args.seed), hosts, logs, cluster, t0)
+    logging.setup()  # what runs in this process (the fresh rebuild's projector) logs to the timeline, not the terminal
+    pylogging.getLogger().handlers[0].setStream(run.timeline)
 
-    nc = await bus.connect(settings, "chaos")
-    js = nc.jetstream()
-    await bus.provision(js, settings)
-    experiments = 12 if args.short else 30
-    params = {"max-running-requests": [4, 8, 16, 32, 64, 128], "mem-fraction-static": [0.7, 0.8, 0.85, 0.88, 0.9]}
-    raw = small_spec("chaos", parameters=params, optimization={"max_iterations": experiments, "max_parallel": 3, "timeout_per_iteration": 120},
-                     benchmark={"max_requests_per_iteration": 40})
-    task = await submit(js, raw)
+    nc = None
+    nats_stop = cluster.stop if cluster else (lambda: None)
+    try:
+        if cluster:
+            cluster.start_all()
+            settings = cluster.settings("admin")
+            role_env = cluster.env
+        else:
+            nats = NatsServer(work / "nats", log_file=str(logs / "nats.log"))
+            nats_stop = nats.stop
+            settings = Settings(nats_url=nats.start().url, data_dir=str(work / "data"), host_ttl_s=4.0)
+            env = {"AUTOTUNE_DATA_DIR": settings.data_dir, "AUTOTUNE_HOST_TTL_S": "4", "AUTOTUNE_NATS_URL": settings.nats_url}
 
-    kills: Counter[str] = Counter()
-    restarts = 0
-    pending: list[tuple[float, Service]] = []
-    deadline = time.monotonic() + (300 if args.short else 900)
-    max_kills = 5 if args.short else 14
-    gap = (1.5, 3.5) if args.short else (3.0, 8.0)
-    next_kill = time.monotonic() + rng.uniform(*gap)
-    # every kind of victim in a seeded order, round after round, so each is killed at least once
-    victims: list[str] = []
-    final = None
-    while time.monotonic() < deadline:
-        now = time.monotonic()
-        for due, s in list(pending):
-            if now >= due:
-                s.start()
-                restarts += 1
-                pending.remove((due, s))
-        if now >= next_kill and sum(kills.values()) < max_kills:
-            if not victims:
-                victims = ["scheduler", "projector", "api", rng.choice(hosts)]
-                rng.shuffle(victims)
-            victim = services[victims.pop()]
-            if victim.alive:
-                victim.kill()
-                kills[victim.name if victim.name not in hosts else "runner"] += 1
-                pending.append((now + rng.uniform(1.0, 4.0), victim))
-            next_kill = now + rng.uniform(*gap)
-        last = await bus.last_seq(js, f"autotune.task.{task}.*")
-        if last:
-            msg = await js.get_msg("AUTOTUNE_EVENTS", last)
-            e = ev.decode(msg.data)
-            if isinstance(e, ev.TERMINAL_TASK):
-                final = e
-                break
+            def role_env(user: str) -> dict[str, str]:
+                return env
+
+        db = Path(settings.data_dir) / "autotune.duckdb"
+
+        async def nats_error(e: Exception) -> None:
+            run.note(f"driver connection: {e!r}")
+
+        nc = await bus.connect(settings, "chaos", error_cb=nats_error)
+        # provision as admin before any service starts (in a cluster: once there is a JetStream leader)
+        js = nc.jetstream(timeout=2) if cluster else nc.jetstream()
+        await _retry(lambda: bus.provision(js, settings), 60 if cluster else 0)
+        if cluster and not await _until(lambda: healthy(js), 60):
+            run.note("the cluster did not become healthy after provisioning")
+
+        run.services = {
+            "scheduler": Service("scheduler", ["run", "scheduler"], role_env("scheduler"), logs),
+            "projector": Service("projector", ["run", "projector"], role_env("projector"), logs),
+            "api": Service("api", ["run", "api", "--port", str(free_port())], role_env("api"), logs),
+            **{h: Service(h, ["run", "runner", "--host", h, "--simulate", "1xH100", "--time-scale", "40"], role_env(f"runner-{h}"), logs) for h in hosts},
+        }
+        for s in run.services.values():
+            s.start()
+        if cluster:
+            run.services |= {n: Node(cluster, n) for n in cluster.names}
+        experiments = 12 if args.short else 30
+        params = {"max-running-requests": [4, 8, 16, 32, 64, 128], "mem-fraction-static": [0.7, 0.8, 0.85, 0.88, 0.9]}
+        raw = small_spec("chaos", parameters=params, optimization={"max_iterations": experiments, "max_parallel": 3, "timeout_per_iteration": 120},
+                         benchmark={"max_requests_per_iteration": 40})
+        task = await submit(js, raw)
+
+        final = await run.drive(
+            js, task,
+            deadline=time.monotonic() + (300 if args.short else 900) * (1.5 if cluster else 1),
+            # short: one round of every kind of victim; full: about three rounds
+            max_kills=5 if args.short else (15 if cluster else 14),
+            # with a fifth kind of victim, the full form kills faster so that every kind is killed before the task ends
+            gap=(1.5, 3.5) if args.short else ((2.0, 5.0) if cluster else (3.0, 8.0)),
+        )
+        run.note(f"the task ended: {type(final).__name__}" if final else "the run ended without the task ending")
+        run.restart_all()
+        if cluster and not await _until(lambda: healthy(js), 60):
+            run.note("the cluster did not become healthy again after the run")
+
+        violations = run.violations
+        if not isinstance(final, ev.TaskCompleted):
+            violations.append(f"task did not complete: {type(final).__name__ if final else 'timed out'}")
+        history = await _retry(lambda: events_of(js, f"autotune.task.{task}.>"), 60 if cluster else 0)
+        violations += audit(history)
+
+        run.stop()
         await asyncio.sleep(0.5)
-    for _, s in pending:
-        s.start()
-        restarts += 1
+        left = [p for p, lab in labelled_processes() if lab.get("AUTOTUNE_LABEL_HOST") in hosts]
+        if left:
+            violations.append(f"engine processes left running: {left}")
+            for p in left:
+                os.kill(p, signal.SIGKILL)
 
-    violations: list[str] = []
-    if not isinstance(final, ev.TaskCompleted):
-        violations.append(f"task did not complete: {type(final).__name__ if final else 'timed out'}")
-    history = await events_of(js, f"autotune.task.{task}.>")
-    violations += audit(history)
+        # the incrementally built projection (caught up) must equal a fresh rebuild from the log
+        violations += await _compare_projection(settings, db, work / "fresh.duckdb", role_env("projector"))
+    finally:
+        run.stop()
+        if nc is not None:
+            await nc.close()
+        nats_stop()
+        pylogging.getLogger().handlers[0].setStream(sys.stderr)
+        run.timeline.close()
 
-    # stop everything; runners tear their engines down
-    for name in hosts + ["scheduler", "api", "projector"]:
-        services[name].stop()
-    await asyncio.sleep(0.5)
-    left = [p for p, lab in labelled_processes() if lab.get("AUTOTUNE_LABEL_HOST") in hosts]
-    if left:
-        violations.append(f"engine processes left running: {left}")
-        for p in left:
-            os.kill(p, signal.SIGKILL)
-
-    # the incrementally built projection (caught up) must equal a fresh rebuild from the log
-    violations += await _compare_projection(settings, db, work / "fresh.duckdb", env)
-
-    attempts = sum(1 for _, e in history if isinstance(e, ev.ExperimentPlanned))
+    planned = [e for _, e in history if isinstance(e, ev.ExperimentPlanned)]
     result = {
         "benchmark": "chaos",
         "seed": args.seed,
         "short": args.short,
-        "kills": dict(kills),
-        "restarts": restarts,
-        "experiments": len({e.n for _, e in history if isinstance(e, ev.ExperimentPlanned)}),
-        "attempts": attempts,
-        "retried": attempts - len({e.n for _, e in history if isinstance(e, ev.ExperimentPlanned)}),
+        "cluster": args.cluster,
+        "kills": dict(run.kills),
+        "restarts": run.restarts,
+        "experiments": len({e.n for e in planned}),
+        "attempts": len(planned),
+        "retried": len(planned) - len({e.n for e in planned}),
         "completed": sum(1 for _, e in history if isinstance(e, ev.ExperimentCompleted)),
         "failed": Counter(e.kind for _, e in history if isinstance(e, ev.ExperimentFailed)),
         "peak_parallel": peak_parallelism(history),
@@ -182,8 +301,6 @@ async def main(argv: list[str] | None = None) -> int:
         "elapsed_s": round(time.monotonic() - t0, 1),
         "work_dir": str(work) if args.keep or violations else None,
     }
-    await nc.close()
-    nats.stop()
     if not (args.keep or violations):
         import shutil
 
@@ -221,12 +338,48 @@ async def _compare_projection(settings: Settings, db: Path, fresh: Path, env: di
     return [f"projection differs from a rebuild in table {t}: {sums[0][t]} vs {sums[1][t]}" for t in sums[0] if sums[0][t] != sums[1].get(t)]
 
 
-def _free_port() -> int:
-    import socket
+def _last_error(log: Path) -> str:
+    """The last line of a service's log that names an error (a traceback's last line), else its last line."""
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.exists() else []
+    errors = [line for line in lines if "Error" in line.split(":", 1)[0] or " ERROR " in line]
+    return (errors or lines or ["(no log)"])[-1][:300]
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+async def _task_end(js, task: str) -> ev.Event | None:
+    """The task's terminal event, if its last task-level event is one."""
+    last = await bus.last_seq(js, f"autotune.task.{task}.*")
+    if last:
+        e = ev.decode((await js.get_msg("AUTOTUNE_EVENTS", last)).data)
+        if isinstance(e, ev.TERMINAL_TASK):
+            return e
+    return None
+
+
+async def _events_leader(js) -> str | None:
+    try:
+        return (await js.stream_info("AUTOTUNE_EVENTS")).cluster.leader
+    except Exception:  # noqa: BLE001 - no leader right now
+        return None
+
+
+async def _retry(call, seconds: float):
+    """`call()` until it succeeds, for `seconds` at most (a cluster may be electing leaders); then once more, raising."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            return await call()
+        except Exception:  # noqa: BLE001
+            await asyncio.sleep(0.5)
+    return await call()
+
+
+async def _until(check, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.5)
+    return False
 
 
 if __name__ == "__main__":
