@@ -43,7 +43,9 @@ async def rebuild(settings: Settings, db_path: str | None = None, *, config: Pro
     try:
         js = nc.jetstream()
         await bus.provision(js, settings)
-        projector = Projector(nc, js, new, config or ProjectorConfig.from_env(), settings)
+        cfg = msgspec.structs.replace(config or ProjectorConfig.from_env())
+        cfg.duckdb_threads = cfg.rebuild_duckdb_threads
+        projector = Projector(nc, js, new, cfg, settings)
         stats = await projector.run(asyncio.Event(), burst=True, serve=False)
         built = time.monotonic() - t0
         swapped_by = await _swap_in(nc, path, new)

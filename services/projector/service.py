@@ -164,7 +164,7 @@ class Projector(Answering):
 
     def _new_store(self) -> Store:
         try:
-            return Store(self.db_path, cursors=self.cfg.cursors, checkpoint_max_mb=self.cfg.checkpoint_max_mb)
+            return Store(self.db_path, cursors=self.cfg.cursors, checkpoint_max_mb=self.cfg.checkpoint_max_mb, threads=self.cfg.duckdb_threads)
         except SchemaMismatch as e:
             # the file is only a cache of the log: set it aside and project from the first event
             aside = f"{self.db_path}.old-{int(time.time())}"
@@ -172,7 +172,7 @@ class Projector(Answering):
             os.replace(self.db_path, aside)
             if os.path.exists(self.db_path + ".wal"):
                 os.replace(self.db_path + ".wal", aside + ".wal")
-            return Store(self.db_path, cursors=self.cfg.cursors, checkpoint_max_mb=self.cfg.checkpoint_max_mb)
+            return Store(self.db_path, cursors=self.cfg.cursors, checkpoint_max_mb=self.cfg.checkpoint_max_mb, threads=self.cfg.duckdb_threads)
 
     def _load_state(self) -> None:
         store = self.store

@@ -78,13 +78,15 @@ class SchemaMismatch(RuntimeError):
 class Store:
     """One open read-model file: the writer connection and a pool of query cursors."""
 
-    def __init__(self, path: str, *, cursors: int = 4, read_only: bool = False, checkpoint_max_mb: int = 0) -> None:
+    def __init__(self, path: str, *, cursors: int = 4, read_only: bool = False, checkpoint_max_mb: int = 0, threads: int = 0) -> None:
         self.path = path
         if not read_only:
             os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
         config = dict(CONFIG)
         if checkpoint_max_mb:  # the writer checkpoints when it suits it (Projector._checkpoint); DuckDB only past this
             config["checkpoint_threshold"] = f"{checkpoint_max_mb}MB"
+        if threads:
+            config["threads"] = threads
         self.conn = duckdb.connect(path, read_only=read_only, config=config)
         self.conn.execute("SET GLOBAL TimeZone = 'UTC'")  # results in UTC whatever the host's zone
         self.conn.execute("SET lock_configuration = true")
