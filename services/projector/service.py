@@ -163,8 +163,11 @@ class Projector(Answering):
             await feed.start(self.state.position(feed.stream).seq + 1)
 
     def _new_store(self) -> Store:
-        try:
+        def store() -> Store:
             return Store(self.db_path, cursors=self.cfg.cursors, checkpoint_max_mb=self.cfg.checkpoint_max_mb, threads=self.cfg.duckdb_threads)
+
+        try:
+            return store()
         except SchemaMismatch as e:
             # the file is only a cache of the log: set it aside and project from the first event
             aside = f"{self.db_path}.old-{int(time.time())}"
@@ -172,7 +175,7 @@ class Projector(Answering):
             os.replace(self.db_path, aside)
             if os.path.exists(self.db_path + ".wal"):
                 os.replace(self.db_path + ".wal", aside + ".wal")
-            return Store(self.db_path, cursors=self.cfg.cursors, checkpoint_max_mb=self.cfg.checkpoint_max_mb, threads=self.cfg.duckdb_threads)
+            return store()
 
     def _load_state(self) -> None:
         store = self.store
@@ -332,6 +335,7 @@ class Projector(Answering):
 
     def _commit(self, prepared: Prepared, batch: list[Message]) -> None:
         """Writer thread."""
+        self._checkpoint()  # here, not after the commit: the batch before is visible already
         t0 = time.perf_counter()
         self.store.commit(prepared)
         t1 = time.perf_counter()
@@ -340,7 +344,6 @@ class Projector(Answering):
             "batch", size=len(batch), apply_ms=round(prepared.apply_ms, 1), commit_ms=round((t1 - t0) * 1000, 1),
             statements=len(prepared.sql), oldest_age_ms=round(time.time() * 1000 - oldest / 1000) if oldest else None,
         )  # fmt: skip
-        self._checkpoint()
 
     def _checkpoint(self) -> None:
         """Writer thread, between commits. DuckDB would checkpoint inside whichever commit pushes
