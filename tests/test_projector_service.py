@@ -283,15 +283,18 @@ async def test_survives_a_nats_server_restart(tmp_path):
         server = NatsServer(tmp_path / "nats", port=port).start()
         await publish(js, traffic(41, tasks=1, experiments=3))
         answer = None
-        for _ in range(200):  # until the projector has everything
+        last = {s: (await js.stream_info(s)).state.last_seq for s in service.STREAMS}
+        for _ in range(200):  # until the projector has everything, telemetry and logs included
             try:
                 answer = await query.sql(nc, "SELECT count(*) FROM tasks", timeout=2)
-                if answer.rows == [[2]] and answer.applied_seq == (await js.stream_info(subj.EVENTS_STREAM)).state.last_seq:
+                positions = await query.sql(nc, "SELECT stream, seq FROM positions", timeout=2)
+                if answer.rows == [[2]] and dict(map(tuple, positions.rows)) == last:
                     break
             except query.QueryError:
                 pass
             await asyncio.sleep(0.1)
         assert answer is not None and answer.rows == [[2]]
+        assert dict(map(tuple, positions.rows)) == last
         await nc.close()
     finally:
         stop.set()
