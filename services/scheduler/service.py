@@ -63,9 +63,14 @@ class Scheduler:
         await nc.subscribe("autotune.gpu.>", cb=self._on_gpu_sample)
         log.info("scheduler started", instance=self.instance)
         try:
-            done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), tasks[3]], return_when=asyncio.FIRST_COMPLETED)
+            # every task runs until stop; one that ends early (an error it could not ride out) ends the
+            # service loudly, so a supervisor restarts it, instead of a scheduler that idles for ever
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
             for t in tasks:
-                if t.done() and t.exception():
+                if t.done() and not t.cancelled() and t.exception():
+                    log.error("scheduler task failed; stopping", task=t.get_name(), error=repr(t.exception()))
                     raise t.exception()  # type: ignore[misc]
         finally:
             for t in tasks:
@@ -93,20 +98,42 @@ class Scheduler:
             self.wake.set()
 
     async def _watch_fleet(self, js, stop: asyncio.Event) -> None:
-        kv = await js.key_value(subj.HOSTS_BUCKET)
+        """Follow the liveness keys; a watch that fails or stalls (a NATS node restarting, a KV leader
+        election) is started again, and its replay of every current key brings the fleet up to date."""
+        kv = await bus.retry_transient(lambda: js.key_value(subj.HOSTS_BUCKET))
+        while not stop.is_set():
+            try:
+                await self._follow_fleet(kv)
+            except Exception as e:
+                log.warning("fleet watch failed; watching again", error=repr(e))
+            await wait_event(stop, 1.0)
+
+    async def _follow_fleet(self, kv) -> None:
         watcher = await kv.watchall()
         decoder = msgspec.json.Decoder(LiveHost)
+        fleet: dict[str, LiveHost] = {}  # the replay of the current keys, swapped in once complete
+        quiet_s = max(30.0, 3 * self.settings.host_ttl_s)  # live runners rewrite their keys far more often
         try:
-            async for entry in watcher:
-                if entry is None:
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=quiet_s if fleet is self.fleet else 10.0)
+                except TimeoutError:  # nats-py's is a subclass
+                    if fleet is self.fleet and not self.fleet:
+                        continue  # no hosts: nothing to hear from
+                    log.warning("fleet watch went quiet; watching again", replayed=fleet is self.fleet)
+                    return
+                if entry is None:  # the current keys are all in: from here on, changes
+                    self.fleet.clear()
+                    self.fleet.update(fleet)
+                    fleet = self.fleet
                     self.fleet_loaded.set()
                     self.wake.set()
                     continue
                 if entry.operation in ("DEL", "PURGE") or not entry.value:
-                    self.fleet.pop(entry.key, None)
+                    fleet.pop(entry.key, None)
                 else:
                     try:
-                        self.fleet[entry.key] = decoder.decode(entry.value)
+                        fleet[entry.key] = decoder.decode(entry.value)
                     except msgspec.MsgspecError as e:
                         log.warning("bad liveness value ignored", host=entry.key, error=str(e))
                 self.wake.set()
