@@ -36,12 +36,8 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
 
 
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:
-    """Wait up to `seconds` for `event`; True when it is set.
-
-    Not `asyncio.wait_for(event.wait(), seconds)`: on Python 3.11 wait_for swallows a cancellation
-    that arrives while the event is being set (it returns the result instead of raising), so a
-    cancelled service loop that waits on a busy event can go on running for ever. asyncio.timeout
-    runs the wait in the calling task, where a cancellation always propagates."""
+    """Wait up to `seconds` for `event`; True when it is set. (A cancellation always propagates:
+    on Python 3.11 the autotune package installs 3.12's wait_for, see shared/compat.py.)"""
     if event.is_set():
         return True
     try:

@@ -420,7 +420,7 @@ class Projector(Answering):
         if self.applied_seq >= seq:
             return True
         try:
-            async with asyncio.timeout(timeout), self._applied:  # not wait_for: see lifecycle.wait_event
+            async with asyncio.timeout(timeout), self._applied:
                 await self._applied.wait_for(lambda: self.applied_seq >= seq)
             return True
         except TimeoutError:

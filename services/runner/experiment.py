@@ -380,11 +380,7 @@ class Attempt:
             deadline = time.monotonic() + 0.5
             while len(lines) < 200:
                 try:
-                    if handle.lines.empty():  # asyncio.timeout, not wait_for: see lifecycle.wait_event
-                        async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
-                            line = await handle.lines.get()
-                    else:
-                        line = handle.lines.get_nowait()
+                    line = handle.lines.get_nowait() if not handle.lines.empty() else await asyncio.wait_for(handle.lines.get(), max(0.001, deadline - time.monotonic()))
                 except TimeoutError:
                     break
                 if line is None:
