@@ -97,6 +97,8 @@ async def publish_oddities(js) -> None:
     await js.publish("autotune.task.odd.started", b'{"type": "task.started", "id": "w", "task": 7}')
     await js.publish("autotune.task.odd.exp.0.cloned", b'{"type": "experiment.cloned", "id": "u", "task": "odd", "n": 0}')
     await js.publish("autotune.gpu.h9.0", b'{"type": "gpu.sample", "id": "big", "host": "h9", "index": 0, "pad": "' + b"x" * 10000 + b'"}')
+    # valid, but not telemetry: the telemetry lane (committing beside the events lane) refuses it
+    await js.publish("autotune.gpu.h9.1", ev.encode(ev.TaskSubmitted(id="lost", task="lost", name="lost", spec={})))
     # decodes, but no BIGINT holds n: the store refuses the batch, bisecting finds this message
     await js.publish(
         "autotune.task.odd.exp.0.planned",
@@ -147,16 +149,18 @@ async def test_burst_projects_every_stream_with_dead_letters(js, settings, tmp_p
         info = {s: (await js.stream_info(s)).state.last_seq for s in service.STREAMS}
         assert {s: p["seq"] for s, p in pos.items()} == info and pos[subj.EVENTS_STREAM]["seq"] > last
         assert pos[subj.EVENTS_STREAM]["unknown"] == 1 and pos[subj.EVENTS_STREAM]["dead_letters"] == 3
-        assert pos[subj.TELEMETRY_STREAM]["dead_letters"] == 1
+        assert pos[subj.TELEMETRY_STREAM]["dead_letters"] == 2
         dead = q("SELECT stream, subject, size, raw, error FROM dead_letters ORDER BY stream, seq")
         assert [d["subject"] for d in dead] == [
             "autotune.task.odd.submitted",
             "autotune.task.odd.started",
             "autotune.task.odd.exp.0.planned",
             "autotune.gpu.h9.0",
+            "autotune.gpu.h9.1",
         ]
         assert dead[0]["raw"] == b"{not json" and dead[2]["error"].startswith("cannot write")
         assert "oversized" in dead[3]["error"] and dead[3]["size"] > 10000
+        assert "does not belong on AUTOTUNE_TELEMETRY" in dead[4]["error"]
         assert q("SELECT count(*) AS n FROM tasks")[0]["n"] == 2
         assert q("SELECT count(*) AS n FROM experiments")[0]["n"] == 6
         assert q("SELECT count(*) AS n FROM gpu_samples")[0]["n"] == 6
@@ -184,10 +188,10 @@ async def test_restarts_and_cancels_mid_stream_equal_a_rebuild(js, settings, tmp
             await task
     await burst(settings, path)
     incremental = db_checksums(path)
-    assert incremental["tasks"][0] == 9 and incremental["dead_letters"][0] == 4  # 8 + the stub of s1t0
+    assert incremental["tasks"][0] == 9 and incremental["dead_letters"][0] == 5  # 8 + the stub of s1t0
 
     built = await rebuild(settings, str(tmp_path / "rebuilt.duckdb"), config=CONFIG)
-    assert built["swapped_by"] == "rebuild" and built["dead_letters"] == 4
+    assert built["swapped_by"] == "rebuild" and built["dead_letters"] == 5
     assert db_checksums(str(tmp_path / "rebuilt.duckdb")) == incremental
 
 

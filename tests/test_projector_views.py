@@ -335,6 +335,23 @@ def test_undecodable_messages_become_dead_letters_and_unknown_types_are_kept():
     assert state.positions[TELEMETRY].dead_letters == 1
 
 
+def test_the_telemetry_lane_dead_letters_events_that_belong_on_the_events_stream():
+    """The telemetry lane (keeps_rows=False) commits beside the events lane and must never touch
+    their rows: a lifecycle event published under a telemetry subject is a dead letter there."""
+    log = Log()
+    log.add(ev.GpuSample(id="g", at=log.at(), host="h1", index=0, util_gpu=50.0), TELEMETRY)
+    log.add(ev.TaskSubmitted(id="s", at=log.at(), task="t", name="t", spec={}), TELEMETRY)
+    log.add(ev.LogLines(id="l", at=log.at(), task="t", n=0, host="h1", lines=["a"]), LOGS)
+    log.raw(b'{"type": "gpu.future", "id": "f", "host": "h1"}', TELEMETRY)
+    state = ViewState(complete=True, keeps_rows=False)
+    ch = apply(state, log.messages)
+    assert [d[:2] for d in ch.dead_letters] == [(TELEMETRY, 2)]
+    assert ch.dead_letters[0][-1].startswith("`task.submitted` does not belong on AUTOTUNE_TELEMETRY")
+    assert len(ch.gpu_samples) == 1 and len(ch.log_lines) == 1 and [e[5] for e in ch.events] == ["gpu.future"]
+    assert not any(ch.upserts.values()) and not any(state.rows.values())
+    assert (state.positions[TELEMETRY].seq, state.positions[TELEMETRY].dead_letters, state.positions[TELEMETRY].unknown) == (3, 1, 1)
+
+
 def test_missing_at_uses_the_stored_time_so_replays_agree():
     log = Log()
     m = log.raw(b'{"type": "task.submitted", "id": "s", "task": "t", "name": "t", "spec": {}}')

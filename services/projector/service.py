@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -83,24 +84,69 @@ def tune_gc() -> None:
         gc.set_threshold(500_000, 50, 1000)
 
 
+class Lane:
+    """One writer of the read model: some streams' messages, in order, applied on its own thread
+    and committed on its own DuckDB connection with its own stream positions.
+
+    Two lanes: `events` (AUTOTUNE_EVENTS: the rows people and the API query, read back with
+    min_seq) and `telemetry` (GPU samples and log lines: append-only, ~3 of every 4 messages).
+    Their transactions touch disjoint rows, so they commit side by side: a live event never waits
+    behind a batch of telemetry, and a catch-up uses both cores. Each lane is exactly-once on its
+    own (its rows and its positions commit together), which is all a restart needs."""
+
+    def __init__(self, name: str, streams: tuple[str, ...], *, keeps_rows: bool, delay_s: float, min_batch: int) -> None:
+        self.name, self.streams, self.keeps_rows = name, streams, keeps_rows
+        self.delay_s, self.min_batch = delay_s, min_batch  # a batch waits this long or for this many
+        self.buffer: list[Message] = []
+        self.since = 0.0  # when the first buffered message arrived
+        self.wake = asyncio.Event()
+        self.applier = ThreadPoolExecutor(1, thread_name_prefix=f"projector-{name}-apply")
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix=f"projector-{name}-write")
+        self.conn: duckdb.DuckDBPyConnection | None = None
+        self.state: ViewState | None = None
+        self.feeds: list[StreamFeed] = []
+        self.in_flight: Any = None  # the Changes being committed
+        self.parked = asyncio.Event()  # paused for a swap or a reopen
+
+    def take(self, limit: int) -> list[Message]:
+        if not self.buffer:
+            return []
+        if self.delay_s and len(self.buffer) < self.min_batch and time.monotonic() - self.since < self.delay_s:
+            return []
+        batch = self.buffer[:limit]
+        del self.buffer[:limit]
+        self.since = time.monotonic()
+        return batch
+
+    def idle_wait(self) -> float:
+        if self.delay_s and self.buffer:
+            return max(0.001, self.delay_s - (time.monotonic() - self.since))
+        return 0.25
+
+    def caught_up(self) -> bool:
+        return not self.buffer and all(f.caught_up for f in self.feeds)
+
+
 class Projector(Answering):
     def __init__(self, nc: NATS, js: JetStreamContext, db_path: str, config: ProjectorConfig, settings: Settings | None = None) -> None:
         self.nc, self.js, self.db_path, self.cfg = nc, js, os.path.abspath(db_path), config
         self.settings = settings
         self.wire: Any = None
         self.store: Store | None = None
-        self.state: ViewState | None = None
-        self.feeds: list[StreamFeed] = []
+        self.events = Lane("events", (subj.EVENTS_STREAM,), keeps_rows=True, delay_s=0.0, min_batch=1)
+        self.telemetry = Lane(
+            "telemetry", (subj.TELEMETRY_STREAM, subj.LOGS_STREAM), keeps_rows=False, delay_s=config.slow_delay_s, min_batch=config.slow_batch
+        )
+        self.lanes = (self.events, self.telemetry)
+        self._lane_of = {s: lane for lane in self.lanes for s in lane.streams}
         self.applied_seq = 0  # AUTOTUNE_EVENTS sequence committed
         self.totals: Counter[str] = Counter()
-        self._fast: list[Message] = []  # AUTOTUNE_EVENTS
-        self._slow: list[Message] = []  # telemetry and logs
-        self._slow_since = 0.0
-        self._in_flight: Any = None  # the Changes being committed
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # a swap or a reopen is wanted
+        self._pause = asyncio.Event()
+        self._resume = asyncio.Event()
+        self._broken = False  # a lane cannot write: close and reopen the store
+        self._one_commit = threading.Lock()
         self._applied = asyncio.Condition()
-        self._applier = ThreadPoolExecutor(1, thread_name_prefix="projector-apply")
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="projector-writer")
         self._readers = ThreadPoolExecutor(config.cursors, thread_name_prefix="projector-query")
         self._slots = asyncio.Semaphore(config.cursors)
         self._open = asyncio.Event()  # set while the store may be queried
@@ -121,7 +167,7 @@ class Projector(Answering):
         try:
             self.wire = await self._connect_wire()
             await self._open_store()
-            log.info("projecting", db=self.db_path, **{s: p.seq for s, p in self.state.positions.items()})
+            log.info("projecting", db=self.db_path, **{s: p.seq for lane in self.lanes for s, p in lane.state.positions.items()})
             if serve:
                 await self._serve()
             await self._ingest(stop, burst)
@@ -142,25 +188,32 @@ class Projector(Answering):
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
         self._wake.set()
+        for lane in self.lanes:
+            lane.wake.set()
 
-    async def _in_writer(self, fn: Callable[..., Any], *a: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *a)
+    async def _in(self, pool: ThreadPoolExecutor, fn: Callable[..., Any], *a: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *a)
 
     async def _open_store(self) -> None:
-        self.store = await self._in_writer(self._new_store)
-        await self._in_writer(self._load_state)
+        self.store = await self._in(self.events.writer, self._new_store)
+        for lane in self.lanes:
+            lane.conn = self.store.conn if lane is self.events else self.store.writer()
+            await self._in(lane.writer, self._load_state, lane)
         self.applied_seq = self._events_seq()
-        self._in_flight = None
-        await self._restart_feeds()
+        for lane in self.lanes:
+            await self._restart_feeds(lane)
         self._open.set()
 
-    async def _restart_feeds(self) -> None:
-        for feed in self.feeds:
+    async def _restart_feeds(self, lane: Lane) -> None:
+        for feed in lane.feeds:
             await feed.close()
-        self._fast, self._slow = [], []
-        self.feeds = [StreamFeed(self.wire, self.js, s, self._deliver, self._has_room, batch=self.cfg.pull_batch) for s in STREAMS]
-        for feed in self.feeds:
-            await feed.start(self.state.position(feed.stream).seq + 1)
+        lane.buffer = []
+        lane.feeds = [
+            StreamFeed(self.wire, self.js, s, self._deliver, lambda lane=lane: len(lane.buffer) < self.cfg.buffer_max, batch=self.cfg.pull_batch)
+            for s in lane.streams
+        ]
+        for feed in lane.feeds:
+            await feed.start(lane.state.position(feed.stream).seq + 1)
 
     def _new_store(self) -> Store:
         def store() -> Store:
@@ -177,15 +230,18 @@ class Projector(Answering):
                 os.replace(self.db_path + ".wal", aside + ".wal")
             return store()
 
-    def _load_state(self) -> None:
+    def _load_state(self, lane: Lane) -> None:
+        """On the lane's own thread and connection: its positions and (events lane) the loader."""
         store = self.store
-        self._in_flight = None
-        self.state = ViewState(
-            store.positions(),
-            loader=store.load,
-            complete=store.is_empty(),
+        lane.in_flight = None
+        positions = {s: p for s, p in store.positions(lane.conn).items() if s in lane.streams}
+        lane.state = ViewState(
+            positions,
+            loader=store.load if lane.keeps_rows else None,
+            complete=store.is_empty(lane.conn) if lane.keeps_rows else True,
             max_event_bytes=self.cfg.max_event_bytes,
             dead_letter_bytes=self.cfg.dead_letter_bytes,
+            keeps_rows=lane.keeps_rows,
         )
 
     async def _close_store(self) -> None:
@@ -194,15 +250,17 @@ class Projector(Answering):
             with contextlib.suppress(Exception):
                 cur.interrupt()
         await self._readers_idle.wait()
-        for feed in self.feeds:
-            await feed.close()
-        self.feeds = []
-        self._fast, self._slow = [], []
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._applier, lambda: None)  # an apply cancelled mid-way has finished
+        for lane in self.lanes:
+            for feed in lane.feeds:
+                await feed.close()
+            lane.feeds, lane.buffer = [], []
+            await self._in(lane.applier, lambda: None)  # an apply cancelled mid-way has finished
+            await self._in(lane.writer, lambda: None)
         if self.store is not None:
             store, self.store = self.store, None
-            await self._in_writer(store.close)
+            for lane in self.lanes:
+                lane.conn = None
+            await self._in(self.events.writer, store.close)
 
     async def _shutdown(self) -> None:
         if self._reopen is not None:
@@ -217,203 +275,240 @@ class Projector(Answering):
         await self._close_store()
         if self.wire is not None:
             await self.wire.close()
-        self._applier.shutdown(wait=True)
-        self._writer.shutdown(wait=True)
+        for lane in self.lanes:
+            lane.applier.shutdown(wait=True)
+            lane.writer.shutdown(wait=True)
         self._readers.shutdown(wait=False, cancel_futures=True)
 
     def _events_seq(self) -> int:
-        p = self.state.positions.get(subj.EVENTS_STREAM) if self.state else None
+        state = self.events.state
+        p = state.positions.get(subj.EVENTS_STREAM) if state else None
         return p.seq if p else 0
+
+    def _waiting(self) -> int:
+        return sum(len(lane.buffer) for lane in self.lanes)
 
     # --- ingestion ---------------------------------------------------------------------------------
     #
-    # Two threads form a pipeline: the apply thread decodes batch k+1 and builds its Arrow tables
-    # (Python, holding the GIL) while the writer thread commits batch k (DuckDB, releasing it).
-    # Telemetry and logs wait up to `slow_delay_s` to join a batch, so the events stream (what
-    # the API reads back with min_seq) never pays for their statements on every commit.
+    # Each lane is a pipeline of two threads: its apply thread decodes batch k+1 and builds its
+    # Arrow tables (Python, holding the GIL) while its writer thread commits batch k (DuckDB,
+    # releasing it). The telemetry lane waits up to `slow_delay_s` to gather a batch: GPU samples
+    # once a second need no millisecond freshness, and fewer commits leave the cores to events.
+    # A swap or a reopen pauses both lanes (each settles its commit and parks), is done, and
+    # resumes them.
 
     def _deliver(self, m: Message) -> None:
-        if m.stream == subj.EVENTS_STREAM:
-            self._fast.append(m)
-        else:
-            if not self._slow:
-                self._slow_since = time.monotonic()
-            self._slow.append(m)
-        self._wake.set()
-
-    def _has_room(self) -> bool:
-        return len(self._fast) + len(self._slow) < self.cfg.buffer_max
-
-    def _take(self) -> list[Message]:
-        limit = self.cfg.batch_max
-        batch = self._fast[:limit]
-        del self._fast[:limit]
-        if self._slow and (len(self._slow) >= self.cfg.slow_batch or time.monotonic() - self._slow_since >= self.cfg.slow_delay_s):
-            room = max(limit - len(batch), limit // 2)
-            batch += self._slow[:room]
-            del self._slow[:room]
-            self._slow_since = time.monotonic()
-        return batch
-
-    def _idle_wait(self) -> float:
-        if self._slow:
-            return max(0.001, self.cfg.slow_delay_s - (time.monotonic() - self._slow_since))
-        return 0.25
+        lane = self._lane_of[m.stream]
+        if not lane.buffer:
+            lane.since = time.monotonic()
+        lane.buffer.append(m)
+        lane.wake.set()
 
     async def _ingest(self, stop: asyncio.Event, burst: bool) -> None:
+        """Run the lanes; between their commits, do the swaps and reopens they cannot do alone."""
+        runners = {asyncio.create_task(self._run_lane(lane, stop, burst)) for lane in self.lanes}
+        try:
+            while runners:
+                wanted = asyncio.create_task(self._wake.wait())
+                done, _ = await asyncio.wait({*runners, wanted}, return_when=asyncio.FIRST_COMPLETED)
+                wanted.cancel()
+                for task in done & runners:
+                    runners.discard(task)
+                    task.result()  # a lane that failed stops the projector (its supervisor restarts it)
+                if stop.is_set():  # the lanes settle their commits and return
+                    await asyncio.gather(*runners)
+                    return
+                if not self._wake.is_set():
+                    continue
+                self._wake.clear()
+                if self._reopen is not None or self._broken:
+                    await self._maintain()
+        finally:
+            for task in runners:
+                task.cancel()
+            for task in runners:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _maintain(self) -> None:
+        """Park both lanes (each settles its commit first), swap or reopen the store, resume."""
+        self._resume.clear()
+        self._pause.set()
+        for lane in self.lanes:
+            lane.wake.set()
+        for lane in self.lanes:  # a lane that ended keeps `parked` set
+            await lane.parked.wait()
+        try:
+            if self._reopen is not None:
+                await self._swap()
+            if self._broken:
+                self._broken = False
+                await self._close_store()
+                await asyncio.sleep(1.0)
+                await self._open_store()
+        finally:
+            self._pause.clear()
+            self._resume.set()
+
+    async def _run_lane(self, lane: Lane, stop: asyncio.Event, burst: bool) -> None:
         loop = asyncio.get_running_loop()
         pending: tuple[asyncio.Future, list[Message], dict, int | None] | None = None
         next_gc = time.monotonic() + GC_EVERY_S
         next_report = time.monotonic() + 5.0
         try:
             while not stop.is_set():
-                if time.monotonic() > next_gc:  # see tune_gc: the occasional cycle still gets freed
+                if lane is self.events and time.monotonic() > next_gc:  # see tune_gc: the occasional cycle still gets freed
                     gc.collect()
                     next_gc = time.monotonic() + GC_EVERY_S
-                if self._reopen is not None:
+                if self._pause.is_set() or self._broken:  # broken: nothing more until the store is reopened
                     if pending is not None:
-                        await self._finish(*pending)
+                        await self._finish(lane, *pending)
                         pending = None
-                    await self._swap()
+                    lane.parked.set()
+                    await self._resume.wait()
+                    lane.parked.clear()
                     continue
-                if pending is not None and len(self._fast) + len(self._slow) < self.cfg.pipeline_min:
+                if pending is not None and len(lane.buffer) < self.cfg.pipeline_min:
                     # little is waiting: finish the commit before taking more. Pipelining would keep
                     # a fresh event waiting for two commits instead of one; it pays only for backlogs
-                    await self._finish(*pending)
+                    await self._finish(lane, *pending)
                     pending = None
-                batch = self._take()
+                    continue
+                batch = lane.take(self.cfg.batch_max)
                 if not batch:
-                    if pending is not None:  # idle: make the last batch visible now
-                        await self._finish(*pending)
-                        pending = None
-                        continue
-                    if burst and not self._fast and not self._slow and all(f.caught_up for f in self.feeds):
-                        log.info("caught up", **{f.stream: f.last_seq for f in self.feeds})
+                    if burst and lane.caught_up():
+                        log.info("caught up", lane=lane.name, **{f.stream: f.last_seq for f in lane.feeds})
                         return
                     if burst and time.monotonic() > next_report:
-                        log.info("catching up", **{f.stream: f.state() for f in self.feeds})
+                        log.info("catching up", lane=lane.name, **{f.stream: f.state() for f in lane.feeds})
                         next_report = time.monotonic() + 5.0
-                    self._wake.clear()
-                    await wait_event(self._wake, self._idle_wait())
+                    lane.wake.clear()
+                    await wait_event(lane.wake, lane.idle_wait())
                     continue
                 try:
-                    prepared, summary, seq = await loop.run_in_executor(self._applier, self._apply, batch)
+                    prepared, summary, seq = await loop.run_in_executor(lane.applier, self._apply, lane, batch)
                 except Exception as e:  # the store could not be read: settle the pipeline, then isolate
                     if pending is not None:
-                        await self._finish(*pending)
+                        await self._finish(lane, *pending)
                         pending = None
-                    await self._recover(batch, e)
+                    await self._recover(lane, batch, e)
                     continue
                 if pending is not None:
-                    ok = await self._finish(*pending)
+                    ok = await self._finish(lane, *pending)
                     pending = None
                     if not ok:  # recovery reloaded the state: read again from what is stored
-                        await self._restart_feeds()
+                        if not self._broken:
+                            await self._restart_feeds(lane)
                         continue
-                fut = loop.run_in_executor(self._writer, self._commit, prepared, batch)
+                fut = loop.run_in_executor(lane.writer, self._commit, lane, prepared, batch)
                 pending = (fut, batch, summary, seq)
-                for feed in self.feeds:
+                for feed in lane.feeds:
                     feed.poke()
             if pending is not None:
-                await self._finish(*pending)
+                await self._finish(lane, *pending)
                 pending = None
         finally:
+            lane.parked.set()  # ended: never waited for
             if pending is not None:
                 with contextlib.suppress(Exception):
                     await pending[0]
 
-    def _apply(self, batch: list[Message]) -> tuple[Prepared, dict[str, int], int | None]:
-        """Apply thread: evolve the state and build the Arrow tables for the writer."""
+    def _apply(self, lane: Lane, batch: list[Message]) -> tuple[Prepared, dict[str, int], int | None]:
+        """A lane's apply thread: evolve its state and build the Arrow tables for its writer."""
         t0 = time.perf_counter()
-        self.state.trim(self.cfg.cache_rows, pinned=self._in_flight)
-        ch = apply(self.state, batch)
-        self._in_flight = ch
+        lane.state.trim(self.cfg.cache_rows, pinned=lane.in_flight)
+        ch = apply(lane.state, batch)
+        lane.in_flight = ch
         pos = ch.positions.get(subj.EVENTS_STREAM)
         prepared = Store.prepare(ch)
         prepared.apply_ms = (time.perf_counter() - t0) * 1000
         return prepared, ch.summary(), pos.seq if pos else None
 
-    def _commit(self, prepared: Prepared, batch: list[Message]) -> None:
-        """Writer thread."""
-        self._checkpoint()  # here, not after the commit: the batch before is visible already
+    def _commit(self, lane: Lane, prepared: Prepared, batch: list[Message]) -> None:
+        """A lane's writer thread. With a backlog the lanes commit side by side (a catch-up uses
+        both cores); live, one at a time: two DuckDB commits at once slowed each other's tail
+        (an idle projector's commit p99 went from ~50 to ~150 ms), and live batches are small."""
+        self._checkpoint(lane)  # here, not after the commit: the batch before is visible already
         t0 = time.perf_counter()
-        self.store.commit(prepared)
+        live = self._waiting() < self.cfg.pipeline_min
+        with self._one_commit if live else contextlib.nullcontext():
+            self.store.commit(prepared, lane.conn)
         t1 = time.perf_counter()
-        oldest = min((m.stored_us for m in batch if m.stream == subj.EVENTS_STREAM), default=0)
+        oldest = min((m.stored_us for m in batch), default=0)
         log.debug(
-            "batch", size=len(batch), apply_ms=round(prepared.apply_ms, 1), commit_ms=round((t1 - t0) * 1000, 1),
+            "batch", lane=lane.name, size=len(batch), apply_ms=round(prepared.apply_ms, 1), commit_ms=round((t1 - t0) * 1000, 1),
             statements=len(prepared.sql), oldest_age_ms=round(time.time() * 1000 - oldest / 1000) if oldest else None,
         )  # fmt: skip
 
-    def _checkpoint(self) -> None:
-        """Writer thread, between commits. DuckDB would checkpoint inside whichever commit pushes
-        its log past 16 MB: a stall of up to a second in the middle of live traffic, and during a
-        catch-up the same rows written twice over. The writer instead checkpoints when the log is
-        big and little is waiting, and (DuckDB's threshold raised to checkpoint_max_mb) only a log
-        that outgrew that forces it. A restart replays at most that much log."""
+    def _checkpoint(self, lane: Lane) -> None:
+        """A writer thread, between its commits. DuckDB would checkpoint inside whichever commit
+        pushes its log past 16 MB: a stall of up to a second in the middle of live traffic, and
+        during a catch-up the same rows written twice over. The writers instead checkpoint when the
+        log is big and little is waiting, and (DuckDB's threshold raised to checkpoint_max_mb) only
+        a log that outgrew that forces it. A restart replays at most that much log."""
         wal = self.store.wal_bytes()
-        if wal < self.cfg.checkpoint_wal_mb * 2**20:
+        small = self.cfg.checkpoint_wal_mb * 2**20
+        if wal < small:
             return
-        if len(self._fast) + len(self._slow) >= self.cfg.pipeline_min and wal < self.cfg.checkpoint_max_mb * 2**20 // 2:
+        if self._waiting() >= self.cfg.pipeline_min and wal < self.cfg.checkpoint_max_mb * 2**20 // 2:
             return
         t0 = time.perf_counter()
-        self.store.checkpoint()
-        log.debug("checkpoint", wal_mb=round(wal / 2**20, 1), ms=round((time.perf_counter() - t0) * 1000, 1))
+        if self.store.checkpoint(lane.conn, above_bytes=small):
+            log.debug("checkpoint", lane=lane.name, wal_mb=round(wal / 2**20, 1), ms=round((time.perf_counter() - t0) * 1000, 1))
 
-    async def _finish(self, fut: asyncio.Future, batch: list[Message], summary: dict, seq: int | None) -> bool:
+    async def _finish(self, lane: Lane, fut: asyncio.Future, batch: list[Message], summary: dict, seq: int | None) -> bool:
         """Wait for a batch's commit; False when it failed and was recovered (state reloaded)."""
         try:
             await fut
         except Exception as e:
-            await self._recover(batch, e)
+            await self._recover(lane, batch, e)
             return False
         self.totals.update(summary)
+        await self._advanced(seq)
+        return True
+
+    async def _advanced(self, seq: int | None) -> None:
         if seq is not None and seq > self.applied_seq:
             self.applied_seq = seq
             async with self._applied:
                 self._applied.notify_all()
-        return True
 
-    async def _recover(self, batch: list[Message], error: Exception) -> None:
-        log.warning("a batch could not be written; isolating what breaks it", size=len(batch), error=repr(error))
+    async def _recover(self, lane: Lane, batch: list[Message], error: Exception) -> None:
+        log.warning("a batch could not be written; isolating what breaks it", lane=lane.name, size=len(batch), error=repr(error))
         try:
-            summary = await asyncio.get_running_loop().run_in_executor(self._applier, self._isolate, batch)
+            summary = await self._in(lane.applier, self._isolate, lane, batch)
         except Exception as e:
-            log.error("cannot write to the read model; reopening it", exc=True, error=repr(e))
-            await self._close_store()
-            await asyncio.sleep(1.0)
-            await self._open_store()
+            log.error("cannot write to the read model; reopening it", exc=True, lane=lane.name, error=repr(e))
+            self._broken = True  # the coordinator pauses both lanes, closes and reopens the store
+            self._wake.set()
             return
         self.totals.update(summary)
-        seq = self._events_seq()
-        if seq > self.applied_seq:
-            self.applied_seq = seq
-            async with self._applied:
-                self._applied.notify_all()
+        if lane is self.events:
+            await self._advanced(self._events_seq())
 
-    def _isolate(self, batch: list[Message]) -> dict[str, int]:
-        """Apply thread, writer idle: reload the state from the store and bisect the batch until
-        the message that cannot be written is found; it becomes a dead letter."""
-        self._load_state()
-        return self._bisect(batch)
+    def _isolate(self, lane: Lane, batch: list[Message]) -> dict[str, int]:
+        """The lane's apply thread, its writer idle: reload its state from the store and bisect the
+        batch until the message that cannot be written is found; it becomes a dead letter."""
+        self._load_state(lane)
+        return self._bisect(lane, batch)
 
-    def _bisect(self, batch: list[Message]) -> dict[str, int]:
+    def _bisect(self, lane: Lane, batch: list[Message]) -> dict[str, int]:
         try:
-            ch = apply(self.state, batch)
-            self.store.write(ch)
+            ch = apply(lane.state, batch)
+            self.store.write(ch, lane.conn)
             return ch.summary()
         except Exception as e:
-            self._load_state()
+            self._load_state(lane)
             if not _data_error(e):  # a bug or a broken store, not a bad message: never dead-letter for it
                 raise
             if len(batch) > 1:
                 mid = len(batch) // 2
-                return dict(Counter(self._bisect(batch[:mid])) + Counter(self._bisect(batch[mid:])))
+                return dict(Counter(self._bisect(lane, batch[:mid])) + Counter(self._bisect(lane, batch[mid:])))
             m = batch[0]
             error = f"cannot write: {type(e).__name__}: {e}"
             log.error("dead letter", stream=m.stream, seq=m.seq, subject=m.subject, error=error)
-            ch = dead_letter(self.state, m, error)
-            self.store.write(ch)  # if even this fails the store is broken: the caller reopens it
+            ch = dead_letter(lane.state, m, error)
+            self.store.write(ch, lane.conn)  # if even this fails the store is broken: the caller reopens it
             return ch.summary()
 
     async def wait_applied(self, seq: int, timeout: float) -> bool:
@@ -429,6 +524,7 @@ class Projector(Answering):
     # --- swapping in a rebuilt file -----------------------------------------------------------------
 
     async def _swap(self) -> None:
+        """Both lanes parked: close, rename the rebuilt file over ours, reopen."""
         assert self._reopen is not None
         new_path, done = self._reopen
         self._reopen = None

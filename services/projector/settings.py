@@ -11,10 +11,10 @@ from autotune.shared.settings import Settings
 
 class ProjectorConfig(msgspec.Struct, kw_only=True):
     batch_max: int = 20_000  # messages per transaction at most
-    buffer_max: int = 40_000  # stop pulling from the streams above this many unapplied messages
+    buffer_max: int = 40_000  # a lane stops pulling from its streams above this many unapplied messages
     pull_batch: int = 5_000  # messages per pull request
-    pipeline_min: int = 2_000  # apply the next batch while one commits only when this many wait
-    slow_delay_s: float = 0.25  # telemetry and logs wait at most this long to join a transaction
+    pipeline_min: int = 2_000  # a lane applies its next batch while one commits only when this many wait
+    slow_delay_s: float = 0.25  # the telemetry lane (GPU samples, log lines) gathers a batch at most this long
     slow_batch: int = 2_000  # ... or until this many are waiting
     lean_wire: bool = True  # feeds read through wire.LeanWire (else nats-py)
     cache_rows: int = 50_000  # task/experiment/host rows kept in memory per table

@@ -2,8 +2,10 @@
 
 Writes are columnar: each table's rows become one Arrow table inserted with a single statement
 (executemany is ~100x slower). Upserted rows are replaced by DELETE of the stored version + INSERT.
-The writer connection is used from one thread at a time; queries and snapshots use their own
-cursors (DuckDB MVCC: each sees a consistent snapshot and never blocks the writer).
+Each writer (the projector has two lanes, see service.py) has its own connection, used from one
+thread at a time; their transactions touch disjoint rows (appends, their own positions), so they
+commit side by side. Queries and snapshots use their own cursors (DuckDB MVCC: each sees a
+consistent snapshot and never blocks a writer).
 
 The database refuses file and network access (`enable_external_access=false`), Python replacement
 scans and configuration changes from the moment it opens, so no query can reach outside it.
@@ -75,6 +77,44 @@ class SchemaMismatch(RuntimeError):
     pass
 
 
+class _Gate:
+    """Writers' transactions share it; a checkpoint has it alone (DuckDB checkpoints only when no
+    write transaction is open, and would otherwise quietly skip it)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._writers = 0
+        self._exclusive = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._writers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._exclusive = True
+            while self._writers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
 class Store:
     """One open read-model file: the writer connection and a pool of query cursors."""
 
@@ -100,8 +140,10 @@ class Store:
             raise
         self._loader = self.conn.cursor()
         self._cursors = [self.conn.cursor() for _ in range(cursors)]
+        self._writers: list[duckdb.DuckDBPyConnection] = []
         self._free = list(self._cursors)
         self._lock = threading.Lock()
+        self._gate = _Gate()
 
     # --- schema ----------------------------------------------------------------------------------
 
@@ -133,12 +175,19 @@ class Store:
 
     # --- reading state -----------------------------------------------------------------------------
 
-    def positions(self) -> dict[str, Position]:
-        rows = self._fetch(self.conn, f"SELECT * FROM {sc.POSITIONS.name}").to_pylist()
+    def writer(self) -> duckdb.DuckDBPyConnection:
+        """Another writer connection (the main one is `conn`), closed with the store."""
+        cur = self.conn.cursor()
+        self._writers.append(cur)
+        return cur
+
+    def positions(self, conn: duckdb.DuckDBPyConnection | None = None) -> dict[str, Position]:
+        rows = self._fetch(conn or self.conn, f"SELECT * FROM {sc.POSITIONS.name}").to_pylist()
         return {r["stream"]: Position(**r) for r in rows}
 
-    def is_empty(self) -> bool:
-        return all(self.conn.execute(f"SELECT count(*) FROM {t.name}").fetchall()[0][0] == 0 for t in sc.UPSERTED)
+    def is_empty(self, conn: duckdb.DuckDBPyConnection | None = None) -> bool:
+        conn = conn or self.conn
+        return all(conn.execute(f"SELECT count(*) FROM {t.name}").fetchall()[0][0] == 0 for t in sc.UPSERTED)
 
     def load(self, table: sc.Table, keys: list[tuple]) -> list[dict]:
         """The stored rows of `keys` (the ViewState loader). Uses its own cursor: it runs while the
@@ -199,27 +248,28 @@ class Store:
                 p.sql.append(f"INSERT INTO {sc.POSITIONS.name} SELECT * FROM _positions")
         return p
 
-    def commit(self, p: Prepared) -> None:
-        """Write a prepared batch in one transaction: its rows and its positions land together, or
-        nothing does."""
-        conn = self.conn
+    def commit(self, p: Prepared, conn: duckdb.DuckDBPyConnection | None = None) -> None:
+        """Write a prepared batch in one transaction on `conn` (a writer's connection): its rows
+        and its positions land together, or nothing does."""
+        conn = conn or self.conn
         for name, table in p.sources:
             conn.register(name, table)
         try:
-            conn.begin()
-            try:
-                for sql in p.sql:
-                    conn.execute(sql)
-                conn.commit()
-            except BaseException:
-                conn.rollback()
-                raise
+            with self._gate.shared():
+                conn.begin()
+                try:
+                    for sql in p.sql:
+                        conn.execute(sql)
+                    conn.commit()
+                except BaseException:
+                    conn.rollback()
+                    raise
         finally:
             for name, _ in p.sources:
                 conn.unregister(name)
 
-    def write(self, ch: Changes) -> None:
-        self.commit(self.prepare(ch))
+    def write(self, ch: Changes, conn: duckdb.DuckDBPyConnection | None = None) -> None:
+        self.commit(self.prepare(ch), conn)
 
     # --- cursors for queries ---------------------------------------------------------------------------
 
@@ -234,8 +284,14 @@ class Store:
             with self._lock:
                 self._free.append(cur)
 
-    def checkpoint(self) -> None:
-        self.conn.execute("CHECKPOINT")
+    def checkpoint(self, conn: duckdb.DuckDBPyConnection | None = None, *, above_bytes: int = 0) -> bool:
+        """Checkpoint when no writer is in a transaction (and the log is still above
+        `above_bytes` by then: another writer may just have done it). True if it did."""
+        with self._gate.exclusive():
+            if self.wal_bytes() < above_bytes:
+                return False
+            (conn or self.conn).execute("CHECKPOINT")
+            return True
 
     def wal_bytes(self) -> int:
         try:
@@ -244,7 +300,7 @@ class Store:
             return 0
 
     def close(self) -> None:
-        for c in [self._loader, *self._cursors]:
+        for c in [self._loader, *self._cursors, *self._writers]:
             try:
                 c.close()
             except duckdb.Error:

@@ -74,6 +74,10 @@ class ViewState:
     `complete` says the cache holds every row that exists (a fresh database); otherwise a miss asks
     `loader` (the store). `stored` remembers which keys already exist in the store, so the adapter
     deletes the old version of exactly those rows before inserting the new one.
+
+    A state with `keeps_rows=False` (the projector's telemetry lane: GPU samples and log lines,
+    committed beside the events lane) evolves no upserted row: an event that would is a dead
+    letter there, as it does not belong on those streams.
     """
 
     def __init__(
@@ -84,8 +88,10 @@ class ViewState:
         complete: bool = True,
         max_event_bytes: int = MAX_EVENT_BYTES,
         dead_letter_bytes: int = DEAD_LETTER_BYTES,
+        keeps_rows: bool = True,
     ) -> None:
         self.positions: dict[str, Position] = positions or {}
+        self.keeps_rows = keeps_rows
         self.rows: dict[str, dict[tuple, dict]] = {t.name: {} for t in sc.UPSERTED}
         self.stored: dict[str, set[tuple]] = {t.name: set() for t in sc.UPSERTED}
         self._absent: list[tuple[str, tuple]] = []
@@ -228,6 +234,10 @@ def apply(state: ViewState, batch: Sequence[Message]) -> Changes:
             ch.gpu_samples.append((m.seq, m.data))
         elif kind is ev.LogLines:
             ch.log_lines.append((m.seq, m.data))
+        elif not state.keeps_rows:
+            tag = event.__struct_config__.tag
+            _dead(state, ch, pos, m, f"`{tag}` does not belong on {m.stream} (only gpu.sample and log.lines do): publish it on its own subject")
+            continue
         else:
             if b'"at"' not in m.data:  # left out by its producer: msgspec's default is "now", which no replay repeats
                 event = msgspec.structs.replace(event, at=utc_from_us(m.stored_us))
