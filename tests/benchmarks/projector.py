@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -216,11 +217,17 @@ class Mix:
 
 async def publish(nc, items, *, rate: float | None = None, seconds: float | None = None) -> int:
     """Core publishes with the Nats-Msg-Id header bus.append sends (the stream stores them; acks
-    are not what is measured here). With `rate`, paced; with `seconds`, stops after that long."""
+    are not what is measured here). With `rate`, paced; with `seconds`, stops after that long.
+    `items`: (subject, event) or (subject, encoded event, id)."""
     n = 0
     t0 = time.perf_counter()
-    for subject, event in items:
-        await nc.publish(subject, ev.encode(event), headers={"Nats-Msg-Id": event.id})
+    for item in items:
+        if len(item) == 2:
+            subject, event = item
+            data, msg_id = ev.encode(event), event.id
+        else:
+            subject, data, msg_id = item
+        await nc.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
         n += 1
         if rate is not None:
             elapsed = time.perf_counter() - t0
@@ -296,7 +303,10 @@ async def freshness(settings, nc, js, db, seconds: float, rate: float) -> dict:
     env = {**os.environ, "AUTOTUNE_LOG_LEVEL": "WARNING"}
     projector = subprocess.Popen([sys.executable, "-m", "autotune.projector", "--nats-url", settings.nats_url, "run", "--db", db], env=env)
     load = subprocess.Popen(
-        [sys.executable, __file__, "--load", settings.nats_url, "--rate", str(rate), "--seconds", str(seconds + 5)], env=env
+        [sys.executable, __file__, "--load", settings.nats_url, "--rate", str(rate), "--seconds", str(seconds + 5)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         for _ in range(200):  # wait until it answers
@@ -305,7 +315,8 @@ async def freshness(settings, nc, js, db, seconds: float, rate: float) -> dict:
                 break
             except query.QueryError:
                 await asyncio.sleep(0.05)
-        await asyncio.sleep(2.0)  # the load has started and the projector is in its steady state
+        assert await asyncio.to_thread(load.stdout.readline) == "publishing\n"
+        await asyncio.sleep(2.0)  # the projector is in its steady state
         latencies = []
         end = time.perf_counter() + seconds
         k = 0
@@ -335,8 +346,12 @@ async def freshness(settings, nc, js, db, seconds: float, rate: float) -> dict:
 async def load(url: str, rate: float, seconds: float) -> None:
     import nats
 
+    # encoded before the clock starts: the services that publish run elsewhere, and encoding here
+    # would take CPU from the projector being measured on the same cores
+    items = [(s, ev.encode(e), e.id) for s, e in itertools.islice(Mix(seed=2, prefix="live").stream(10**9), int(rate * seconds) + 1)]
     nc = await nats.connect(url)
-    await publish(nc, Mix(seed=2, prefix="live").stream(10**9), rate=rate, seconds=seconds)
+    print("publishing", flush=True)
+    await publish(nc, items, rate=rate, seconds=seconds)
     await nc.close()
 
 
