@@ -38,8 +38,22 @@ class Refused(ValueError):
     """A query the service will not run; the message says why and what is allowed."""
 
 
+_ACCEPTED: dict[str, None] = {}  # texts that passed (a check depends on the text alone); oldest first
+_ACCEPTED_MAX = 1024
+
+
 def check(cur: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Raise Refused unless `sql` is one read-only statement over the projection's tables."""
+    """Raise Refused unless `sql` is one read-only statement over the projection's tables. The
+    services ask the same parameterized texts over and over: a text that passed is not parsed again."""
+    if sql in _ACCEPTED:
+        return
+    _check(cur, sql)
+    if len(_ACCEPTED) >= _ACCEPTED_MAX:
+        _ACCEPTED.pop(next(iter(_ACCEPTED)), None)
+    _ACCEPTED[sql] = None
+
+
+def _check(cur: duckdb.DuckDBPyConnection, sql: str) -> None:
     if not sql or not sql.strip():
         raise Refused("empty query; send one SELECT statement")
     try:

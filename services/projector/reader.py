@@ -7,7 +7,9 @@ interrupted by a timer (`cursor.interrupt()`), which DuckDB honours between vect
 
 from __future__ import annotations
 
+import heapq
 import threading
+import time
 from typing import Any
 
 import duckdb
@@ -32,27 +34,49 @@ class QueryTimeout(Exception):
 
 
 class _Deadline:
-    """Interrupt the cursor's running query when the time is up, and only that query."""
+    """Interrupt the cursor's running query when the time is up, and only that query. One timer
+    thread serves every deadline (a thread per query cost more than a short query)."""
+
+    _heap: list[tuple[float, int, _Deadline]] = []
+    _cond = threading.Condition()
+    _thread: threading.Thread | None = None
+    _count = 0
 
     def __init__(self, cur: duckdb.DuckDBPyConnection, seconds: float) -> None:
-        self._cur = cur
-        self._lock = threading.Lock()
+        self._cur: duckdb.DuckDBPyConnection | None = cur
         self._active = True
         self.fired = False
-        self._timer = threading.Timer(max(seconds, 0.001), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _fire(self) -> None:
-        with self._lock:
-            if self._active:
-                self.fired = True
-                self._cur.interrupt()
+        cls = _Deadline
+        with cls._cond:
+            cls._count += 1
+            heapq.heappush(cls._heap, (time.monotonic() + max(seconds, 0.001), cls._count, self))
+            if cls._thread is None:
+                cls._thread = threading.Thread(target=cls._run, name="query-deadlines", daemon=True)
+                cls._thread.start()
+            cls._cond.notify()
 
     def cancel(self) -> None:
-        with self._lock:
+        with _Deadline._cond:
             self._active = False
-        self._timer.cancel()
+            self._cur = None  # the heap may keep this entry until it is due: not the cursor
+
+    @classmethod
+    def _run(cls) -> None:
+        with cls._cond:
+            while True:
+                while cls._heap and not cls._heap[0][2]._active:
+                    heapq.heappop(cls._heap)  # cancelled: most deadlines end here
+                if not cls._heap:
+                    cls._cond.wait()
+                    continue
+                due, _, d = cls._heap[0]
+                wait = due - time.monotonic()
+                if wait > 0:
+                    cls._cond.wait(min(wait, 1.0))  # woken early by a new deadline; cancels are lazily dropped
+                    continue
+                heapq.heappop(cls._heap)
+                d.fired = True
+                d._cur.interrupt()  # type: ignore[union-attr]  # active, so it has its cursor; `cancel` waits for the lock
 
 
 def execute(cur: duckdb.DuckDBPyConnection, sql: str, params: Any, limit: int, timeout: float) -> dict[str, Any]:
