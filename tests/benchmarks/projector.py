@@ -358,7 +358,7 @@ async def load(url: str, rate: float, seconds: float) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--events", type=int, default=1_000_000)
-    p.add_argument("--freshness-s", type=float, default=15.0)
+    p.add_argument("--freshness-s", type=float, default=30.0)
     p.add_argument("--rate", type=float, default=2000.0)
     p.add_argument("--load", metavar="NATS_URL", help=argparse.SUPPRESS)  # the background load process
     p.add_argument("--seconds", type=float, default=20.0, help=argparse.SUPPRESS)
