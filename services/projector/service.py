@@ -188,6 +188,7 @@ class Projector(Answering):
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
         self._wake.set()
+        self._resume.set()  # a lane parked for a reopen that will not happen now: let it see `stop`
         for lane in self.lanes:
             lane.wake.set()
 
@@ -480,6 +481,7 @@ class Projector(Answering):
         except Exception as e:
             log.error("cannot write to the read model; reopening it", exc=True, lane=lane.name, error=repr(e))
             self._broken = True  # the coordinator pauses both lanes, closes and reopens the store
+            self._resume.clear()  # still set by the last swap or reopen: the lane must wait for this one
             self._wake.set()
             return
         self.totals.update(summary)
