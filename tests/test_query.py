@@ -80,6 +80,17 @@ def store(tmp_path):
     s.close()
 
 
+def test_guard_remembers_only_what_it_accepted_and_only_so_much(store):
+    with store.cursor() as cur:
+        for _ in range(2):  # a refused text is checked again, and refused again
+            with pytest.raises(guard.Refused):
+                guard.check(cur, "COPY tasks TO '/tmp/x.csv'")
+        for i in range(guard._ACCEPTED_MAX + 10):
+            guard.check(cur, f"SELECT {i} FROM tasks")
+        assert len(guard._ACCEPTED) == guard._ACCEPTED_MAX and "SELECT 0 FROM tasks" not in guard._ACCEPTED
+        assert "COPY tasks TO '/tmp/x.csv'" not in guard._ACCEPTED
+
+
 @pytest.mark.parametrize("sql,why", REFUSED)
 def test_guard_refuses(store, sql, why):
     with store.cursor() as cur, pytest.raises(guard.Refused, match=why):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from typing import Any
 
 import duckdb
@@ -40,6 +41,7 @@ class Refused(ValueError):
 
 _ACCEPTED: dict[str, None] = {}  # texts that passed (a check depends on the text alone); oldest first
 _ACCEPTED_MAX = 1024
+_ACCEPTED_LOCK = threading.Lock()
 
 
 def check(cur: duckdb.DuckDBPyConnection, sql: str) -> None:
@@ -48,9 +50,10 @@ def check(cur: duckdb.DuckDBPyConnection, sql: str) -> None:
     if sql in _ACCEPTED:
         return
     _check(cur, sql)
-    if len(_ACCEPTED) >= _ACCEPTED_MAX:
-        _ACCEPTED.pop(next(iter(_ACCEPTED)), None)
-    _ACCEPTED[sql] = None
+    with _ACCEPTED_LOCK:  # queries are checked on several threads
+        if len(_ACCEPTED) >= _ACCEPTED_MAX:
+            del _ACCEPTED[next(iter(_ACCEPTED))]
+        _ACCEPTED[sql] = None
 
 
 def _check(cur: duckdb.DuckDBPyConnection, sql: str) -> None:

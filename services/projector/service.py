@@ -90,9 +90,10 @@ class Lane:
 
     Two lanes: `events` (AUTOTUNE_EVENTS: the rows people and the API query, read back with
     min_seq) and `telemetry` (GPU samples and log lines: append-only, ~3 of every 4 messages).
-    Their transactions touch disjoint rows, so they commit side by side: a live event never waits
-    behind a batch of telemetry, and a catch-up uses both cores. Each lane is exactly-once on its
-    own (its rows and its positions commit together), which is all a restart needs."""
+    Their transactions touch disjoint rows, so they can commit side by side (with a backlog: a
+    catch-up uses both cores), and a live event's transaction never carries telemetry's statements.
+    Each lane is exactly-once on its own (its rows and its positions commit together), which is all
+    a restart needs."""
 
     def __init__(self, name: str, streams: tuple[str, ...], *, keeps_rows: bool, delay_s: float, min_batch: int) -> None:
         self.name, self.streams, self.keeps_rows = name, streams, keeps_rows
