@@ -1,12 +1,15 @@
 """The projector service: the streams into DuckDB exactly once, read-only SQL out, snapshots, swaps.
 
-One loop owns ingestion. Three StreamFeeds (events, telemetry, logs) fill buffers from their stored
-positions + 1; the loop takes what is buffered (up to `batch_max`), the apply thread decodes and
-applies it (views.apply) and builds Arrow tables, and the writer thread commits the rows and the
-new positions in one DuckDB transaction. With a backlog the two threads overlap (batch k+1 applied
-while batch k commits); live, each batch commits before the next is taken. Under load batches
-grow, when idle they are single events. A batch that cannot be written is bisected until the
-message that breaks it is found and recorded as a dead letter; the rest is applied.
+Ingestion runs in two lanes (class Lane): `events` (AUTOTUNE_EVENTS) and `telemetry`
+(AUTOTUNE_TELEMETRY, AUTOTUNE_LOGS). In each, StreamFeeds fill a buffer from the stored positions
++ 1; the lane's loop takes what is buffered (up to `batch_max`), its apply thread decodes and
+applies it (views.apply) and builds Arrow tables, and its writer thread commits the rows and the
+lane's new positions in one DuckDB transaction on the lane's own connection. With a backlog the
+two threads overlap (batch k+1 applied while batch k commits) and the two lanes commit at once;
+live, each batch commits before the next is taken and the lanes commit one at a time. Under load
+batches grow, when idle they are single events. A batch that cannot be written is bisected until
+the message that breaks it is found and recorded as a dead letter; the rest is applied. A swap, or
+a reopen after a lane could not write at all, parks both lanes first (Projector._maintain).
 
 Answers (answer.py): queries on `autotune.query.sql` (queue group `projector`) run on pooled
 cursors in worker threads, each in its own read transaction, a consistent snapshot that never
