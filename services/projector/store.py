@@ -78,8 +78,8 @@ class SchemaMismatch(RuntimeError):
 
 
 class _Gate:
-    """Writers' transactions share it; a checkpoint has it alone (DuckDB checkpoints only when no
-    write transaction is open, and would otherwise quietly skip it)."""
+    """Writers' transactions share it; a checkpoint has it alone (DuckDB documents that CHECKPOINT
+    fails while other transactions run; the writers' own, at least, are never open then)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
