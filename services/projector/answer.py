@@ -124,6 +124,10 @@ class Answering:
             return _error(f"refused: {e}")
         except reader.QueryTimeout as e:
             return _error(str(e))
+        except duckdb.InterruptException as e:
+            if not self._open.is_set():  # interrupted by a swap or a reopen, not by its own timeout
+                return _error("the projector closed its database to swap or reopen it while this query ran; retry shortly")
+            return _error(str(e))
         except duckdb.Error as e:
             return _error(str(e))
         except TimeoutError:
