@@ -234,7 +234,7 @@ def rows(path, sql: str) -> list[dict]:
 # --- pure view updates -----------------------------------------------------------------------------
 
 
-def test_task_and_experiment_lifecycle():
+def test_task_and_experiment_lifecycle(tmp_path):
     log = Log()
     log.add(ev.HostRegistered(id="h1", at=log.at(), host="h1", instance="i", gpus=[ev.GpuInfo(index=0, uuid="u", name="H100")]))
     log.add(
@@ -249,7 +249,7 @@ def test_task_and_experiment_lifecycle():
     log.add(ev.TaskStarted(id="st", at=log.at(), task="t1", strategy="random", budget=3))
     state = ViewState()
     apply(state, log.messages)
-    task = state.rows["tasks"][("t1",)]
+    task = state.rows[sc.TASKS.name][("t1",)]
     assert (task["status"], task["engine"], task["model"], task["strategy"], task["budget"]) == ("running", "vllm", "m", "random", 3)
 
     mark = len(log.messages)
@@ -257,21 +257,29 @@ def test_task_and_experiment_lifecycle():
     ch = apply(state, log.messages[mark : mark + 3])  # planned, assigned, started
     exp = state.rows["experiments"][("t1", 0, 0)]
     assert exp["status"] == "running" and exp["host"] == "h1" and exp["gpu_indices"] == [0, 1]
-    assert state.rows["hosts"][("h1",)]["status"] == "busy" and state.rows["hosts"][("h1",)]["running_experiments"] == 1
     assert ("t1", 0, 0) in ch.upserts["experiments"]
+    assert not ch.upserts[sc.TASKS.name] and not ch.upserts[sc.HOSTS.name]  # an experiment event writes its own row only
+    db = tmp_path / "a.duckdb"
+    project(db, log.messages[: mark + 3], [])
+    assert rows(db, "SELECT status, running_experiments FROM hosts")[0] == {"status": "busy", "running_experiments": 1}
 
     ch = apply(state, log.messages[mark + 3 :])  # ready, progress, completed
     assert exp["status"] == "completed" and exp["score"] == 1.0 and exp["startup_s"] == 12.5 and exp["runs_done"] == 1
     assert exp["mean_ttft"] == 0.05 and exp["requests"] == 3 and exp["slo_violations"] == '{"p99":0.2}'
-    assert state.rows["hosts"][("h1",)]["status"] == "online" and state.rows["hosts"][("h1",)]["running_experiments"] == 0
-    assert (task["experiments_planned"], task["experiments_completed"], task["best_n"], task["best_score"]) == (1, 1, 0, 1.0)
     assert len(ch.experiment_runs) == 2 and len(ch.metrics) == 1  # samples expand in SQL from the payload
+    project(db, log.messages, [mark + 3])
+    assert rows(db, "SELECT status, running_experiments FROM hosts")[0] == {"status": "online", "running_experiments": 0}
+    t = rows(db, "SELECT experiments_planned, experiments_completed, best_n, best_score, best_parameters, last_seq FROM tasks")[0]
+    assert t == {"experiments_planned": 1, "experiments_completed": 1, "best_n": 0, "best_score": 1.0, "best_parameters": '{"tp":0}',
+                 "last_seq": log.messages[-1].seq}  # fmt: skip
 
 
-def test_first_terminal_event_wins_and_retries_count_apart():
+def test_first_terminal_event_wins_and_retries_count_apart(tmp_path):
     log = Log()
+    log.add(ev.TaskSubmitted(id="s", at=log.at(), task="t1", name="t1", spec={}))
     lifecycle(log, "t1", 0, 0, outcome="failed")  # retryable (host_lost)
     lifecycle(log, "t1", 0, 1, outcome="completed")
+    lifecycle(log, "t1", 1, 0, outcome="oom")
     log.add(ev.ExperimentFailed(id="late", at=log.at(), task="t1", n=0, attempt=1, kind="crashed"))  # stale: ignored
     log.add(
         ev.ExperimentProgress(
@@ -291,13 +299,31 @@ def test_first_terminal_event_wins_and_retries_count_apart():
     a0, a1 = state.rows["experiments"][("t1", 0, 0)], state.rows["experiments"][("t1", 0, 1)]
     assert (a0["status"], a0["failure_kind"], a0["retryable"]) == ("failed", "host_lost", True)
     assert (a1["status"], a1["failure_kind"], a1["retryable"], a1["runs_done"]) == ("completed", None, None, 1)
-    task = state.rows["tasks"][("t1",)]
-    assert (task["experiments_planned"], task["experiments_retried"], task["experiments_failed"], task["experiments_completed"]) == (
-        1,
-        1,
-        0,
-        1,
+    db = tmp_path / "a.duckdb"
+    project(db, log.messages, [])
+    cols = "experiments_planned, experiments_retried, experiments_failed, experiments_completed, experiments_cancelled"
+    assert rows(db, f"SELECT {cols} FROM tasks")[0] == dict(zip(cols.split(", "), (2, 1, 1, 1, 0), strict=True))
+
+
+def test_the_best_so_far_is_derived_until_the_scheduler_names_one(tmp_path):
+    """`tasks.best_*`: the lowest finite score of a completed attempt that did not hard-fail (ties:
+    the earliest finished), until TaskCompleted names the best; then that verdict."""
+    log = Log()
+    log.add(ev.TaskSubmitted(id="s", at=log.at(), task="t1", name="t1", spec={}))
+    lifecycle(log, "t1", 0, 0, score=2.0)
+    lifecycle(log, "t1", 1, 0, score=1.0)
+    lifecycle(log, "t1", 2, 0, score=1.0)  # a tie finished later
+    lifecycle(log, "t1", 3, 0, score=float("nan"))
+    db = tmp_path / "a.duckdb"
+    best = "SELECT best_n, best_attempt, best_score, best_parameters FROM tasks"
+    project(db, log.messages, [])
+    assert rows(db, best)[0] == {"best_n": 1, "best_attempt": 0, "best_score": 1.0, "best_parameters": '{"tp":1}'}
+    verdict = ev.TaskCompleted(
+        id="c", at=log.at(), task="t1", reason="budget", best_experiment=0, best_attempt=0, best_score=2.0, best_parameters={"tp": 0}
     )
+    log.add(verdict)
+    project(db, log.messages, [len(log.messages) - 1])
+    assert rows(db, best)[0] == {"best_n": 0, "best_attempt": 0, "best_score": 2.0, "best_parameters": '{"tp":0}'}
 
 
 def test_redelivered_and_duplicated_messages_change_nothing():
@@ -358,7 +384,8 @@ def test_missing_at_uses_the_stored_time_so_replays_agree():
     a, b = ViewState(), ViewState()
     apply(a, [m])
     apply(b, [m])
-    assert a.rows["tasks"][("t",)]["submitted_at"] == b.rows["tasks"][("t",)]["submitted_at"] == views.utc_from_us(m.stored_us)
+    tasks = sc.TASKS.name
+    assert a.rows[tasks][("t",)]["submitted_at"] == b.rows[tasks][("t",)]["submitted_at"] == views.utc_from_us(m.stored_us)
 
 
 # --- through DuckDB ------------------------------------------------------------------------------------
@@ -368,7 +395,7 @@ def test_rows_land_in_every_table(tmp_path):
     log = history()
     project(tmp_path / "a.duckdb", log.messages, [])
     db = tmp_path / "a.duckdb"
-    counts = {t.name: rows(db, f"SELECT count(*) AS n FROM {t.name}")[0]["n"] for t in sc.ALL}
+    counts = {name: rows(db, f"SELECT count(*) AS n FROM {name}")[0]["n"] for name in sc.PUBLIC}
     assert counts["tasks"] == 2 and counts["hosts"] == 2 and counts["experiments"] == 8
     assert counts["gpu_samples"] == 6 and counts["log_lines"] == 18 and counts["dead_letters"] == 2
     completed = rows(db, "SELECT count(*) AS n FROM experiments WHERE status = 'completed'")[0]["n"]

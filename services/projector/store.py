@@ -155,7 +155,7 @@ class Store:
         if existing:
             raise SchemaMismatch(f"{self.path} holds tables the projector did not create; point --db at another file")
         self.conn.begin()
-        for t in sc.ALL:
+        for t in (*sc.ALL, *sc.VIEWS):
             self.conn.execute(t.ddl())
         self.conn.execute(f"INSERT INTO {sc.META.name} VALUES ('schema_version', ?)", [str(sc.SCHEMA_VERSION)])
         self.conn.commit()
@@ -309,9 +309,10 @@ class Store:
 
 
 def checksums(conn: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, str]]:
-    """Per table: row count and an md5 over every row in a canonical order (rebuild == incremental)."""
+    """Per table and view: row count and an md5 over every row in a canonical order (rebuild ==
+    incremental)."""
     out = {}
-    for t in sc.ALL:
+    for t in (*sc.ALL, *sc.VIEWS):
         n, digest = conn.execute(
             f"SELECT count(*), coalesce(md5(string_agg(r, chr(10) ORDER BY r)), '') FROM (SELECT CAST(x AS VARCHAR) AS r FROM {t.name} x)"
         ).fetchall()[0]
@@ -320,11 +321,12 @@ def checksums(conn: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, str]]:
 
 
 def write_snapshot(cur: duckdb.DuckDBPyConnection, path: str, *, overwrite: bool = False) -> dict[str, int]:
-    """Copy every table, as of one transaction, into a new DuckDB file anyone can open.
+    """Copy every table, as of one transaction, into a new DuckDB file anyone can open (the views
+    too, so `tasks` and `hosts` read the same there).
 
     The copy goes through Arrow into a separate DuckDB instance: the projection's own database
     never gets file access. Written beside `path` and renamed into place, so a reader never sees a
-    half-written file. Returns the row count of each table.
+    half-written file. Returns the row count of each table and view.
     """
     path = os.path.abspath(path)
     if os.path.exists(path) and not overwrite:
@@ -334,7 +336,7 @@ def write_snapshot(cur: duckdb.DuckDBPyConnection, path: str, *, overwrite: bool
     counts: dict[str, int] = {}
     out = duckdb.connect(tmp)
     try:
-        for t in sc.ALL:
+        for t in (*sc.ALL, *sc.VIEWS):
             out.execute(t.ddl())
         cur.begin()
         try:
@@ -343,9 +345,10 @@ def write_snapshot(cur: duckdb.DuckDBPyConnection, path: str, *, overwrite: bool
                 out.register("_src", reader)
                 out.execute(f"INSERT INTO {t.name} SELECT * FROM _src")
                 out.unregister("_src")
-                counts[t.name] = out.execute(f"SELECT count(*) FROM {t.name}").fetchall()[0][0]
         finally:
             cur.rollback()
+        for name in (*(t.name for t in sc.ALL), *(v.name for v in sc.VIEWS)):
+            counts[name] = out.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0]
         out.close()
         os.replace(tmp, path)
     except BaseException:

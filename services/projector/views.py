@@ -14,7 +14,6 @@ rebuild from the first event.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -64,7 +63,6 @@ class Position(msgspec.Struct, kw_only=True):
 Loader = Callable[[sc.Table, list[tuple]], list[dict]]
 
 RANK = {"planned": 0, "assigned": 1, "running": 2, "ready": 3, "cancelling": 4, "completed": 5, "failed": 5, "cancelled": 5}
-ACTIVE = frozenset({"assigned", "running", "ready", "cancelling"})
 TASK_TERMINAL = frozenset({"completed", "failed", "cancelled", "rejected"})
 
 
@@ -303,28 +301,20 @@ def _decode(state: ViewState, m: Message) -> Any:
 
 
 def _prefetch(state: ViewState, decoded: list[tuple[Message, Any]]) -> None:
+    """Load the stored rows this batch's events evolve: each event changes its own row only."""
     if state.complete or state.loader is None:
         return
-    tasks: set[tuple] = set()
-    exps: set[tuple] = set()
-    hosts: set[tuple] = set()
+    keys: dict[str, set[tuple]] = {t.name: set() for t in sc.UPSERTED}
     for _, e in decoded:
-        if isinstance(e, (ev.GpuSample, ev.LogLines, _Unknown)):
-            continue
-        task = getattr(e, "task", None)
-        if isinstance(task, str):
-            tasks.add((task,))
-            n = getattr(e, "n", None)
-            if n is not None:
-                exps.add((task, n, e.attempt))
-        host = getattr(e, "host", None)
-        if isinstance(host, str) and host:
-            hosts.add((host,))
-    state.prefetch(sc.TASKS, tasks)
-    state.prefetch(sc.EXPERIMENTS, exps)
-    cache = state.rows["experiments"]
-    hosts.update((r["host"],) for k in exps if (r := cache.get(k)) and r.get("host"))
-    state.prefetch(sc.HOSTS, hosts)
+        kind = type(e)
+        if kind in _TASK_EVENTS:
+            keys[sc.TASKS.name].add((e.task,))
+        elif kind in _HOST_EVENTS:
+            keys[sc.HOSTS.name].add((e.host,))
+        elif isinstance(getattr(e, "n", None), int) and isinstance(getattr(e, "task", None), str):
+            keys[sc.EXPERIMENTS.name].add((e.task, e.n, e.attempt))
+    for table in sc.UPSERTED:
+        state.prefetch(table, keys[table.name])
 
 
 # --- rows of the events table --------------------------------------------------------------------------
@@ -380,18 +370,22 @@ def _time(v: Any) -> datetime | None:
 # --- evolving the upserted rows ------------------------------------------------------------------------
 
 
+_TASK_EVENTS = frozenset(
+    {ev.TaskSubmitted, ev.TaskStarted, ev.TaskRejected, ev.TaskCancelRequested, ev.TaskCompleted, ev.TaskFailed, ev.TaskCancelled}
+)
+_HOST_EVENTS = frozenset({ev.HostRegistered, ev.HostDrainRequested, ev.HostDrained, ev.HostRemoved, ev.HostLost})
+
+
 def _evolve(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
-    match e:
-        case ev.TaskSubmitted() | ev.TaskStarted() | ev.TaskRejected() | ev.TaskCancelRequested():
-            _task_event(state, ch, m, e)
-        case ev.TaskCompleted() | ev.TaskFailed() | ev.TaskCancelled():
-            _task_event(state, ch, m, e)
-        case ev.HostRegistered() | ev.HostDrainRequested() | ev.HostDrained() | ev.HostRemoved() | ev.HostLost():
-            _host_event(state, ch, m, e)
-        case _ if hasattr(e, "n"):
-            _experiment_event(state, ch, m, e)
-        case _:
-            raise TypeError(f"no view handles `{e.__struct_config__.tag}`")
+    kind = type(e)
+    if kind in _TASK_EVENTS:
+        _task_event(state, ch, m, e)
+    elif kind in _HOST_EVENTS:
+        _host_event(state, ch, m, e)
+    elif hasattr(e, "n"):
+        _experiment_event(state, ch, m, e)
+    else:
+        raise TypeError(f"no view handles `{e.__struct_config__.tag}`")
 
 
 def _touch(ch: Changes, table: sc.Table, key: tuple, row: dict, m: Message, at: datetime) -> None:
@@ -400,20 +394,13 @@ def _touch(ch: Changes, table: sc.Table, key: tuple, row: dict, m: Message, at: 
     ch.upserts[table.name][key] = row
 
 
-def _task_row(state: ViewState, task: str) -> dict:
-    key = (task,)
+def _task_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
+    key = (e.task,)
     row = state.get(sc.TASKS, key)
     if row is None:
         row = sc.TASKS.empty_row()
-        row["id"] = task
-        for c in ("experiments_planned", "experiments_completed", "experiments_failed", "experiments_retried", "experiments_cancelled"):
-            row[c] = 0
-        state.rows["tasks"][key] = row
-    return row
-
-
-def _task_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
-    row = _task_row(state, e.task)
+        row["id"] = e.task
+        state.rows[sc.TASKS.name][key] = row
     terminal = row["status"] in TASK_TERMINAL
     match e:
         case ev.TaskSubmitted():
@@ -451,19 +438,18 @@ def _task_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
                 row.update(status="cancelling", reason=e.reason or row["reason"])
         case ev.TaskCompleted():
             if not terminal:
-                row.update(status="completed", reason=e.reason, finished_at=e.at)
-                if e.best_experiment is not None:
-                    row.update(best_n=e.best_experiment, best_attempt=e.best_attempt, best_score=e.best_score)
+                row.update(status="completed", reason=e.reason, finished_at=e.at, pareto=jsonstr(e.pareto))
+                if e.best_experiment is not None:  # the scheduler's verdict (the `tasks` view prefers it)
+                    row.update(verdict_n=e.best_experiment, verdict_attempt=e.best_attempt, verdict_score=e.best_score)
                     if e.best_parameters is not None:
-                        row["best_parameters"] = jsonstr(e.best_parameters)
-                row["pareto"] = jsonstr(e.pareto)
+                        row["verdict_parameters"] = jsonstr(e.best_parameters)
         case ev.TaskFailed():
             if not terminal:
                 row.update(status="failed", reason=e.reason, finished_at=e.at)
         case ev.TaskCancelled():
             if not terminal:
                 row.update(status="cancelled", finished_at=e.at)
-    _touch(ch, sc.TASKS, (e.task,), row, m, e.at)
+    _touch(ch, sc.TASKS, key, row, m, e.at)
 
 
 def _host_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
@@ -471,10 +457,10 @@ def _host_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
     row = state.get(sc.HOSTS, key)
     if row is None:
         row = sc.HOSTS.empty_row()
-        row.update(host=e.host, running_experiments=0)
-        state.rows["hosts"][key] = row
+        row["host"] = e.host
+        state.rows[sc.HOSTS.name][key] = row
     match e:
-        case ev.HostRegistered():
+        case ev.HostRegistered():  # `online`; the `hosts` view says `busy` while it runs attempts
             row.update(
                 status="online",
                 instance=e.instance,
@@ -488,7 +474,6 @@ def _host_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
                 simulated=e.simulated,
                 registered_at=e.at,
             )
-            _host_status(row)
         case ev.HostDrainRequested():
             row.update(status="draining", drain_requested_at=e.at)
         case ev.HostDrained():
@@ -500,43 +485,21 @@ def _host_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
     _touch(ch, sc.HOSTS, key, row, m, e.at)
 
 
-def _host_status(row: dict) -> None:
-    if row["status"] in ("online", "busy"):
-        row["status"] = "busy" if row["running_experiments"] else "online"
-
-
-def _host_running(state: ViewState, ch: Changes, host: str | None, delta: int) -> None:
-    """Hosts count their active attempts; an unregistered host has no row to count on."""
-    if not host:
-        return
-    row = state.get(sc.HOSTS, (host,))
-    if row is None:
-        return
-    row["running_experiments"] = max(0, (row["running_experiments"] or 0) + delta)
-    _host_status(row)
-    ch.upserts["hosts"][(host,)] = row
-
-
 def _experiment_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
     key = (e.task, e.n, e.attempt)
     row = state.get(sc.EXPERIMENTS, key)
     if row is None:
         row = sc.EXPERIMENTS.empty_row()
         row.update(task=e.task, n=e.n, attempt=e.attempt)
-        state.rows["experiments"][key] = row
+        state.rows[sc.EXPERIMENTS.name][key] = row
     host = getattr(e, "host", "") or None
     match e:
         case ev.ExperimentPlanned():
-            if row["planned_at"] is None:
-                row["planned_at"] = e.at
-                if e.attempt == 0:
-                    task = _task_row(state, e.task)
-                    task["experiments_planned"] += 1
-                    _touch(ch, sc.TASKS, (e.task,), task, m, e.at)
+            row["planned_at"] = row["planned_at"] or e.at
             row.update(parameters=jsonstr(e.parameters), gpus=e.gpus, retry_of=e.retry_of)
-            _advance(state, ch, m, row, "planned", None)
+            _advance(row, "planned", None)
         case ev.ExperimentAssigned():
-            if _advance(state, ch, m, row, "assigned", host):
+            if _advance(row, "assigned", host):
                 row.update(
                     gpu_indices=list(e.gpu_indices),
                     gpu_uuids=list(e.gpu_uuids),
@@ -551,19 +514,19 @@ def _experiment_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None
         case ev.ExperimentCancelRequested():
             row["cancel_requested_at"] = row["cancel_requested_at"] or e.at
             row["cancel_reason"] = e.reason or row["cancel_reason"]
-            _advance(state, ch, m, row, "cancelling", host)
+            _advance(row, "cancelling", host)
         case ev.ExperimentStarted():
-            if _advance(state, ch, m, row, "running", host):
+            if _advance(row, "running", host):
                 row.update(instance=e.instance, runtime=e.runtime, handle=e.handle or None, started_at=e.at)
         case ev.ExperimentReady():
-            if _advance(state, ch, m, row, "ready", host):
+            if _advance(row, "ready", host):
                 row.update(startup_s=e.startup_s, ready_at=e.at)
         case ev.ExperimentProgress():
             if row["status"] not in ("completed", "failed", "cancelled"):
                 row["runs_done"] = max(row["runs_done"] or 0, e.run_index + 1)
                 row["runs_total"] = e.runs_total
         case ev.ExperimentCompleted():
-            if _advance(state, ch, m, row, "completed", host, finished_at=e.at):
+            if _advance(row, "completed", host, finished_at=e.at):
                 t = e.telemetry
                 row.update(
                     score=e.score,
@@ -582,11 +545,10 @@ def _experiment_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None
                     max_temperature_c=t.max_temperature_c,
                 )
                 _metrics(ch, row, e.metrics, m)
-                _best(state, ch, m, row, e)
         case ev.ExperimentFailed():
-            was, row["retryable"] = row["retryable"], e.retryable  # _advance counts failed vs retried
-            if _advance(state, ch, m, row, "failed", host, finished_at=e.at):
+            if _advance(row, "failed", host, finished_at=e.at):
                 row.update(
+                    retryable=e.retryable,  # the `tasks` view counts it as retried, not failed
                     failure_kind=e.kind,
                     failure_stage=e.stage,
                     failure_message=e.message or None,
@@ -596,55 +558,26 @@ def _experiment_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None
                 )
                 if e.metrics is not None:
                     _metrics(ch, row, e.metrics, m)
-            else:
-                row["retryable"] = was
         case ev.ExperimentCancelled():
-            if _advance(state, ch, m, row, "cancelled", host, finished_at=e.at):
+            if _advance(row, "cancelled", host, finished_at=e.at):
                 row["cancel_reason"] = e.reason or row["cancel_reason"]
         case _:
             raise TypeError(f"no view handles `{e.__struct_config__.tag}`")
     _touch(ch, sc.EXPERIMENTS, key, row, m, e.at)
 
 
-def _advance(
-    state: ViewState, ch: Changes, m: Message, row: dict, status: str, host: str | None, finished_at: datetime | None = None
-) -> bool:
-    """Move an attempt forward in its lifecycle (never back; the first terminal event wins), keeping
-    the host's active count and the task's counters in step. False when the event is stale."""
+def _advance(row: dict, status: str, host: str | None, finished_at: datetime | None = None) -> bool:
+    """Move an attempt forward in its lifecycle (never back; the first terminal event wins). False
+    when the event is stale. Its task's counters and its host's running count are not written:
+    the `tasks` and `hosts` views derive them from `experiments`."""
     old = row["status"]
     if old is not None and RANK[status] <= RANK[old]:
         return False
-    old_host = row["host"]
-    new_host = host or old_host
-    if old in ACTIVE:
-        _host_running(state, ch, old_host, -1)
     row["status"] = status
-    row["host"] = new_host
-    if status in ACTIVE:
-        _host_running(state, ch, new_host, +1)
+    row["host"] = host or row["host"]
     if finished_at is not None:
         row["finished_at"] = finished_at
-        task = _task_row(state, row["task"])
-        if status == "completed":
-            task["experiments_completed"] += 1
-        elif status == "failed":
-            task["experiments_retried" if row["retryable"] else "experiments_failed"] += 1
-        else:
-            task["experiments_cancelled"] += 1
-        _touch(ch, sc.TASKS, (row["task"],), task, m, finished_at)
     return True
-
-
-def _best(state: ViewState, ch: Changes, m: Message, row: dict, e: ev.ExperimentCompleted) -> None:
-    """The best (lowest) score so far; TaskCompleted later states the scheduler's verdict."""
-    if e.hard_fail or not math.isfinite(e.score):
-        return
-    task = _task_row(state, e.task)
-    if task["status"] in TASK_TERMINAL:
-        return
-    if task["best_score"] is None or e.score < task["best_score"]:
-        task.update(best_n=e.n, best_attempt=e.attempt, best_score=e.score, best_parameters=row["parameters"])
-        _touch(ch, sc.TASKS, (e.task,), task, m, e.at)
 
 
 def _metrics(ch: Changes, row: dict, x: ExperimentMetrics, m: Message) -> None:
