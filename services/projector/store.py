@@ -155,7 +155,7 @@ class Store:
         if existing:
             raise SchemaMismatch(f"{self.path} holds tables the projector did not create; point --db at another file")
         self.conn.begin()
-        for t in (*sc.ALL, *sc.VIEWS):
+        for t in sc.SCHEMA:
             self.conn.execute(t.ddl())
         self.conn.execute(f"INSERT INTO {sc.META.name} VALUES ('schema_version', ?)", [str(sc.SCHEMA_VERSION)])
         self.conn.commit()
@@ -312,7 +312,7 @@ def checksums(conn: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, str]]:
     """Per table and view: row count and an md5 over every row in a canonical order (rebuild ==
     incremental)."""
     out = {}
-    for t in (*sc.ALL, *sc.VIEWS):
+    for t in sc.SCHEMA:
         n, digest = conn.execute(
             f"SELECT count(*), coalesce(md5(string_agg(r, chr(10) ORDER BY r)), '') FROM (SELECT CAST(x AS VARCHAR) AS r FROM {t.name} x)"
         ).fetchall()[0]
@@ -336,7 +336,7 @@ def write_snapshot(cur: duckdb.DuckDBPyConnection, path: str, *, overwrite: bool
     counts: dict[str, int] = {}
     out = duckdb.connect(tmp)
     try:
-        for t in (*sc.ALL, *sc.VIEWS):
+        for t in sc.SCHEMA:
             out.execute(t.ddl())
         cur.begin()
         try:
@@ -347,8 +347,8 @@ def write_snapshot(cur: duckdb.DuckDBPyConnection, path: str, *, overwrite: bool
                 out.unregister("_src")
         finally:
             cur.rollback()
-        for name in (*(t.name for t in sc.ALL), *(v.name for v in sc.VIEWS)):
-            counts[name] = out.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0]
+        for t in sc.SCHEMA:
+            counts[t.name] = out.execute(f"SELECT count(*) FROM {t.name}").fetchall()[0][0]
         out.close()
         os.replace(tmp, path)
     except BaseException:

@@ -311,7 +311,7 @@ def _prefetch(state: ViewState, decoded: list[tuple[Message, Any]]) -> None:
             keys[sc.TASKS.name].add((e.task,))
         elif kind in _HOST_EVENTS:
             keys[sc.HOSTS.name].add((e.host,))
-        elif isinstance(getattr(e, "n", None), int) and isinstance(getattr(e, "task", None), str):
+        elif kind is not ev.LogLines and isinstance(getattr(e, "n", None), int) and isinstance(getattr(e, "task", None), str):
             keys[sc.EXPERIMENTS.name].add((e.task, e.n, e.attempt))
     for table in sc.UPSERTED:
         state.prefetch(table, keys[table.name])
