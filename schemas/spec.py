@@ -226,6 +226,9 @@ def spec_from_obj(raw: Any) -> TaskSpec:
         if not msg:
             msg, path = str(e), "$"
         path = path.rstrip("`") or "$"
+        if path.startswith("key` in `"):  # msgspec: "Expected `str` - at `key` in `$.model`"
+            path = path.removeprefix("key` in `")
+            msg = f"a key here is not a field name ({msg}); field names are text"
         if msg.startswith("Object contains unknown field"):
             field = msg.split("`")[1]
             path = f"{path}.{field}" if path != "$" else f"$.{field}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -57,3 +58,11 @@ def test_any_document_round_trips_through_json_and_yaml(doc):
         return
     _check(lambda: parse_spec(text, source="fuzz.json"))
     _check(lambda: parse_spec(yaml.safe_dump(doc), source="fuzz.yaml"))
+
+
+@pytest.mark.parametrize(("text", "path"), [("?", "$"), ("model: {1: x}", "$.model")])
+def test_a_key_that_is_not_text_names_where_it_is(text, path):
+    """Found by the fuzzer above in CI: YAML `?` is {None: None}, and msgspec says "at `key` in `$`"."""
+    with pytest.raises(SpecError) as err:
+        parse_spec(text, source="f.yaml")
+    assert err.value.path == path and "not a field name" in err.value.message
