@@ -206,8 +206,39 @@ def history(seed: int = 0) -> Log:
     return log
 
 
+class Lanes:
+    """The projector's three lanes (service.py) over one store, in this thread, without NATS: each
+    role gets its streams' messages, its own state loaded from the store, and its own file."""
+
+    ROLES = (("state", "main", (EVENTS,)), ("log", sc.LOG_DB, (EVENTS,)), ("telemetry", sc.LOG_DB, (TELEMETRY, LOGS)))
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.loader = store.writer()
+        self.states = {}
+        for role, db, streams in self.ROLES:
+            stored = store.positions(table=sc.STATE_POSITIONS if db == "main" else sc.POSITIONS)
+            self.states[role] = ViewState(
+                {s: p for s, p in stored.items() if s in streams},
+                loader=lambda t, k: store.load(t, k, self.loader),
+                finished_loader=lambda k: store.load_finished(k, self.loader),
+                complete=store.is_empty(tables={"state": sc.UPSERTED, "log": (sc.EVENTS,), "telemetry": ()}[role]),
+                role=role,
+            )
+
+    def write(self, messages: list[Message]) -> None:
+        for role, db, streams in self.ROLES:
+            batch = [m for m in messages if m.stream in streams]
+            if batch:
+                self.store.write(apply(self.states[role], batch), db=db)
+
+    def trim(self, rows: int) -> None:
+        for state in self.states.values():
+            state.trim(rows)
+
+
 def project(path, messages: list[Message], splits: list[int], *, reopen: bool = True) -> dict:
-    """Apply `messages` in batches cut at `splits`, with a fresh state (rows reloaded from DuckDB)
+    """Apply `messages` in batches cut at `splits`, with fresh states (rows reloaded from DuckDB)
     at each cut, and the store closed and reopened there too when `reopen`."""
     cuts = [0, *splits, len(messages)]
     store = Store(str(path))
@@ -215,8 +246,7 @@ def project(path, messages: list[Message], splits: list[int], *, reopen: bool = 
         if reopen:
             store.close()
             store = Store(str(path))
-        state = ViewState(store.positions(), loader=store.load, complete=store.is_empty())
-        store.write(apply(state, messages[a:b]))
+        Lanes(store).write(messages[a:b])
     try:
         return checksums(store.conn)
     finally:
@@ -266,7 +296,10 @@ def test_task_and_experiment_lifecycle(tmp_path):
     ch = apply(state, log.messages[mark + 3 :])  # ready, progress, completed
     assert exp["status"] == "completed" and exp["score"] == 1.0 and exp["startup_s"] == 12.5 and exp["runs_done"] == 1
     assert exp["mean_ttft"] == 0.05 and exp["requests"] == 3 and exp["slo_violations"] == '{"p99":0.2}'
-    assert len(ch.experiment_runs) == 2 and len(ch.metrics) == 1  # samples expand in SQL from the payload
+    assert not ch.experiment_runs and not ch.metrics and not ch.events  # the state lane writes rows, nothing else
+    results = apply(ViewState(role="log"), log.messages)
+    assert len(results.experiment_runs) == 2 and len(results.metrics) == 1  # samples expand in SQL from the payload
+    assert len(results.events) == len(log.messages) and not any(results.upserts.values())
     project(db, log.messages, [mark + 3])
     assert rows(db, "SELECT status, running_experiments FROM hosts")[0] == {"status": "online", "running_experiments": 0}
     t = rows(db, "SELECT experiments_planned, experiments_completed, best_n, best_score, best_parameters, last_seq FROM tasks")[0]
@@ -303,6 +336,32 @@ def test_first_terminal_event_wins_and_retries_count_apart(tmp_path):
     project(db, log.messages, [])
     cols = "experiments_planned, experiments_retried, experiments_failed, experiments_completed, experiments_cancelled"
     assert rows(db, f"SELECT {cols} FROM tasks")[0] == dict(zip(cols.split(", "), (2, 1, 1, 1, 0), strict=True))
+
+
+def test_only_the_winning_terminal_event_adds_results(tmp_path):
+    """experiment_runs and request_samples come from the log lane, which evolves no rows: it keeps
+    the results of the first terminal event of each attempt only (as `_advance` does), also when
+    that event was committed before a restart (read back from `events`)."""
+    log = Log()
+    log.add(ev.TaskSubmitted(id="s", at=log.at(), task="t1", name="t1", spec={}))
+    lifecycle(log, "t1", 0, 0, outcome="completed")
+    lifecycle(log, "t1", 1, 0, outcome="none")
+    log.add(ev.ExperimentCancelled(id="c1", at=log.at(), task="t1", n=1, host="h1", reason="user"))
+    cut = len(log.messages)
+    for n in (0, 1):  # a second completion of each, with results: stale
+        log.add(ev.ExperimentCompleted(id=f"again{n}", at=log.at(), task="t1", n=n, host="h1", metrics=metrics(samples=5, runs=3), score=9.0))
+    log.add(ev.ExperimentCompleted(id="late2", at=log.at(), task="t1", n=2, host="h1", metrics=metrics(samples=4, runs=1), score=3.0))
+    per_attempt = "SELECT n, count(*) AS runs FROM experiment_runs GROUP BY n ORDER BY n"
+    samples = "SELECT n, count(*) AS samples FROM request_samples GROUP BY n ORDER BY n"
+    for splits in ([], [cut], [cut + 1]):
+        db = tmp_path / f"a{len(splits)}{splits[0] if splits else ''}.duckdb"
+        project(db, log.messages, splits)
+        assert rows(db, per_attempt) == [{"n": 0, "runs": 2}, {"n": 2, "runs": 1}]
+        assert rows(db, samples) == [{"n": 0, "samples": 3}, {"n": 2, "samples": 4}]
+        assert rows(db, "SELECT n, status, score FROM experiments ORDER BY n") == [
+            {"n": 0, "status": "completed", "score": 1.0}, {"n": 1, "status": "cancelled", "score": None},
+            {"n": 2, "status": "completed", "score": 3.0},
+        ]  # fmt: skip
 
 
 def test_the_best_so_far_is_derived_until_the_scheduler_names_one(tmp_path):
@@ -345,7 +404,10 @@ def test_undecodable_messages_become_dead_letters_and_unknown_types_are_kept():
     log.raw(b'{"type": "experiment.planned", "id": "x", "task": "t", "n": "zero", "parameters": {}}')
     log.raw(b'{"type": "experiment.cloned", "id": "y", "task": "t", "n": 1, "at": "2025-01-01T00:00:00Z", "future": true}')
     log.raw(b'{"type": "gpu.sample", "id": "z", "host": "h", "index": 0, "hello": 1}' + b" " * 200, TELEMETRY)
-    state = ViewState(max_event_bytes=150)
+    passed = ViewState(max_event_bytes=150)  # the state lane passes over them: the log lane records them
+    ch = apply(passed, log.messages)
+    assert not ch.dead_letters and not ch.events and passed.positions[EVENTS].seq == 5 and passed.positions[EVENTS].dead_letters == 0
+    state = ViewState(max_event_bytes=150, role="log")
     ch = apply(state, log.messages)
     errors = [d[-1] for d in ch.dead_letters]
     assert errors[0].startswith("not JSON")
@@ -362,14 +424,14 @@ def test_undecodable_messages_become_dead_letters_and_unknown_types_are_kept():
 
 
 def test_the_telemetry_lane_dead_letters_events_that_belong_on_the_events_stream():
-    """The telemetry lane (keeps_rows=False) commits beside the events lane and must never touch
-    their rows: a lifecycle event published under a telemetry subject is a dead letter there."""
+    """The telemetry lane commits beside the others and must never touch their rows: a lifecycle
+    event published under a telemetry subject is a dead letter there."""
     log = Log()
     log.add(ev.GpuSample(id="g", at=log.at(), host="h1", index=0, util_gpu=50.0), TELEMETRY)
     log.add(ev.TaskSubmitted(id="s", at=log.at(), task="t", name="t", spec={}), TELEMETRY)
     log.add(ev.LogLines(id="l", at=log.at(), task="t", n=0, host="h1", lines=["a"]), LOGS)
     log.raw(b'{"type": "gpu.future", "id": "f", "host": "h1"}', TELEMETRY)
-    state = ViewState(complete=True, keeps_rows=False)
+    state = ViewState(complete=True, role="telemetry")
     ch = apply(state, log.messages)
     assert [d[:2] for d in ch.dead_letters] == [(TELEMETRY, 2)]
     assert ch.dead_letters[0][-1].startswith("`task.submitted` does not belong on AUTOTUNE_TELEMETRY")
@@ -434,10 +496,10 @@ def test_cache_trimming_reloads_rows_from_the_store(tmp_path):
     log = history(3)
     whole = project(tmp_path / "whole.duckdb", log.messages, [])
     store = Store(str(tmp_path / "trim.duckdb"))
-    state = ViewState(store.positions(), loader=store.load, complete=store.is_empty())
+    lanes = Lanes(store)
     for i in range(0, len(log.messages), 7):
-        store.write(apply(state, log.messages[i : i + 7]))
-        state.trim(1)
+        lanes.write(log.messages[i : i + 7])
+        lanes.trim(1)
     assert checksums(store.conn) == whole
     store.close()
 

@@ -9,7 +9,7 @@ import time
 import duckdb
 import pytest
 
-from autotune.projector import guard, reader, service
+from autotune.projector import answer, guard, reader, service
 from autotune.projector.settings import ProjectorConfig
 from autotune.projector.store import Store
 from autotune.schemas import events as ev
@@ -125,10 +125,11 @@ def test_database_itself_refuses_files_and_settings(store, sql):
 
 def test_queries_cannot_change_rows_even_past_the_guard(store):
     with store.cursor() as cur:
+        before = cur.sql("SELECT count(*) FROM projector_meta").fetchall()
         cur.begin()
         cur.execute("INSERT INTO projector_meta VALUES ('x', 'y')")
         cur.rollback()  # what reader.execute always does
-        assert cur.sql("SELECT count(*) FROM projector_meta").fetchall() == [(1,)]
+        assert cur.sql("SELECT count(*) FROM projector_meta").fetchall() == before == [(2,)]  # schema version, generation
 
 
 def test_timeout_interrupts_a_query_that_would_run_forever(store):
@@ -193,6 +194,8 @@ async def test_read_your_writes_params_types_and_limits(nc, js, projector):
     row = res.rows_as_dicts()[0]
     assert row["name"] == "Q" and row["spec"] == {"model": "m"} and row["submitted_at"].endswith("Z")
     assert res.types == ["VARCHAR", "VARCHAR", "TIMESTAMP WITH TIME ZONE", "JSON"]
+    res = await query.sql(nc, "SELECT count(*) FROM events WHERE id = ?", ["q1.s"], min_seq=ack.seq)  # the log lane's table
+    assert res.rows == [[1]] and res.applied_seq >= ack.seq
 
     with pytest.raises(query.QueryError, match="behind.*not yet"):
         await query.sql(nc, "SELECT 1", min_seq=ack.seq + 1000)
@@ -254,3 +257,19 @@ async def test_snapshot_from_the_file_when_no_projector_runs(js, settings, tmp_p
     await service.run(settings, stop=asyncio.Event(), db_path=db, burst=True)
     out = await snapshot(settings, str(tmp_path / "copy.duckdb"), db_path=db)
     assert out["via"] == "file" and out["tables"]["tasks"] == 1
+
+
+@pytest.mark.parametrize(
+    ("sql", "lanes"),
+    [
+        ("SELECT * FROM tasks WHERE id = ?", ("state",)),
+        ("SELECT e.status, h.status FROM experiments e JOIN hosts h USING (host)", ("state",)),
+        ("SELECT count(*) FROM Events", ("state", "log")),
+        ("SELECT * FROM experiments JOIN experiment_runs USING (task, n, attempt)", ("state", "log")),
+        ("SELECT * FROM log.gpu_samples", ("state", "log")),
+        ("SELECT seq FROM positions", ("state", "log")),
+        ("SELECT 'dead_letters' AS label FROM tasks", ("state", "log")),  # a word anywhere: waits for both, never too little
+    ],
+)
+def test_min_seq_waits_for_the_lanes_whose_tables_a_query_names(sql, lanes):
+    assert answer.lanes_for(sql) == lanes

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -58,6 +59,7 @@ class Answering:
     db_path: str
     store: Any
     applied_seq: int
+    applied: dict[str, int]
     _slots: asyncio.Semaphore
     _open: asyncio.Event
     _readers: Any
@@ -69,7 +71,7 @@ class Answering:
     _subs: list[Any]
     _tasks: set[asyncio.Task]
 
-    async def wait_applied(self, seq: int, timeout: float) -> bool:  # pragma: no cover - Projector's
+    async def wait_applied(self, seq: int, timeout: float, lanes: tuple[str, ...] = ...) -> bool:  # pragma: no cover - Projector's
         raise NotImplementedError
 
     async def _serve(self) -> None:
@@ -113,13 +115,14 @@ class Answering:
         if limit < 0:
             return _error("limit must be 0 or more (rows)")
         limit = min(limit, self.cfg.row_limit_max)
-        if req.min_seq and not await self.wait_applied(req.min_seq, min(self.cfg.min_seq_wait_s, budget)):
+        lanes = lanes_for(req.sql)
+        if req.min_seq and not await self.wait_applied(req.min_seq, min(self.cfg.min_seq_wait_s, budget), lanes):
             return _error(
-                f"the projector is behind: it has applied {subj.EVENTS_STREAM} up to seq {self.applied_seq}, "
+                f"the projector is behind: it has applied {subj.EVENTS_STREAM} up to seq {min(self.applied[x] for x in lanes)}, "
                 f"not yet {req.min_seq}; retry shortly"
             )
         try:
-            result = await self._read(reader.execute, req.sql, req.params, limit, t0 + budget)
+            result = await self._read(reader.execute, req.sql, req.params, limit, t0 + budget, lanes=lanes)
         except Refused as e:
             return _error(f"refused: {e}")
         except reader.QueryTimeout as e:
@@ -136,8 +139,9 @@ class Answering:
         result["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         return reader.encode_reply(result, self._max_reply())
 
-    async def _read(self, fn: Callable[..., dict], *a: Any) -> dict:
-        """Run fn(cursor, *args, remaining_seconds) on a pooled cursor while the store is open."""
+    async def _read(self, fn: Callable[..., dict], *a: Any, lanes: tuple[str, ...] = ("state", "log")) -> dict:
+        """Run fn(cursor, *args, remaining_seconds) on a pooled cursor while the store is open.
+        `_applied_seq` in the result: AUTOTUNE_EVENTS applied in `lanes` when it started."""
         *args, deadline = a
         async with asyncio.timeout_at(asyncio.get_running_loop().time() + max(deadline - time.perf_counter(), 0)):
             await self._slots.acquire()
@@ -150,7 +154,7 @@ class Answering:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 raise reader.QueryTimeout("the query's timeout passed before it could start; retry or pass a larger timeout")
-            applied = self.applied_seq
+            applied = min(self.applied[x] for x in lanes)
             self._busy_readers += 1
             self._readers_idle.clear()
             try:
@@ -209,6 +213,17 @@ class Answering:
             return msgspec.json.encode(await done)
         except Exception as e:
             return _error(f"the swap failed: {e}")
+
+
+# what the log lanes write (service.py), and the log file's alias: a query that names none of them
+# reads the state lane's tables only, and min_seq waits for that lane alone (a word in a string
+# literal or an alias only makes it wait for both, never too little)
+_LOG_WORDS = re.compile(r"\b(events|experiment_runs|request_samples|gpu_samples|log_lines|dead_letters|positions|log)\b", re.IGNORECASE)
+
+
+def lanes_for(sql: str) -> tuple[str, ...]:
+    """The lanes whose AUTOTUNE_EVENTS position a query's `min_seq` waits for."""
+    return ("state", "log") if _LOG_WORDS.search(sql) else ("state",)
 
 
 def _error(message: str) -> bytes:

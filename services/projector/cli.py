@@ -103,7 +103,7 @@ async def snapshot(settings: Settings, path: str, *, db_path: str | None = None,
 def _open_read_only(db: str):
     import duckdb
 
-    from autotune.projector.store import Store
+    from autotune.projector.store import SchemaMismatch, Store
 
     if not os.path.exists(db):
         raise SystemExit(f"no database at {db}; pass --db FILE")
@@ -111,6 +111,8 @@ def _open_read_only(db: str):
         return Store(db, read_only=True)
     except duckdb.IOException as e:
         raise SystemExit(f"{db} is open in a running projector ({e}); stop it, or ask it: `autotune projector snapshot FILE`") from None
+    except SchemaMismatch as e:
+        raise SystemExit(str(e)) from None
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def _samples_sql() -> str:
         d = _default(f)
         select.append(f"coalesce({cast}, {_literal(d)}) AS {f.name}" if d is not None else f"{cast} AS {f.name}")
     return (
-        f"INSERT INTO request_samples BY NAME SELECT {', '.join(select)} FROM ("
+        f"INSERT INTO {sc.REQUEST_SAMPLES.ref} BY NAME SELECT {', '.join(select)} FROM ("
         f"SELECT task, n, attempt, unnest(a) AS x, generate_subscripts(a, 1) AS i FROM ("
         f"SELECT task, n, attempt, json_transform(decode(samples), '[[\"VARCHAR\"]]') AS a FROM {SOURCE}"
         f") WHERE a IS NOT NULL)"
@@ -70,7 +70,7 @@ def _events_sql() -> str:
     # experiment_runs and request_samples, typed
     cols = ", ".join(f'"{c}"' for c in sc.EVENTS.names if c != "payload")
     # into the JSON column uncast: DuckDB still validates it, ~30 % cheaper than an explicit CAST
-    return f"INSERT INTO events SELECT {cols}, decode(payload) FROM {EVENTS_SOURCE}"
+    return f"INSERT INTO {sc.EVENTS.ref} SELECT {cols}, decode(payload) FROM {EVENTS_SOURCE}"
 
 
 def _gpu_sql() -> str:
@@ -98,7 +98,7 @@ def _gpu_sql() -> str:
         "{'pid': CAST(p[1] AS BIGINT), 'used_memory_mib': CAST(p[2] AS DOUBLE)})) AS JSON) END AS processes"
     )
     return (
-        f"INSERT INTO gpu_samples BY NAME SELECT {', '.join(select)} FROM ("
+        f"INSERT INTO {sc.GPU_SAMPLES.ref} BY NAME SELECT {', '.join(select)} FROM ("
         f"SELECT seq, json_transform(decode(payload), '{json.dumps(shape)}') AS j FROM {GPU_SOURCE})"
     )
 
@@ -116,7 +116,7 @@ def _logs_sql() -> str:
         "lines": ["VARCHAR"],
     }
     return (
-        "INSERT INTO log_lines BY NAME SELECT seq, i - 1 AS line_no, j.task AS task, j.n AS n, "
+        f"INSERT INTO {sc.LOG_LINES.ref} BY NAME SELECT seq, i - 1 AS line_no, j.task AS task, j.n AS n, "
         f"coalesce(j.attempt, {_literal(_default(fields['attempt']))}) AS attempt, nullif(j.host, '') AS host, "
         f"coalesce(j.stream, {_literal(_default(fields['stream']))}) AS source, "
         f"coalesce(j.seq, {_literal(_default(fields['seq']))}) AS chunk, TRY_CAST(j.at AS TIMESTAMPTZ) AS at, line FROM ("

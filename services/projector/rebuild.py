@@ -23,6 +23,7 @@ import nats.errors
 from autotune.projector.answer import reopen_subject
 from autotune.projector.service import Projector, tune_gc
 from autotune.projector.settings import ProjectorConfig, default_db_path
+from autotune.projector.store import files, replace_files
 from autotune.shared import bus
 from autotune.shared import log as logging
 from autotune.shared.settings import Settings
@@ -34,7 +35,7 @@ async def rebuild(settings: Settings, db_path: str | None = None, *, config: Pro
     """Replay every stream into a fresh file and swap it in. Returns what was rebuilt and how fast."""
     path = os.path.abspath(db_path or default_db_path(settings))
     new = path + ".rebuild"
-    for f in (new, new + ".wal"):
+    for f in files(new):
         with contextlib.suppress(FileNotFoundError):
             os.remove(f)
     tune_gc()
@@ -78,7 +79,8 @@ async def _swap_in(nc: Any, path: str, new: str) -> str:
 
 
 def swap_file(path: str, new: str) -> None:
-    """Rename `new` over `path` when no projector has it open (taking DuckDB's lock to be sure)."""
+    """Rename `new` over `path` (both files of each) when no projector has it open (taking
+    DuckDB's lock to be sure)."""
     if os.path.exists(path):
         try:
             duckdb.connect(path).close()  # replays and checkpoints its WAL: nothing stale remains
@@ -89,6 +91,4 @@ def swap_file(path: str, new: str) -> None:
                     f"stop that process and run the rebuild again ({e})"
                 ) from None
             log.warning("the old read model cannot be opened; replacing it anyway", db=path, error=str(e))
-    os.replace(new, path)
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(path + ".wal")
+    replace_files(new, path)

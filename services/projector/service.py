@@ -1,15 +1,20 @@
 """The projector service: the streams into DuckDB exactly once, read-only SQL out, snapshots, swaps.
 
-Ingestion runs in two lanes (class Lane): `events` (AUTOTUNE_EVENTS) and `telemetry`
-(AUTOTUNE_TELEMETRY, AUTOTUNE_LOGS). In each, StreamFeeds fill a buffer from the stored positions
-+ 1; the lane's loop takes what is buffered (up to `batch_max`), its apply thread decodes and
-applies it (views.apply) and builds Arrow tables, and its writer thread commits the rows and the
-lane's new positions in one DuckDB transaction on the lane's own connection. With a backlog the
-two threads overlap (batch k+1 applied while batch k commits) and the two lanes commit at once;
-live, each batch commits before the next is taken and the lanes commit one at a time. Under load
-batches grow, when idle they are single events. A batch that cannot be written is bisected until
-the message that breaks it is found and recorded as a dead letter; the rest is applied. A swap, or
-a reopen after a lane could not write at all, parks both lanes first (Projector._maintain).
+Ingestion runs in three lanes (class Lane): `state` (AUTOTUNE_EVENTS into the rows of tasks,
+experiments and hosts, in the main file), `log` (AUTOTUNE_EVENTS into events, experiment_runs,
+request_samples and dead letters, in the log file) and `telemetry` (AUTOTUNE_TELEMETRY and
+AUTOTUNE_LOGS into gpu_samples and log_lines, in the log file). One StreamFeed per stream fills the
+buffers of the lanes that read it, from their lowest stored position + 1; a lane's loop takes what
+is buffered (up to `batch_max`), its apply thread decodes and applies it (views.apply) and builds
+Arrow tables, and its writer thread commits them and the lane's new positions in one DuckDB
+transaction on the lane's own connection. With a backlog the two threads overlap (batch k+1
+applied while batch k commits) and the lanes commit at once; live, each batch commits before the
+next is taken, and the two lanes of the log file commit one at a time. The state lane's file is
+small and checkpoints rarely, so what people poll is fresh even while the log file checkpoints.
+Under load batches grow, when idle they are single events. A batch that cannot be written is
+bisected until the message that breaks it is found and recorded as a dead letter; the rest is
+applied. A swap, or a reopen after a lane could not write at all, parks every lane first
+(Projector._maintain).
 
 Answers (answer.py): queries on `autotune.query.sql` (queue group `projector`) run on pooled
 cursors in worker threads, each in its own read transaction, a consistent snapshot that never
@@ -37,10 +42,11 @@ import pyarrow as pa
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from autotune.projector import schema as sc
 from autotune.projector.answer import Answering
 from autotune.projector.feed import StreamFeed
 from autotune.projector.settings import ProjectorConfig, default_db_path
-from autotune.projector.store import Prepared, SchemaMismatch, Store
+from autotune.projector.store import Prepared, SchemaMismatch, Store, files, replace_files
 from autotune.projector.views import Message, ViewState, apply, dead_letter
 from autotune.projector.wire import LeanWire, NatsPyWire
 from autotune.schemas import subjects as subj
@@ -89,17 +95,20 @@ def tune_gc() -> None:
 
 class Lane:
     """One writer of the read model: some streams' messages, in order, applied on its own thread
-    and committed on its own DuckDB connection with its own stream positions.
+    and committed on its own DuckDB connection, to one file, with its own stream positions.
 
-    Two lanes: `events` (AUTOTUNE_EVENTS: the rows people and the API query, read back with
-    min_seq) and `telemetry` (GPU samples and log lines: append-only, ~3 of every 4 messages).
-    Their transactions touch disjoint rows, so they can commit side by side (with a backlog: a
-    catch-up uses both cores), and a live event's transaction never carries telemetry's statements.
-    Each lane is exactly-once on its own (its rows and its positions commit together), which is all
-    a restart needs."""
+    Three lanes (`role`, see views.ViewState): `state` (AUTOTUNE_EVENTS into the rows people and
+    the API poll, read back with min_seq; the main file), `log` (AUTOTUNE_EVENTS into the
+    append-only events, results and dead letters) and `telemetry` (GPU samples and log lines:
+    append-only, ~3 of every 4 messages); both in the log file. Their transactions touch disjoint
+    rows, so they can commit side by side (with a backlog: a catch-up uses both cores), and a live
+    event's state transaction carries neither the log's statements nor its checkpoints. Each lane
+    is exactly-once on its own (its rows and its positions commit together), which is all a
+    restart needs."""
 
-    def __init__(self, name: str, streams: tuple[str, ...], *, keeps_rows: bool, delay_s: float, min_batch: int) -> None:
-        self.name, self.streams, self.keeps_rows = name, streams, keeps_rows
+    def __init__(self, name: str, streams: tuple[str, ...], *, role: str, db: str, delay_s: float, min_batch: int) -> None:
+        self.name, self.streams, self.role, self.db = name, streams, role, db
+        self.positions = sc.STATE_POSITIONS if db == "main" else sc.POSITIONS
         self.delay_s, self.min_batch = delay_s, min_batch  # a batch waits this long or for this many
         self.buffer: list[Message] = []
         self.since = 0.0  # when the first buffered message arrived
@@ -107,6 +116,7 @@ class Lane:
         self.applier = ThreadPoolExecutor(1, thread_name_prefix=f"projector-{name}-apply")
         self.writer = ThreadPoolExecutor(1, thread_name_prefix=f"projector-{name}-write")
         self.conn: duckdb.DuckDBPyConnection | None = None
+        self.loader: duckdb.DuckDBPyConnection | None = None  # reads stored rows while `conn` commits
         self.state: ViewState | None = None
         self.feeds: list[StreamFeed] = []
         self.in_flight: Any = None  # the Changes being committed
@@ -137,13 +147,20 @@ class Projector(Answering):
         self.settings = settings
         self.wire: Any = None
         self.store: Store | None = None
-        self.events = Lane("events", (subj.EVENTS_STREAM,), keeps_rows=True, delay_s=0.0, min_batch=1)
+        self.state = Lane("state", (subj.EVENTS_STREAM,), role="state", db="main", delay_s=0.0, min_batch=1)
+        self.log = Lane("log", (subj.EVENTS_STREAM,), role="log", db=sc.LOG_DB, delay_s=0.0, min_batch=1)
         self.telemetry = Lane(
-            "telemetry", (subj.TELEMETRY_STREAM, subj.LOGS_STREAM), keeps_rows=False, delay_s=config.slow_delay_s, min_batch=config.slow_batch
+            "telemetry",
+            (subj.TELEMETRY_STREAM, subj.LOGS_STREAM),
+            role="telemetry",
+            db=sc.LOG_DB,
+            delay_s=config.slow_delay_s,
+            min_batch=config.slow_batch,
         )
-        self.lanes = (self.events, self.telemetry)
-        self._lane_of = {s: lane for lane in self.lanes for s in lane.streams}
-        self.applied_seq = 0  # AUTOTUNE_EVENTS sequence committed
+        self.lanes = (self.state, self.log, self.telemetry)
+        self._lanes_of = {s: [lane for lane in self.lanes if s in lane.streams] for s in STREAMS}
+        self.feeds: dict[str, StreamFeed] = {}
+        self.applied = {"state": 0, "log": 0}  # AUTOTUNE_EVENTS sequence committed by the lanes that read it
         self.totals: Counter[str] = Counter()
         self._wake = asyncio.Event()  # a swap or a reopen is wanted
         self._pause = asyncio.Event()
@@ -199,26 +216,48 @@ class Projector(Answering):
     async def _in(self, pool: ThreadPoolExecutor, fn: Callable[..., Any], *a: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *a)
 
+    @property
+    def applied_seq(self) -> int:
+        """AUTOTUNE_EVENTS applied in every lane that reads it."""
+        return min(self.applied.values())
+
     async def _open_store(self) -> None:
-        self.store = await self._in(self.events.writer, self._new_store)
+        self.store = await self._in(self.state.writer, self._new_store)
         for lane in self.lanes:
-            lane.conn = self.store.conn if lane is self.events else self.store.writer()
+            lane.conn = self.store.conn if lane is self.state else self.store.writer()
+            lane.loader = self.store.writer()
             await self._in(lane.writer, self._load_state, lane)
-        self.applied_seq = self._events_seq()
-        for lane in self.lanes:
-            await self._restart_feeds(lane)
+        for lane in (self.state, self.log):
+            self.applied[lane.name] = self._events_seq(lane)
+        for s in STREAMS:
+            await self._restart_feed(s)
         self._open.set()
 
     async def _restart_feeds(self, lane: Lane) -> None:
-        for feed in lane.feeds:
-            await feed.close()
-        lane.buffer = []
-        lane.feeds = [
-            StreamFeed(self.wire, self.js, s, self._deliver, lambda lane=lane: len(lane.buffer) < self.cfg.buffer_max, batch=self.cfg.pull_batch)
-            for s in lane.streams
-        ]
-        for feed in lane.feeds:
-            await feed.start(lane.state.position(feed.stream).seq + 1)
+        for s in lane.streams:
+            await self._restart_feed(s)
+
+    async def _restart_feed(self, stream: str) -> None:
+        """(Re)start `stream`'s feed from the lowest position of the lanes that read it: each lane
+        passes over what it has applied already (views.apply)."""
+        old = self.feeds.pop(stream, None)
+        if old is not None:
+            await old.close()
+        lanes = self._lanes_of[stream]
+        for lane in lanes:
+            lane.buffer = [m for m in lane.buffer if m.stream != stream]
+        feed = StreamFeed(
+            self.wire,
+            self.js,
+            stream,
+            self._deliver,
+            lambda: all(len(lane.buffer) < self.cfg.buffer_max for lane in lanes),
+            batch=self.cfg.pull_batch,
+        )
+        self.feeds[stream] = feed
+        for lane in lanes:
+            lane.feeds = [self.feeds[x] for x in lane.streams if x in self.feeds]
+        await feed.start(min(lane.state.position(stream).seq for lane in lanes) + 1)
 
     def _new_store(self) -> Store:
         def store() -> Store:
@@ -227,26 +266,28 @@ class Projector(Answering):
         try:
             return store()
         except SchemaMismatch as e:
-            # the file is only a cache of the log: set it aside and project from the first event
-            aside = f"{self.db_path}.old-{int(time.time())}"
-            log.warning("the read model has another schema; rebuilding it from the log", error=str(e), old=aside)
-            os.replace(self.db_path, aside)
-            if os.path.exists(self.db_path + ".wal"):
-                os.replace(self.db_path + ".wal", aside + ".wal")
+            # the files are only a cache of the log: set them aside and project from the first event
+            stamp = f".old-{int(time.time())}"
+            log.warning("the read model has another schema; rebuilding it from the log", error=str(e), old=self.db_path + stamp)
+            for f in files(self.db_path):
+                if os.path.exists(f):
+                    os.replace(f, f + stamp)
             return store()
 
     def _load_state(self, lane: Lane) -> None:
-        """On the lane's own thread and connection: its positions and (events lane) the loader."""
-        store = self.store
+        """On the lane's own thread and connection: its positions and what its loaders read."""
+        store, conn, loader = self.store, lane.conn, lane.loader
         lane.in_flight = None
-        positions = {s: p for s, p in store.positions(lane.conn).items() if s in lane.streams}
+        positions = {s: p for s, p in store.positions(conn, lane.positions).items() if s in lane.streams}
+        cached = {"state": sc.UPSERTED, "log": (sc.EVENTS,), "telemetry": ()}[lane.role]
         lane.state = ViewState(
             positions,
-            loader=store.load if lane.keeps_rows else None,
-            complete=store.is_empty(lane.conn) if lane.keeps_rows else True,
+            loader=(lambda table, keys: store.load(table, keys, loader)) if lane.role == "state" else None,
+            finished_loader=(lambda keys: store.load_finished(keys, loader)) if lane.role == "log" else None,
+            complete=store.is_empty(conn, cached),
             max_event_bytes=self.cfg.max_event_bytes,
             dead_letter_bytes=self.cfg.dead_letter_bytes,
-            keeps_rows=lane.keeps_rows,
+            role=lane.role,
         )
 
     async def _close_store(self) -> None:
@@ -255,17 +296,18 @@ class Projector(Answering):
             with contextlib.suppress(Exception):
                 cur.interrupt()
         await self._readers_idle.wait()
+        for feed in self.feeds.values():
+            await feed.close()
+        self.feeds = {}
         for lane in self.lanes:
-            for feed in lane.feeds:
-                await feed.close()
             lane.feeds, lane.buffer = [], []
             await self._in(lane.applier, lambda: None)  # an apply cancelled mid-way has finished
             await self._in(lane.writer, lambda: None)
         if self.store is not None:
             store, self.store = self.store, None
             for lane in self.lanes:
-                lane.conn = None
-            await self._in(self.events.writer, store.close)
+                lane.conn = lane.loader = None
+            await self._in(self.state.writer, store.close)
 
     async def _shutdown(self) -> None:
         if self._reopen is not None:
@@ -285,9 +327,9 @@ class Projector(Answering):
             lane.writer.shutdown(wait=True)
         self._readers.shutdown(wait=False, cancel_futures=True)
 
-    def _events_seq(self) -> int:
-        state = self.events.state
-        p = state.positions.get(subj.EVENTS_STREAM) if state else None
+    @staticmethod
+    def _events_seq(lane: Lane) -> int:
+        p = lane.state.positions.get(subj.EVENTS_STREAM) if lane.state else None
         return p.seq if p else 0
 
     def _waiting(self) -> int:
@@ -303,11 +345,11 @@ class Projector(Answering):
     # resumes them.
 
     def _deliver(self, m: Message) -> None:
-        lane = self._lane_of[m.stream]
-        if not lane.buffer:
-            lane.since = time.monotonic()
-        lane.buffer.append(m)
-        lane.wake.set()
+        for lane in self._lanes_of[m.stream]:
+            if not lane.buffer:
+                lane.since = time.monotonic()
+            lane.buffer.append(m)
+            lane.wake.set()
 
     async def _ingest(self, stop: asyncio.Event, burst: bool) -> None:
         """Run the lanes; between their commits, do the swaps and reopens they cannot do alone."""
@@ -362,7 +404,7 @@ class Projector(Answering):
         next_report = time.monotonic() + 5.0
         try:
             while not stop.is_set():
-                if lane is self.events and time.monotonic() > next_gc:  # see tune_gc: the occasional cycle still gets freed
+                if lane is self.state and time.monotonic() > next_gc:  # see tune_gc: the occasional cycle still gets freed
                     gc.collect()
                     next_gc = time.monotonic() + GC_EVERY_S
                 if self._pause.is_set() or self._broken:  # broken: nothing more until the store is reopened
@@ -425,7 +467,7 @@ class Projector(Answering):
         ch = apply(lane.state, batch)
         lane.in_flight = ch
         pos = ch.positions.get(subj.EVENTS_STREAM)
-        prepared = Store.prepare(ch)
+        prepared = Store.prepare(ch, lane.db)
         prepared.apply_ms = (time.perf_counter() - t0) * 1000
         return prepared, ch.summary(), pos.seq if pos else None
 
@@ -433,10 +475,11 @@ class Projector(Answering):
         """A lane's writer thread. With a backlog the lanes commit side by side (a catch-up uses
         both cores); live, one at a time: two DuckDB commits at once slowed each other's tail
         (one A/B at idle: events-lane commit p99 67 ms serialized, 127 ms side by side), and live
-        batches are small."""
+        batches are small. The state lane never waits for the log file's lanes: its file is
+        another, and its commits are what a query with min_seq waits for."""
         self._checkpoint(lane)  # here, not after the commit: the batch before is visible already
         t0 = time.perf_counter()
-        live = self._waiting() < self.cfg.pipeline_min
+        live = lane is not self.state and self._waiting() < self.cfg.pipeline_min
         with self._one_commit if live else contextlib.nullcontext():
             self.store.commit(prepared, lane.conn)
         t1 = time.perf_counter()
@@ -452,15 +495,15 @@ class Projector(Answering):
         during a catch-up the same rows written twice over. The writers instead checkpoint when the
         log is big and little is waiting, and (DuckDB's threshold raised to checkpoint_max_mb) only
         a log that outgrew that forces it. A restart replays at most that much log."""
-        wal = self.store.wal_bytes()
-        small = self.cfg.checkpoint_wal_mb * 2**20
+        wal = self.store.wal_bytes(lane.db)
+        small = (self.cfg.state_checkpoint_wal_mb if lane is self.state else self.cfg.checkpoint_wal_mb) * 2**20
         if wal < small:
             return
         if self._waiting() >= self.cfg.pipeline_min and wal < self.cfg.checkpoint_max_mb * 2**20 // 2:
             return
         t0 = time.perf_counter()
         try:
-            if self.store.checkpoint(lane.conn, above_bytes=small):
+            if self.store.checkpoint(lane.conn, db=lane.db, above_bytes=small):
                 log.debug("checkpoint", lane=lane.name, wal_mb=round(wal / 2**20, 1), ms=round((time.perf_counter() - t0) * 1000, 1))
         except duckdb.Error as e:  # e.g. a long query's transaction: the next commit tries again; never fail a batch for it
             log.debug("checkpoint skipped", lane=lane.name, wal_mb=round(wal / 2**20, 1), error=str(e))
@@ -472,13 +515,18 @@ class Projector(Answering):
         except Exception as e:
             await self._recover(lane, batch, e)
             return False
-        self.totals.update(summary)
-        await self._advanced(seq)
+        self._count(lane, summary)
+        await self._advanced(lane, seq)
         return True
 
-    async def _advanced(self, seq: int | None) -> None:
-        if seq is not None and seq > self.applied_seq:
-            self.applied_seq = seq
+    def _count(self, lane: Lane, summary: dict[str, int]) -> None:
+        """The log lanes apply every message once, so the totals count theirs; of the state lane's,
+        only the events it could not apply (its own dead letters)."""
+        self.totals.update(summary if lane is not self.state else {"dead_letters": summary.get("dead_letters", 0)})
+
+    async def _advanced(self, lane: Lane, seq: int | None) -> None:
+        if seq is not None and lane.name in self.applied and seq > self.applied[lane.name]:
+            self.applied[lane.name] = seq
             async with self._applied:
                 self._applied.notify_all()
 
@@ -492,9 +540,8 @@ class Projector(Answering):
             self._resume.clear()  # still set by the last swap or reopen: the lane must wait for this one
             self._wake.set()
             return
-        self.totals.update(summary)
-        if lane is self.events:
-            await self._advanced(self._events_seq())
+        self._count(lane, summary)
+        await self._advanced(lane, self._events_seq(lane))
 
     def _isolate(self, lane: Lane, batch: list[Message]) -> dict[str, int]:
         """The lane's apply thread, its writer idle: reload its state from the store and bisect the
@@ -505,7 +552,7 @@ class Projector(Answering):
     def _bisect(self, lane: Lane, batch: list[Message]) -> dict[str, int]:
         try:
             ch = apply(lane.state, batch)
-            self.store.write(ch, lane.conn)
+            self.store.write(ch, lane.conn, lane.db)
             return ch.summary()
         except Exception as e:
             self._load_state(lane)
@@ -518,18 +565,24 @@ class Projector(Answering):
             error = f"cannot write: {type(e).__name__}: {e}"
             log.error("dead letter", stream=m.stream, seq=m.seq, subject=m.subject, error=error)
             ch = dead_letter(lane.state, m, error)
-            self.store.write(ch, lane.conn)  # if even this fails the store is broken: the caller reopens it
+            self.store.write(ch, lane.conn, lane.db)  # if even this fails the store is broken: the caller reopens it
             return ch.summary()
 
-    async def wait_applied(self, seq: int, timeout: float) -> bool:
-        if self.applied_seq >= seq:
+    async def wait_applied(self, seq: int, timeout: float, lanes: tuple[str, ...] = ("state", "log")) -> bool:
+        """Until AUTOTUNE_EVENTS is applied up to `seq` in `lanes` (a query of the state tables
+        only needs the state lane); False after `timeout`."""
+
+        def done() -> bool:
+            return all(self.applied[x] >= seq for x in lanes)
+
+        if done():
             return True
         try:
             async with asyncio.timeout(timeout), self._applied:
-                await self._applied.wait_for(lambda: self.applied_seq >= seq)
+                await self._applied.wait_for(done)
             return True
         except TimeoutError:
-            return self.applied_seq >= seq
+            return done()
 
     # --- swapping in a rebuilt file -----------------------------------------------------------------
 
@@ -540,9 +593,7 @@ class Projector(Answering):
         self._reopen = None
         try:
             await self._close_store()
-            os.replace(new_path, self.db_path)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.db_path + ".wal")  # a clean close leaves none; never replay the old file's
+            replace_files(new_path, self.db_path)
             await self._open_store()
             log.info("swapped in a rebuilt read model", db=self.db_path, applied_seq=self.applied_seq)
             done.set_result({"path": self.db_path, "applied_seq": self.applied_seq})

@@ -19,6 +19,7 @@ class ProjectorConfig(msgspec.Struct, kw_only=True):
     lean_wire: bool = True  # feeds read through wire.LeanWire (else nats-py)
     cache_rows: int = 50_000  # task/experiment/host rows kept in memory per table
     checkpoint_wal_mb: int = 64  # checkpoint when the write-ahead log is this big and little is waiting
+    state_checkpoint_wal_mb: int = 64  # ... of the main file (the state lane's)
     checkpoint_max_mb: int = 1024  # ... or this big whatever waits (DuckDB's own threshold: 16 MB)
     duckdb_threads: int = 1  # DuckDB worker threads of the running projector (0: one per core); README "Performance"
     rebuild_duckdb_threads: int = 0  # ... of `rebuild`, a batch job with no live reads to keep fresh

@@ -1,5 +1,10 @@
 """The DuckDB adapter: open the read model, write one batch of Changes per transaction, read it back.
 
+The read model is two files (schema.py): the main file (state) and the log file beside it
+(`<db>.log`, attached as `log`). A transaction writes one of them (DuckDB allows no more), so each
+lane writes one file; each file has its own checkpoints, and a writer waits only for its own
+file's.
+
 Writes are columnar: each table's rows become one Arrow table inserted with a single statement
 (executemany is ~100x slower). Upserted rows are replaced by DELETE of the stored version + INSERT.
 Each writer (the projector has two lanes, see service.py) has its own connection, used from one
@@ -13,9 +18,11 @@ scans and configuration changes from the moment it opens, so no query can reach 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -24,10 +31,9 @@ import pyarrow as pa
 
 from autotune.projector import expand
 from autotune.projector import schema as sc
-from autotune.projector.views import Changes, Position
+from autotune.projector.views import TERMINAL_TYPES, Changes, Position
 
-CONFIG = {
-    "enable_external_access": False,
+CONFIG = {  # and enable_external_access=false, once the log file is attached
     "python_enable_replacements": False,
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
@@ -45,6 +51,27 @@ def _key_schema(table: sc.Table) -> pa.Schema:
     return pa.schema([table.arrow.field(k) for k in table.key])
 
 
+def log_path(path: str) -> str:
+    """The log file that belongs to the read model at `path`."""
+    return path + ".log"
+
+
+def files(path: str) -> list[str]:
+    """Every file of the read model at `path` (its two databases and their write-ahead logs)."""
+    return [path, path + ".wal", log_path(path), log_path(path) + ".wal"]
+
+
+def replace_files(new: str, path: str) -> None:
+    """Rename the read model at `new` over the one at `path` (neither open): the log file first,
+    then the main file, whose generation the log file's must match (a pair cut apart by a crash
+    in between is set aside and rebuilt on open). A stale write-ahead log is never replayed."""
+    for f in (path + ".wal", log_path(path) + ".wal"):  # a clean close leaves none
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(f)
+    os.replace(log_path(new), log_path(path))
+    os.replace(new, path)
+
+
 _SAFE = re.compile(r"^[A-Za-z0-9_.:-]{0,200}$")
 
 
@@ -54,17 +81,19 @@ def _delete_keys(p: Prepared, table: sc.Table, keys: list[tuple]) -> str:
     cols = ", ".join(f'"{k}"' for k in table.key)
     if len(keys) <= 256 and all(type(v) is int or (type(v) is str and _SAFE.match(v)) for key in keys for v in key):
         lit = ", ".join("(" + ", ".join(f"'{v}'" if type(v) is str else str(v) for v in key) + ")" for key in keys)
-        return f"DELETE FROM {table.name} WHERE ({cols}) IN ({lit})"
+        return f"DELETE FROM {table.ref} WHERE ({cols}) IN ({lit})"
     src = f"_del_{table.name}"
     p.add(src, _arrow(_key_schema(table), list(zip(*keys, strict=False))))
-    on = " AND ".join(f'{table.name}."{k}" = {src}."{k}"' for k in table.key)
-    return f"DELETE FROM {table.name} USING {src} WHERE {on}"
+    on = " AND ".join(f't."{k}" = {src}."{k}"' for k in table.key)
+    return f"DELETE FROM {table.ref} t USING {src} WHERE {on}"
 
 
 class Prepared:
-    """A batch ready to commit: Arrow tables to register and the statements that read them."""
+    """A batch ready to commit: Arrow tables to register and the statements that read them, and
+    the file (`db`) they write."""
 
-    def __init__(self) -> None:
+    def __init__(self, db: str = "main") -> None:
+        self.db = db
         self.sources: list[tuple[str, pa.Table]] = []
         self.sql: list[str] = []
         self.apply_ms = 0.0
@@ -116,10 +145,12 @@ class _Gate:
 
 
 class Store:
-    """One open read-model file: the writer connection and a pool of query cursors."""
+    """One open read model (the main file, the log file attached): writer connections, a pool of
+    query cursors."""
 
     def __init__(self, path: str, *, cursors: int = 4, read_only: bool = False, checkpoint_max_mb: int = 0, threads: int = 0) -> None:
         self.path = path
+        self.log_path = log_path(path)
         if not read_only:
             os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
         config = dict(CONFIG)
@@ -128,9 +159,14 @@ class Store:
         if threads:
             config["threads"] = threads
         self.conn = duckdb.connect(path, read_only=read_only, config=config)
-        self.conn.execute("SET GLOBAL TimeZone = 'UTC'")  # results in UTC whatever the host's zone
-        self.conn.execute("SET lock_configuration = true")
         try:
+            if read_only and not os.path.exists(self.log_path):
+                raise SchemaMismatch(f"{path} has no log file beside it ({self.log_path}): it was built by another projector version")
+            mode = " (READ_ONLY)" if read_only else ""
+            self.conn.execute(f"ATTACH '{_quote(self.log_path)}' AS {sc.LOG_DB}{mode}")
+            self.conn.execute("SET enable_external_access = false")  # from here on, no file or network access
+            self.conn.execute("SET GLOBAL TimeZone = 'UTC'")  # results in UTC whatever the host's zone
+            self.conn.execute("SET lock_configuration = true")
             if not read_only:
                 self._ensure_schema()
             else:
@@ -138,69 +174,99 @@ class Store:
         except BaseException:
             self.conn.close()
             raise
-        self._loader = self.conn.cursor()
         self._cursors = [self.conn.cursor() for _ in range(cursors)]
         self._writers: list[duckdb.DuckDBPyConnection] = []
         self._free = list(self._cursors)
         self._lock = threading.Lock()
-        self._gate = _Gate()
+        self._gates = {"main": _Gate(), sc.LOG_DB: _Gate()}
 
     # --- schema ----------------------------------------------------------------------------------
 
+    def _tables(self, db: str) -> set[str]:
+        rows = self.conn.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [db]).fetchall()
+        return {r[0] for r in rows}
+
     def _ensure_schema(self) -> None:
-        existing = {r[0] for r in self.conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-        if sc.META.name in existing:
+        main, logs = self._tables(self.conn.execute("SELECT current_database()").fetchall()[0][0]), self._tables(sc.LOG_DB)
+        if sc.META.name in main:
             self._check_version()
             return
-        if existing:
-            raise SchemaMismatch(f"{self.path} holds tables the projector did not create; point --db at another file")
-        self.conn.begin()
-        for t in sc.SCHEMA:
-            self.conn.execute(t.ddl())
-        self.conn.execute(f"INSERT INTO {sc.META.name} VALUES ('schema_version', ?)", [str(sc.SCHEMA_VERSION)])
-        self.conn.commit()
+        if main or logs:
+            raise SchemaMismatch(
+                f"{self.path} or {self.log_path} holds tables the projector did not create (or a build that was cut short); "
+                "point --db at another file"
+            )
+        generation = uuid.uuid4().hex  # the same in both files: a pair that does not belong together is rebuilt
+        for tables, meta in ((sc.LOG_TABLES, sc.LOG_META), ((*sc.MAIN_TABLES, *sc.VIEWS), sc.META)):
+            self.conn.begin()  # one transaction per file (DuckDB writes one file per transaction); main last: its meta marks both done
+            for t in tables:
+                self.conn.execute(t.ddl())
+            self.conn.execute(f"INSERT INTO {meta.ref} VALUES ('schema_version', ?), ('generation', ?)", [str(sc.SCHEMA_VERSION), generation])
+            self.conn.commit()
 
     def _check_version(self) -> None:
-        try:
-            rows = self.conn.execute(f"SELECT value FROM {sc.META.name} WHERE key = 'schema_version'").fetchall()
-            row = rows[0] if rows else None
-        except duckdb.CatalogException:
-            row = None
-        if row is None or row[0] != str(sc.SCHEMA_VERSION):
-            found = row[0] if row else "none"
+        found = {}
+        for meta in (sc.META, sc.LOG_META):
+            try:
+                found[meta.ref] = dict(self.conn.execute(f"SELECT key, value FROM {meta.ref}").fetchall())
+            except duckdb.CatalogException:
+                found[meta.ref] = {}
+        main, logs = found[sc.META.ref], found[sc.LOG_META.ref]
+        version = main.get("schema_version", "none")
+        if version != str(sc.SCHEMA_VERSION):
             raise SchemaMismatch(
-                f"{self.path} was built by projector schema v{found}; this projector writes v{sc.SCHEMA_VERSION}: "
+                f"{self.path} was built by projector schema v{version}; this projector writes v{sc.SCHEMA_VERSION}: "
                 "run `autotune projector rebuild` (the log is the truth; the file is rebuilt from it)"
+            )
+        if logs.get("generation") != main.get("generation") or logs.get("schema_version") != version:
+            raise SchemaMismatch(
+                f"{self.log_path} does not belong to {self.path} (another build's log file): "
+                "run `autotune projector rebuild` (the log is the truth; the files are rebuilt from it)"
             )
 
     # --- reading state -----------------------------------------------------------------------------
 
     def writer(self) -> duckdb.DuckDBPyConnection:
-        """Another writer connection (the main one is `conn`), closed with the store."""
+        """Another connection for a writer (or its loader), closed with the store."""
         cur = self.conn.cursor()
         self._writers.append(cur)
         return cur
 
-    def positions(self, conn: duckdb.DuckDBPyConnection | None = None) -> dict[str, Position]:
-        rows = self._fetch(conn or self.conn, f"SELECT * FROM {sc.POSITIONS.name}").to_pylist()
+    def positions(self, conn: duckdb.DuckDBPyConnection | None = None, table: sc.Table = sc.POSITIONS) -> dict[str, Position]:
+        """The positions one lane kept (`table`: sc.POSITIONS for the log lanes, sc.STATE_POSITIONS)."""
+        rows = self._fetch(conn or self.conn, f"SELECT * FROM {table.ref}").to_pylist()
         return {r["stream"]: Position(**r) for r in rows}
 
-    def is_empty(self, conn: duckdb.DuckDBPyConnection | None = None) -> bool:
+    def is_empty(self, conn: duckdb.DuckDBPyConnection | None = None, tables: tuple[sc.Table, ...] = sc.UPSERTED) -> bool:
         conn = conn or self.conn
-        return all(conn.execute(f"SELECT count(*) FROM {t.name}").fetchall()[0][0] == 0 for t in sc.UPSERTED)
+        return all(conn.execute(f"SELECT count(*) FROM {t.ref}").fetchall()[0][0] == 0 for t in tables)
 
-    def load(self, table: sc.Table, keys: list[tuple]) -> list[dict]:
-        """The stored rows of `keys` (the ViewState loader). Uses its own cursor: it runs while the
-        writer connection may be committing the previous batch in another thread."""
+    def load(self, table: sc.Table, keys: list[tuple], conn: duckdb.DuckDBPyConnection) -> list[dict]:
+        """The stored rows of `keys` (a ViewState loader). On the lane's own loader connection: it
+        runs while the lane's writer may be committing the previous batch in another thread."""
         if not keys:
             return []
-        cur = self._loader
-        cur.register("_keys", _arrow(_key_schema(table), list(zip(*keys, strict=False))))
+        conn.register("_keys", _arrow(_key_schema(table), list(zip(*keys, strict=False))))
         try:
             on = " AND ".join(f't."{k}" = k."{k}"' for k in table.key)
-            return self._fetch(cur, f"SELECT t.* FROM {table.name} t SEMI JOIN _keys k ON {on}").to_pylist()
+            return self._fetch(conn, f"SELECT t.* FROM {table.ref} t SEMI JOIN _keys k ON {on}").to_pylist()
         finally:
-            cur.unregister("_keys")
+            conn.unregister("_keys")
+
+    def load_finished(self, keys: list[tuple], conn: duckdb.DuckDBPyConnection) -> list[tuple]:
+        """Which of the attempts `keys` (task, n, attempt) have a terminal event stored (the log
+        lane's ViewState.finished_loader)."""
+        if not keys:
+            return []
+        conn.register("_keys", _arrow(_key_schema(sc.EXPERIMENTS), list(zip(*keys, strict=False))))
+        try:
+            return conn.execute(
+                f"SELECT DISTINCT e.task, e.n, e.attempt FROM {sc.EVENTS.ref} e SEMI JOIN _keys k "
+                "ON e.task = k.task AND e.n = k.n AND e.attempt = k.attempt WHERE e.known AND e.type IN ?",
+                [list(TERMINAL_TYPES)],
+            ).fetchall()
+        finally:
+            conn.unregister("_keys")
 
     @staticmethod
     def _fetch(conn: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
@@ -209,10 +275,12 @@ class Store:
     # --- writing -----------------------------------------------------------------------------------
 
     @staticmethod
-    def prepare(ch: Changes) -> Prepared:
+    def prepare(ch: Changes, db: str = sc.LOG_DB) -> Prepared:
         """Turn a batch's Changes into Arrow tables and the statements that write them (Python
-        work, done while the previous batch commits)."""
-        p = Prepared()
+        work, done while the previous batch commits). `db`: the file the lane writes (the state
+        lane: "main", its rows; the others: the log file, its appends)."""
+        p = Prepared(db)
+        positions, dead_letters = (sc.STATE_POSITIONS, sc.STATE_DEAD_LETTERS) if db == "main" else (sc.POSITIONS, sc.DEAD_LETTERS)
         for table in sc.UPSERTED:
             rows = ch.upserts[table.name]
             if not rows:
@@ -222,11 +290,11 @@ class Store:
                 p.sql.append(_delete_keys(p, table, replace))
             src = f"_up_{table.name}"
             p.add(src, _arrow(table.arrow, [[r[c] for r in rows.values()] for c in table.names]))
-            p.sql.append(f"INSERT INTO {table.name} SELECT * FROM {src}")
-        for table, rows in ((sc.DEAD_LETTERS, ch.dead_letters), (sc.EXPERIMENT_RUNS, ch.experiment_runs)):
+            p.sql.append(f"INSERT INTO {table.ref} SELECT * FROM {src}")
+        for table, rows in ((dead_letters, ch.dead_letters), (sc.EXPERIMENT_RUNS, ch.experiment_runs)):
             if rows:
                 p.add(f"_new_{table.name}", _arrow(table.arrow, list(zip(*rows, strict=False))))
-                p.sql.append(f"INSERT INTO {table.name} SELECT * FROM _new_{table.name}")
+                p.sql.append(f"INSERT INTO {table.ref} SELECT * FROM _new_{table.name}")
         for source, rows, sql in (
             (expand.EVENTS_SOURCE, ch.events, expand.EVENTS_SQL),
             (expand.GPU_SOURCE, ch.gpu_samples, expand.GPU_SQL),
@@ -238,14 +306,14 @@ class Store:
                 p.sql.append(sql)
         if ch.positions:
             rows = [x.row() for x in ch.positions.values()]
-            p.sql.append(_delete_keys(p, sc.POSITIONS, [(r[0],) for r in rows]))
+            p.sql.append(_delete_keys(p, positions, [(r[0],) for r in rows]))
             if all(_SAFE.match(r[0]) for r in rows):  # a handful of rows: literals skip a registration
                 p.sql.append(
-                    f"INSERT INTO {sc.POSITIONS.name} VALUES " + ", ".join(f"('{r[0]}', {r[1]}, {r[2]}, {r[3]}, {r[4]})" for r in rows)
+                    f"INSERT INTO {positions.ref} VALUES " + ", ".join(f"('{r[0]}', {r[1]}, {r[2]}, {r[3]}, {r[4]})" for r in rows)
                 )
             else:
-                p.add("_positions", _arrow(sc.POSITIONS.arrow, list(zip(*rows, strict=False))))
-                p.sql.append(f"INSERT INTO {sc.POSITIONS.name} SELECT * FROM _positions")
+                p.add("_positions", _arrow(positions.arrow, list(zip(*rows, strict=False))))
+                p.sql.append(f"INSERT INTO {positions.ref} SELECT * FROM _positions")
         return p
 
     def commit(self, p: Prepared, conn: duckdb.DuckDBPyConnection | None = None) -> None:
@@ -255,7 +323,7 @@ class Store:
         for name, table in p.sources:
             conn.register(name, table)
         try:
-            with self._gate.shared():
+            with self._gates[p.db].shared():
                 conn.begin()
                 try:
                     for sql in p.sql:
@@ -268,8 +336,8 @@ class Store:
             for name, _ in p.sources:
                 conn.unregister(name)
 
-    def write(self, ch: Changes, conn: duckdb.DuckDBPyConnection | None = None) -> None:
-        self.commit(self.prepare(ch), conn)
+    def write(self, ch: Changes, conn: duckdb.DuckDBPyConnection | None = None, db: str = sc.LOG_DB) -> None:
+        self.commit(self.prepare(ch, db), conn)
 
     # --- cursors for queries ---------------------------------------------------------------------------
 
@@ -284,23 +352,23 @@ class Store:
             with self._lock:
                 self._free.append(cur)
 
-    def checkpoint(self, conn: duckdb.DuckDBPyConnection | None = None, *, above_bytes: int = 0) -> bool:
-        """Checkpoint when no writer is in a transaction (and the log is still above
-        `above_bytes` by then: another writer may just have done it). True if it did."""
-        with self._gate.exclusive():
-            if self.wal_bytes() < above_bytes:
+    def checkpoint(self, conn: duckdb.DuckDBPyConnection | None = None, *, db: str = "main", above_bytes: int = 0) -> bool:
+        """Checkpoint file `db` when none of its writers is in a transaction (and its log is still
+        above `above_bytes` by then: another writer may just have done it). True if it did."""
+        with self._gates[db].exclusive():
+            if self.wal_bytes(db) < above_bytes:
                 return False
-            (conn or self.conn).execute("CHECKPOINT")
+            (conn or self.conn).execute("CHECKPOINT" if db == "main" else f"CHECKPOINT {db}")
             return True
 
-    def wal_bytes(self) -> int:
+    def wal_bytes(self, db: str = "main") -> int:
         try:
-            return os.path.getsize(self.path + ".wal")
+            return os.path.getsize((self.path if db == "main" else self.log_path) + ".wal")
         except OSError:
             return 0
 
     def close(self) -> None:
-        for c in [self._loader, *self._cursors, *self._writers]:
+        for c in [*self._cursors, *self._writers]:
             try:
                 c.close()
             except duckdb.Error:
@@ -308,15 +376,20 @@ class Store:
         self.conn.close()
 
 
+def _quote(path: str) -> str:
+    return path.replace("'", "''")
+
+
 def checksums(conn: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, str]]:
     """Per table and view: row count and an md5 over every row in a canonical order (rebuild ==
     incremental)."""
     out = {}
-    for t in sc.SCHEMA:
+    for t in sc.CHECKED:
+        ref = getattr(t, "ref", t.name)
         n, digest = conn.execute(
-            f"SELECT count(*), coalesce(md5(string_agg(r, chr(10) ORDER BY r)), '') FROM (SELECT CAST(x AS VARCHAR) AS r FROM {t.name} x)"
+            f"SELECT count(*), coalesce(md5(string_agg(r, chr(10) ORDER BY r)), '') FROM (SELECT CAST(x AS VARCHAR) AS r FROM {ref} x)"
         ).fetchall()[0]
-        out[t.name] = (n, digest)
+        out[ref] = (n, digest)
     return out
 
 
@@ -336,18 +409,18 @@ def write_snapshot(cur: duckdb.DuckDBPyConnection, path: str, *, overwrite: bool
     counts: dict[str, int] = {}
     out = duckdb.connect(tmp)
     try:
-        for t in sc.SCHEMA:
+        for t in (*sc.SNAPSHOT, sc.TASKS_VIEW, sc.HOSTS_VIEW):
             out.execute(t.ddl())
         cur.begin()
         try:
-            for t in sc.ALL:
+            for t in sc.SNAPSHOT:
                 reader = cur.sql(f"SELECT * FROM {t.name}").to_arrow_reader(65536)
                 out.register("_src", reader)
                 out.execute(f"INSERT INTO {t.name} SELECT * FROM _src")
                 out.unregister("_src")
         finally:
             cur.rollback()
-        for t in sc.SCHEMA:
+        for t in (*sc.SNAPSHOT, sc.TASKS_VIEW, sc.HOSTS_VIEW):
             counts[t.name] = out.execute(f"SELECT count(*) FROM {t.name}").fetchall()[0][0]
         out.close()
         os.replace(tmp, path)

@@ -1,11 +1,13 @@
 """The projector's pure core: a batch of stream messages in, row changes out. No NATS, no DuckDB.
 
 `apply(state, batch)` decodes each message, skips what the state has already applied (seq <= its
-stream position: redeliveries and duplicates change nothing), evolves the rows of the upserted
-tables (tasks, experiments, hosts) and collects what the append-only tables get (whole rows, or the
-raw payloads that expand.py turns into rows in SQL). The state carries the row caches and the
+stream position: redeliveries and duplicates change nothing), and, by the state's role (its lane,
+see service.py), either evolves the rows of the upserted tables (`state`: tasks, experiments,
+hosts) or collects what the append-only tables get (`log`: events, experiment_runs,
+request_samples, dead letters; `telemetry`: GPU samples and log lines), as whole rows or as the
+raw payloads that expand.py turns into rows in SQL. The state carries the row caches and the
 stream positions; the adapter (store.py) writes the Changes and the new positions in one
-transaction.
+transaction, each role in its own file.
 
 Every update is a function of (rows, event) only, applied in log order, so the result does not
 depend on where batches begin and end: an incremental projection restarted anywhere equals a
@@ -14,6 +16,7 @@ rebuild from the first event.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -62,6 +65,7 @@ class Position(msgspec.Struct, kw_only=True):
 
 Loader = Callable[[sc.Table, list[tuple]], list[dict]]
 
+ROLES = ("state", "log", "telemetry")
 RANK = {"planned": 0, "assigned": 1, "running": 2, "ready": 3, "cancelling": 4, "completed": 5, "failed": 5, "cancelled": 5}
 TASK_TERMINAL = frozenset({"completed", "failed", "cancelled", "rejected"})
 
@@ -73,9 +77,12 @@ class ViewState:
     `loader` (the store). `stored` remembers which keys already exist in the store, so the adapter
     deletes the old version of exactly those rows before inserting the new one.
 
-    A state with `keeps_rows=False` (the projector's telemetry lane: GPU samples and log lines,
-    committed beside the events lane) evolves no upserted row: an event that would is a dead
-    letter there, as it does not belong on those streams.
+    `role` is the lane it serves. `state` evolves the rows and nothing else: what it cannot decode
+    or does not know it passes over (the log lane records those). `log` keeps every event, its
+    dead letters and unknown types, and the results (runs, raw samples) of the terminal event that
+    wins each attempt, which `finished` tracks (cached like the rows; `finished_loader` reads the
+    stored ones). `telemetry` keeps GPU samples and log lines: any other event is a dead letter
+    there, as it does not belong on those streams.
     """
 
     def __init__(
@@ -86,10 +93,15 @@ class ViewState:
         complete: bool = True,
         max_event_bytes: int = MAX_EVENT_BYTES,
         dead_letter_bytes: int = DEAD_LETTER_BYTES,
-        keeps_rows: bool = True,
+        role: str = "state",
+        finished_loader: Callable[[list[tuple]], list[tuple]] | None = None,
     ) -> None:
+        if role not in ROLES:
+            raise ValueError(f"role {role!r}: one of {', '.join(ROLES)}")
         self.positions: dict[str, Position] = positions or {}
-        self.keeps_rows = keeps_rows
+        self.role = role
+        self.finished: dict[tuple, None] = {}  # attempts whose terminal event is applied (log role), oldest first
+        self.finished_loader = finished_loader
         self.rows: dict[str, dict[tuple, dict]] = {t.name: {} for t in sc.UPSERTED}
         self.stored: dict[str, set[tuple]] = {t.name: set() for t in sc.UPSERTED}
         self._absent: list[tuple[str, tuple]] = []
@@ -136,7 +148,12 @@ class ViewState:
 
     def trim(self, max_rows: int, pinned: Changes | None = None) -> None:
         """Keep memory bounded: drop finished rows first (rarely touched again), then the rest, but
-        never the rows of `pinned` (a batch still being committed: the store has not got them)."""
+        never the rows of `pinned` (a batch still being committed: the store has not got them).
+        `finished` drops its older half: the newest (a batch in flight: fewer than half) stay."""
+        if len(self.finished) > max_rows:
+            self.complete = False
+            for k in list(itertools.islice(self.finished, len(self.finished) - max_rows // 2)):
+                del self.finished[k]
         for table in sc.UPSERTED:
             cache, stored = self.rows[table.name], self.stored[table.name]
             if len(cache) <= max_rows:
@@ -217,22 +234,29 @@ def apply(state: ViewState, batch: Sequence[Message]) -> Changes:
         ch.positions[m.stream] = pos
         decoded.append((m, _decode(state, m)))
     _prefetch(state, decoded)
+    role = state.role
     for m, event in decoded:
         pos = state.positions[m.stream]
         if isinstance(event, str):
-            _dead(state, ch, pos, m, event)
+            if role != "state":  # the log lane records it
+                _dead(state, ch, pos, m, event)
             continue
         if type(event) is _Unknown:
-            pos.unknown += 1
-            ch.unknown += 1
-            ch.events.append(_unknown_row(m, event))
+            if role != "state":
+                pos.unknown += 1
+                ch.unknown += 1
+                ch.events.append(_unknown_row(m, event))
             continue
         kind = type(event)
         if kind is ev.GpuSample:  # rows built from the payload, in SQL
+            if role == "state":
+                continue
             ch.gpu_samples.append((m.seq, m.data))
         elif kind is ev.LogLines:
+            if role == "state":
+                continue
             ch.log_lines.append((m.seq, m.data))
-        elif not state.keeps_rows:
+        elif role == "telemetry":
             tag = event.__struct_config__.tag
             _dead(state, ch, pos, m, f"`{tag}` does not belong on {m.stream} (only gpu.sample and log.lines do): publish it on its own subject")
             continue
@@ -240,12 +264,15 @@ def apply(state: ViewState, batch: Sequence[Message]) -> Changes:
             if b'"at"' not in m.data:  # left out by its producer: msgspec's default is "now", which no replay repeats
                 event = msgspec.structs.replace(event, at=utc_from_us(m.stored_us))
             try:
-                _evolve(state, ch, m, event)
+                if role == "state":
+                    _evolve(state, ch, m, event)
+                else:
+                    _results(state, ch, event)
             except Exception as e:  # a bug in a view update must not stop the projection
                 _dead(state, ch, pos, m, f"cannot apply {kind.__name__}: {type(e).__name__}: {e}")
                 continue
         ch.applied += 1
-        if m.stream == EVENTS:
+        if m.stream == EVENTS and role != "state":
             ch.events.append(_event_row(m, event))
     for table in sc.UPSERTED:
         stored = state.stored[table.name]
@@ -301,20 +328,29 @@ def _decode(state: ViewState, m: Message) -> Any:
 
 
 def _prefetch(state: ViewState, decoded: list[tuple[Message, Any]]) -> None:
-    """Load the stored rows this batch's events evolve: each event changes its own row only."""
-    if state.complete or state.loader is None:
+    """Load the stored rows this batch's events evolve (each event changes its own row only), or
+    (log role) whether the attempts this batch finishes were finished before."""
+    if state.complete:
         return
-    keys: dict[str, set[tuple]] = {t.name: set() for t in sc.UPSERTED}
+    if state.role == "log":
+        keys = {(e.task, e.n, e.attempt) for _, e in decoded if type(e) in _TERMINAL}
+        missing = [k for k in keys if k not in state.finished]
+        if missing and state.finished_loader is not None:
+            state.finished.update(dict.fromkeys(state.finished_loader(missing)))
+        return
+    if state.loader is None:
+        return
+    keys_of: dict[str, set[tuple]] = {t.name: set() for t in sc.UPSERTED}
     for _, e in decoded:
         kind = type(e)
         if kind in _TASK_EVENTS:
-            keys[sc.TASKS.name].add((e.task,))
+            keys_of[sc.TASKS.name].add((e.task,))
         elif kind in _HOST_EVENTS:
-            keys[sc.HOSTS.name].add((e.host,))
+            keys_of[sc.HOSTS.name].add((e.host,))
         elif kind is not ev.LogLines and isinstance(getattr(e, "n", None), int) and isinstance(getattr(e, "task", None), str):
-            keys[sc.EXPERIMENTS.name].add((e.task, e.n, e.attempt))
+            keys_of[sc.EXPERIMENTS.name].add((e.task, e.n, e.attempt))
     for table in sc.UPSERTED:
-        state.prefetch(table, keys[table.name])
+        state.prefetch(table, keys_of[table.name])
 
 
 # --- rows of the events table --------------------------------------------------------------------------
@@ -544,7 +580,7 @@ def _experiment_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None
                     mean_power_w=t.mean_power_w,
                     max_temperature_c=t.max_temperature_c,
                 )
-                _metrics(ch, row, e.metrics, m)
+                _metrics(row, e.metrics)
         case ev.ExperimentFailed():
             if _advance(row, "failed", host, finished_at=e.at):
                 row.update(
@@ -557,7 +593,7 @@ def _experiment_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None
                     duration_s=e.duration_s,
                 )
                 if e.metrics is not None:
-                    _metrics(ch, row, e.metrics, m)
+                    _metrics(row, e.metrics)
         case ev.ExperimentCancelled():
             if _advance(row, "cancelled", host, finished_at=e.at):
                 row["cancel_reason"] = e.reason or row["cancel_reason"]
@@ -580,13 +616,31 @@ def _advance(row: dict, status: str, host: str | None, finished_at: datetime | N
     return True
 
 
-def _metrics(ch: Changes, row: dict, x: ExperimentMetrics, m: Message) -> None:
-    """Headline figures onto the attempt's row, one experiment_runs row per run; the raw samples
-    are expanded from the payload by the store, in SQL (far faster than Python tuples)."""
+def _metrics(row: dict, x: ExperimentMetrics) -> None:
+    """Headline figures onto the attempt's row (its runs and raw samples: the log lane, _results)."""
     for h in sc.HEADLINE:
         row[h] = getattr(x, h)
     row.update(gpus=x.gpus, requests=x.requests, requests_completed=x.completed)
-    task, n, attempt = row["task"], row["n"], row["attempt"]
+
+
+_TERMINAL = (ev.ExperimentCompleted, ev.ExperimentFailed, ev.ExperimentCancelled)
+TERMINAL_TYPES = tuple(t.__struct_config__.tag for t in _TERMINAL)
+
+
+def _results(state: ViewState, ch: Changes, e: Any) -> None:
+    """The log lane: one experiment_runs row per run of the terminal event that wins its attempt
+    (the first, as in `_advance`); its raw samples are expanded from the payload by the store, in
+    SQL (far faster than Python tuples). A later terminal event of the same attempt adds nothing."""
+    if type(e) not in _TERMINAL:
+        return
+    key = (e.task, e.n, e.attempt)
+    if key in state.finished:
+        return
+    state.finished[key] = None
+    x = getattr(e, "metrics", None)
+    if x is None:
+        return
+    task, n, attempt = key
     for i, r in enumerate(x.runs):
         stats: list = []
         for name in sc.RUN_STATS:
