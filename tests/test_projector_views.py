@@ -440,6 +440,30 @@ def test_the_telemetry_lane_dead_letters_events_that_belong_on_the_events_stream
     assert (state.positions[TELEMETRY].seq, state.positions[TELEMETRY].dead_letters, state.positions[TELEMETRY].unknown) == (3, 1, 1)
 
 
+def test_the_two_lanes_of_the_events_stream_decode_each_message_once(monkeypatch):
+    """The state and log lanes share what either decoded (the other takes it); the result is what
+    each gets decoding alone, and what waits for the other lane is bounded."""
+    log = history()
+    shared: dict = {}
+    state, logs = ViewState(shared=shared), ViewState(role="log", shared=shared)
+    apply(state, log.messages)
+    assert len(shared) == len(log.messages)  # every message, decoded once, waits for the other lane
+    from_shared = apply(logs, log.messages)
+    assert not shared
+    alone = ViewState(role="log")
+    assert apply(alone, log.messages).events == from_shared.events and alone.positions == logs.positions
+    assert _rows_of(log.messages) == state.rows
+    monkeypatch.setattr(views, "SHARED_MAX", 3)
+    apply(ViewState(shared=shared), log.messages)
+    assert len(shared) == 3  # the oldest went first
+
+
+def _rows_of(messages: list[Message]) -> dict:
+    state = ViewState()
+    apply(state, messages)
+    return state.rows
+
+
 def test_missing_at_uses_the_stored_time_so_replays_agree():
     log = Log()
     m = log.raw(b'{"type": "task.submitted", "id": "s", "task": "t", "name": "t", "spec": {}}')

@@ -160,6 +160,7 @@ class Projector(Answering):
         self.lanes = (self.state, self.log, self.telemetry)
         self._lanes_of = {s: [lane for lane in self.lanes if s in lane.streams] for s in STREAMS}
         self.feeds: dict[str, StreamFeed] = {}
+        self._decoded: dict = {}  # AUTOTUNE_EVENTS decoded by one of its lanes for the other (views._decode)
         self.applied = {"state": 0, "log": 0}  # AUTOTUNE_EVENTS sequence committed by the lanes that read it
         self.totals: Counter[str] = Counter()
         self._wake = asyncio.Event()  # a swap or a reopen is wanted
@@ -288,6 +289,7 @@ class Projector(Answering):
             max_event_bytes=self.cfg.max_event_bytes,
             dead_letter_bytes=self.cfg.dead_letter_bytes,
             role=lane.role,
+            shared=self._decoded if lane.role != "telemetry" else None,
         )
 
     async def _close_store(self) -> None:

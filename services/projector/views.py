@@ -16,6 +16,7 @@ rebuild from the first event.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -95,6 +96,7 @@ class ViewState:
         dead_letter_bytes: int = DEAD_LETTER_BYTES,
         role: str = "state",
         finished_loader: Callable[[list[tuple]], list[tuple]] | None = None,
+        shared: dict | None = None,
     ) -> None:
         if role not in ROLES:
             raise ValueError(f"role {role!r}: one of {', '.join(ROLES)}")
@@ -102,6 +104,7 @@ class ViewState:
         self.role = role
         self.finished: dict[tuple, None] = {}  # attempts whose terminal event is applied (log role), oldest first
         self.finished_loader = finished_loader
+        self.shared = shared  # decoded events handed between the lanes that read one stream (_decode)
         self.rows: dict[str, dict[tuple, dict]] = {t.name: {} for t in sc.UPSERTED}
         self.stored: dict[str, set[tuple]] = {t.name: set() for t in sc.UPSERTED}
         self._absent: list[tuple[str, tuple]] = []
@@ -306,8 +309,32 @@ def _dead(state: ViewState, ch: Changes, pos: Position, m: Message, error: str) 
     ch.dead_letters.append((m.stream, m.seq, m.subject, m.stored_us, len(m.data), raw, error))
 
 
+SHARED_MAX = 40_000  # decoded events waiting for the other lane at most (the oldest go first)
+_MISS = object()
+
+
 def _decode(state: ViewState, m: Message) -> Any:
-    """The typed event, an _Unknown (newer type: kept, counted) or an error string (dead letter)."""
+    """The typed event, an _Unknown (newer type: kept, counted) or an error string (dead letter).
+
+    Two lanes read AUTOTUNE_EVENTS (state, log); whichever decodes a message first leaves the
+    result in `state.shared` for the other (decoded events are immutable), so each is decoded
+    once: decoding is the largest Python cost of a catch-up after building Arrow tables. A lane far
+    behind the other finds its entries evicted and decodes them itself."""
+    shared = state.shared
+    if shared is None:
+        return _decode_one(state, m)
+    key = (m.stream, m.seq)
+    event = shared.pop(key, _MISS)
+    if event is not _MISS:
+        return event
+    event = shared[key] = _decode_one(state, m)
+    if len(shared) > SHARED_MAX:
+        with contextlib.suppress(StopIteration, RuntimeError, KeyError):  # the other lane may change it meanwhile
+            del shared[next(iter(shared))]
+    return event
+
+
+def _decode_one(state: ViewState, m: Message) -> Any:
     if len(m.data) > state.max_event_bytes:
         return f"oversized: {len(m.data)} bytes is more than the projector's limit of {state.max_event_bytes}"
     try:
