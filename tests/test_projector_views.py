@@ -212,19 +212,28 @@ class Lanes:
 
     ROLES = (("state", "main", (EVENTS,)), ("log", sc.LOG_DB, (EVENTS,)), ("telemetry", sc.LOG_DB, (TELEMETRY, LOGS)))
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, keys: bool = True) -> None:
+        """`keys`: the state lane starts knowing every stored key (as the projector does), else
+        it asks the store about every key it has not cached."""
         self.store = store
         self.loader = store.writer()
+        self.loads = 0
         self.states = {}
         for role, db, streams in self.ROLES:
             stored = store.positions(table=sc.STATE_POSITIONS if db == "main" else sc.POSITIONS)
+            complete = store.is_empty(tables={"state": sc.UPSERTED, "log": (sc.EVENTS,), "telemetry": ()}[role])
             self.states[role] = ViewState(
                 {s: p for s, p in stored.items() if s in streams},
-                loader=lambda t, k: store.load(t, k, self.loader),
+                loader=self.load,
                 finished_loader=lambda k: store.load_finished(k, self.loader),
-                complete=store.is_empty(tables={"state": sc.UPSERTED, "log": (sc.EVENTS,), "telemetry": ()}[role]),
+                complete=complete,
+                stored=store.keys(self.loader, 10**9) if keys and role == "state" and not complete else None,
                 role=role,
             )
+
+    def load(self, table: sc.Table, keys: list[tuple]) -> list[dict]:
+        self.loads += 1
+        return self.store.load(table, keys, self.loader)
 
     def write(self, messages: list[Message]) -> None:
         for role, db, streams in self.ROLES:
@@ -237,7 +246,7 @@ class Lanes:
             state.trim(rows)
 
 
-def project(path, messages: list[Message], splits: list[int], *, reopen: bool = True) -> dict:
+def project(path, messages: list[Message], splits: list[int], *, reopen: bool = True, keys: bool = True) -> dict:
     """Apply `messages` in batches cut at `splits`, with fresh states (rows reloaded from DuckDB)
     at each cut, and the store closed and reopened there too when `reopen`."""
     cuts = [0, *splits, len(messages)]
@@ -246,7 +255,7 @@ def project(path, messages: list[Message], splits: list[int], *, reopen: bool = 
         if reopen:
             store.close()
             store = Store(str(path))
-        Lanes(store).write(messages[a:b])
+        Lanes(store, keys=keys).write(messages[a:b])
     try:
         return checksums(store.conn)
     finally:
@@ -512,6 +521,7 @@ def test_batch_boundaries_and_reloads_do_not_change_the_result(tmp_path):
     whole = project(tmp_path / "whole.duckdb", log.messages, [])
     cuts = sorted(random.Random(1).sample(range(1, len(log.messages)), 8))
     assert project(tmp_path / "cut.duckdb", log.messages, cuts) == whole
+    assert project(tmp_path / "asking.duckdb", log.messages, cuts, keys=False) == whole  # every miss asks the store
     small = project(tmp_path / "small.duckdb", log.messages, list(range(3, len(log.messages), 3)), reopen=False)
     assert small == whole
 
@@ -526,6 +536,27 @@ def test_cache_trimming_reloads_rows_from_the_store(tmp_path):
         lanes.trim(1)
     assert checksums(store.conn) == whole
     store.close()
+
+
+def test_a_state_that_knows_every_stored_key_creates_new_rows_without_asking(tmp_path):
+    """Reopened on a full store, the state lane loads the stored keys once: an event of a new
+    attempt creates its row with no lookup, one of a stored attempt reads the row back."""
+    log = history(2)
+    first = len(log.messages)
+    lifecycle(log, "t9", 0, 0)  # a new task's attempt: new rows only
+    log.add(ev.ExperimentCancelled(id="late", at=log.at(), task="t1", n=0, host="h1"))  # a stored one
+    whole = project(tmp_path / "whole.duckdb", log.messages, [])
+    for keys, loads in ((True, 0), (False, 1)):
+        path = str(tmp_path / f"keys{keys}.duckdb")
+        project(path, log.messages[:first], [])
+        store = Store(path)
+        lanes = Lanes(store, keys=keys)
+        lanes.write(log.messages[first:-1])
+        assert lanes.loads == loads, keys  # new rows: a lookup only without the keys
+        lanes.write(log.messages[-1:])
+        assert lanes.loads == loads + 1, keys
+        assert checksums(store.conn) == whole
+        store.close()
 
 
 def test_schema_version_mismatch_is_refused(tmp_path):

@@ -281,11 +281,15 @@ class Projector(Answering):
         lane.in_flight = None
         positions = {s: p for s, p in store.positions(conn, lane.positions).items() if s in lane.streams}
         cached = {"state": sc.UPSERTED, "log": (sc.EVENTS,), "telemetry": ()}[lane.role]
+        complete = store.is_empty(conn, cached)
+        keys = store.keys(conn, self.cfg.cache_keys) if lane.role == "state" and not complete else None
         lane.state = ViewState(
             positions,
             loader=(lambda table, keys: store.load(table, keys, loader)) if lane.role == "state" else None,
             finished_loader=(lambda keys: store.load_finished(keys, loader)) if lane.role == "log" else None,
-            complete=store.is_empty(conn, cached),
+            complete=complete,
+            stored=keys,
+            max_keys=self.cfg.cache_keys,
             max_event_bytes=self.cfg.max_event_bytes,
             dead_letter_bytes=self.cfg.dead_letter_bytes,
             role=lane.role,

@@ -18,6 +18,7 @@ class ProjectorConfig(msgspec.Struct, kw_only=True):
     slow_batch: int = 2_000  # ... or until this many are waiting
     lean_wire: bool = True  # feeds read through wire.LeanWire (else nats-py)
     cache_rows: int = 50_000  # task/experiment/host rows kept in memory per table
+    cache_keys: int = 2_000_000  # ... and their keys, all of them up to this many (new rows then need no lookup)
     checkpoint_wal_mb: int = 64  # checkpoint when the write-ahead log is this big and little is waiting
     state_checkpoint_wal_mb: int = 64  # ... of the main file (the state lane's)
     checkpoint_max_mb: int = 1024  # ... or this big whatever waits (DuckDB's own threshold: 16 MB)

@@ -253,6 +253,13 @@ class Store:
         finally:
             conn.unregister("_keys")
 
+    def keys(self, conn: duckdb.DuckDBPyConnection, limit: int) -> dict[str, set[tuple]] | None:
+        """Every stored key of the upserted tables (ViewState `stored`), or None past `limit` keys."""
+        if sum(conn.execute(f"SELECT count(*) FROM {t.ref}").fetchall()[0][0] for t in sc.UPSERTED) > limit:
+            return None
+        cols = {t.name: ", ".join(f'"{k}"' for k in t.key) for t in sc.UPSERTED}
+        return {t.name: set(conn.execute(f"SELECT {cols[t.name]} FROM {t.ref}").fetchall()) for t in sc.UPSERTED}
+
     def load_finished(self, keys: list[tuple], conn: duckdb.DuckDBPyConnection) -> list[tuple]:
         """Which of the attempts `keys` (task, n, attempt) have a terminal event stored (the log
         lane's ViewState.finished_loader)."""
