@@ -559,6 +559,21 @@ def test_a_state_that_knows_every_stored_key_creates_new_rows_without_asking(tmp
         store.close()
 
 
+def test_positions_say_what_every_lane_has_applied(tmp_path):
+    """`positions` is the lowest position of the lanes of each stream, also before a lane's first
+    commit: a reader polling it never sees the state lane's tables behind what it says."""
+    events = [m for m in history().messages if m.stream == EVENTS]
+    store = Store(str(tmp_path / "p.duckdb"))
+    lanes = Lanes(store)
+    seq = "SELECT seq FROM positions WHERE stream = 'AUTOTUNE_EVENTS'"
+    assert store.conn.sql(seq).fetchall() == [(0,)]
+    store.write(apply(lanes.states["log"], events), db=sc.LOG_DB)
+    assert store.conn.sql(seq).fetchall() == [(0,)]
+    store.write(apply(lanes.states["state"], events[:-1]), db="main")
+    assert store.conn.sql(seq).fetchall() == [(events[-2].seq,)]
+    store.close()
+
+
 def test_schema_version_mismatch_is_refused(tmp_path):
     path = str(tmp_path / "old.duckdb")
     Store(path).close()

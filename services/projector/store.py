@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from autotune.projector import expand
 from autotune.projector import schema as sc
+from autotune.projector.views import EVENTS as EVENTS_STREAM
 from autotune.projector.views import TERMINAL_TYPES, Changes, Position
 
 CONFIG = {  # and enable_external_access=false, once the log file is attached
@@ -202,6 +203,9 @@ class Store:
             for t in tables:
                 self.conn.execute(t.ddl())
             self.conn.execute(f"INSERT INTO {meta.ref} VALUES ('schema_version', ?), ('generation', ?)", [str(sc.SCHEMA_VERSION), generation])
+            # each lane of AUTOTUNE_EVENTS has its position row from the start: `positions` (the lowest) never runs ahead of one that has not committed yet
+            positions = sc.STATE_POSITIONS if meta is sc.META else sc.POSITIONS
+            self.conn.execute(f"INSERT INTO {positions.ref} VALUES (?, 0, 0, 0, 0)", [EVENTS_STREAM])
             self.conn.commit()
 
     def _check_version(self) -> None:
