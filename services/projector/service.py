@@ -163,6 +163,7 @@ class Projector(Answering):
         self._decoded: dict = {}  # AUTOTUNE_EVENTS decoded by one of its lanes for the other (views._decode)
         self.applied = {"state": 0, "log": 0}  # AUTOTUNE_EVENTS sequence committed by the lanes that read it
         self.totals: Counter[str] = Counter()
+        self._burst = False  # a catch-up that ends once caught up (`run --burst`, rebuild)
         self._wake = asyncio.Event()  # a swap or a reopen is wanted
         self._pause = asyncio.Event()
         self._resume = asyncio.Event()
@@ -185,6 +186,7 @@ class Projector(Answering):
     async def run(self, stop: asyncio.Event, *, burst: bool = False, serve: bool = True) -> dict[str, Any]:
         """Project until `stop` (or caught up, with `burst`). Returns what was applied."""
         t0 = time.monotonic()
+        self._burst = burst
         waker = asyncio.create_task(self._wake_on(stop))
         try:
             self.wire = await self._connect_wire()
@@ -505,8 +507,8 @@ class Projector(Answering):
         small = (self.cfg.state_checkpoint_wal_mb if lane is self.state else self.cfg.checkpoint_wal_mb) * 2**20
         if wal < small:
             return
-        if self._waiting() >= self.cfg.pipeline_min and wal < self.cfg.checkpoint_max_mb * 2**20 // 2:
-            return
+        if (self._burst or self._waiting() >= self.cfg.pipeline_min) and wal < self.cfg.checkpoint_max_mb * 2**20 // 2:
+            return  # a burst (a batch job, nobody reading) checkpoints once, when it closes
         t0 = time.perf_counter()
         try:
             if self.store.checkpoint(lane.conn, db=lane.db, above_bytes=small):
