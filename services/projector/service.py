@@ -91,6 +91,23 @@ def tune_gc() -> None:
     the service loop runs a full collection every few minutes. Process-wide, harmless elsewhere."""
     if gc.get_threshold()[0] < 500_000:
         gc.set_threshold(500_000, 50, 1000)
+    if _log_slow_gc not in gc.callbacks:
+        gc.callbacks.append(_log_slow_gc)
+
+
+_gc_started = 0.0
+
+
+def _log_slow_gc(phase: str, info: dict[str, int]) -> None:
+    """A collection holds the GIL, and so every lane's DuckDB work: the slow ones are logged
+    (DEBUG `gc`), so that a stall of every lane at once can be told from one of the disk."""
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+        return
+    ms = (time.perf_counter() - _gc_started) * 1000
+    if ms > 20:
+        log.debug("gc", generation=info.get("generation"), ms=round(ms, 1), collected=info.get("collected"))
 
 
 class Lane:
