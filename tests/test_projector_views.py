@@ -224,8 +224,8 @@ class Lanes:
             complete = store.is_empty(tables={"state": sc.UPSERTED, "log": (sc.EVENTS,), "telemetry": ()}[role])
             self.states[role] = ViewState(
                 {s: p for s, p in stored.items() if s in streams},
-                loader=self.load,
-                finished_loader=lambda k: store.load_finished(k, self.loader),
+                loader=self.load if role == "state" else None,  # as the projector gives them (service._load_state)
+                finished_loader=(lambda k: store.load_finished(k, self.loader)) if role == "log" else None,
                 complete=complete,
                 stored=store.keys(self.loader, 10**9) if keys and role == "state" and not complete else None,
                 role=role,

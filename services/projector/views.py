@@ -111,7 +111,7 @@ class ViewState:
         self.stored: dict[str, set[tuple]] = stored or {t.name: set() for t in sc.UPSERTED}
         self._absent: list[tuple[str, tuple]] = []
         self.loader = loader
-        self.complete = complete or loader is None
+        self.complete = complete or (loader is None and finished_loader is None)  # nothing to ask: what it has is all there is
         # `stored` holds every key in the store (a fresh file, or `stored` given): a key not in it
         # is a new row, created without asking the store. Live, most misses are new attempts, so
         # this saves a loader query per batch (~10 ms); kept while there are at most `max_keys`
