@@ -213,8 +213,8 @@ class Lanes:
     ROLES = (("state", "main", (EVENTS,)), ("log", sc.LOG_DB, (EVENTS,)), ("telemetry", sc.LOG_DB, (TELEMETRY, LOGS)))
 
     def __init__(self, store: Store, *, keys: bool = True) -> None:
-        """`keys`: the state lane starts knowing every stored key (as the projector does), else
-        it asks the store about every key it has not cached."""
+        """`keys`: the state lane starts knowing every stored key and the log lane every finished
+        attempt (as the projector does), else they ask the store about every one not cached."""
         self.store = store
         self.loader = store.writer()
         self.loads = 0
@@ -228,6 +228,7 @@ class Lanes:
                 finished_loader=(lambda k: store.load_finished(k, self.loader)) if role == "log" else None,
                 complete=complete,
                 stored=store.keys(self.loader, 10**9) if keys and role == "state" and not complete else None,
+                finished=store.finished(self.loader, 10**9) if keys and role == "log" and not complete else None,
                 role=role,
             )
 
@@ -362,9 +363,9 @@ def test_only_the_winning_terminal_event_adds_results(tmp_path):
     log.add(ev.ExperimentCompleted(id="late2", at=log.at(), task="t1", n=2, host="h1", metrics=metrics(samples=4, runs=1), score=3.0))
     per_attempt = "SELECT n, count(*) AS runs FROM experiment_runs GROUP BY n ORDER BY n"
     samples = "SELECT n, count(*) AS samples FROM request_samples GROUP BY n ORDER BY n"
-    for splits in ([], [cut], [cut + 1]):
-        db = tmp_path / f"a{len(splits)}{splits[0] if splits else ''}.duckdb"
-        project(db, log.messages, splits)
+    for splits, keys in (([], True), ([cut], True), ([cut + 1], True), ([cut], False), ([cut + 1], False)):
+        db = tmp_path / f"a{len(splits)}{splits[0] if splits else ''}{keys}.duckdb"
+        project(db, log.messages, splits, keys=keys)
         assert rows(db, per_attempt) == [{"n": 0, "runs": 2}, {"n": 2, "runs": 1}]
         assert rows(db, samples) == [{"n": 0, "samples": 3}, {"n": 2, "samples": 4}]
         assert rows(db, "SELECT n, status, score FROM experiments ORDER BY n") == [

@@ -302,6 +302,7 @@ class Projector(Answering):
         cached = {"state": sc.UPSERTED, "log": (sc.EVENTS,), "telemetry": ()}[lane.role]
         complete = store.is_empty(conn, cached)
         keys = store.keys(conn, self.cfg.cache_keys) if lane.role == "state" and not complete else None
+        finished = store.finished(conn, self.cfg.cache_rows // 2) if lane.role == "log" and not complete else None
         lane.state = ViewState(
             positions,
             loader=(lambda table, keys: store.load(table, keys, loader)) if lane.role == "state" else None,
@@ -309,6 +310,7 @@ class Projector(Answering):
             complete=complete,
             stored=keys,
             max_keys=self.cfg.cache_keys,
+            finished=finished,
             max_event_bytes=self.cfg.max_event_bytes,
             dead_letter_bytes=self.cfg.dead_letter_bytes,
             role=lane.role,

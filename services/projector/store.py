@@ -264,6 +264,12 @@ class Store:
         cols = {t.name: ", ".join(f'"{k}"' for k in t.key) for t in sc.UPSERTED}
         return {t.name: set(conn.execute(f"SELECT {cols[t.name]} FROM {t.ref}").fetchall()) for t in sc.UPSERTED}
 
+    def finished(self, conn: duckdb.DuckDBPyConnection, limit: int) -> list[tuple] | None:
+        """Every attempt (task, n, attempt) with a terminal event stored, or None past `limit`."""
+        sql = f"SELECT DISTINCT task, n, attempt FROM {sc.EVENTS.ref} WHERE known AND type IN ? LIMIT {limit + 1}"
+        rows = conn.execute(sql, [list(TERMINAL_TYPES)]).fetchall()
+        return rows if len(rows) <= limit else None
+
     def load_finished(self, keys: list[tuple], conn: duckdb.DuckDBPyConnection) -> list[tuple]:
         """Which of the attempts `keys` (task, n, attempt) have a terminal event stored (the log
         lane's ViewState.finished_loader)."""

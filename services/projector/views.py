@@ -99,19 +99,23 @@ class ViewState:
         shared: dict | None = None,
         stored: dict[str, set[tuple]] | None = None,
         max_keys: int = 2_000_000,
+        finished: Iterable[tuple] | None = None,
     ) -> None:
         if role not in ROLES:
             raise ValueError(f"role {role!r}: one of {', '.join(ROLES)}")
         self.positions: dict[str, Position] = positions or {}
         self.role = role
-        self.finished: dict[tuple, None] = {}  # attempts whose terminal event is applied (log role), oldest first
+        # attempts whose terminal event is applied (log role), oldest first; given whole (`finished`
+        # keys) on a restart, so a new attempt's result needs no lookup
+        self.finished: dict[tuple, None] = dict.fromkeys(finished or ())
         self.finished_loader = finished_loader
         self.shared = shared  # decoded events handed between the lanes that read one stream (_decode)
         self.rows: dict[str, dict[tuple, dict]] = {t.name: {} for t in sc.UPSERTED}
         self.stored: dict[str, set[tuple]] = stored or {t.name: set() for t in sc.UPSERTED}
         self._absent: list[tuple[str, tuple]] = []
         self.loader = loader
-        self.complete = complete or (loader is None and finished_loader is None)  # nothing to ask: what it has is all there is
+        # nothing to ask, or given whole: what it has is all there is
+        self.complete = complete or (loader is None and finished_loader is None) or finished is not None
         # `stored` holds every key in the store (a fresh file, or `stored` given): a key not in it
         # is a new row, created without asking the store. Live, most misses are new attempts, so
         # this saves a loader query per batch (~10 ms); kept while there are at most `max_keys`
