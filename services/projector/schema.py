@@ -315,7 +315,6 @@ FROM (SELECT * FROM {POSITIONS.ref} UNION ALL SELECT * FROM {STATE_POSITIONS.nam
 )
 
 UPSERTED = (TASKS, EXPERIMENTS, HOSTS)
-APPENDED = (EVENTS, EXPERIMENT_RUNS, REQUEST_SAMPLES, GPU_SAMPLES, LOG_LINES, DEAD_LETTERS)
 # the log file's tables, seen from the main file under their own names
 PASS_THROUGH = tuple(View(t.name, f"SELECT * FROM {t.ref}", t.doc) for t in (EVENTS, EXPERIMENT_RUNS, REQUEST_SAMPLES, GPU_SAMPLES, LOG_LINES))
 MAIN_TABLES = (TASKS, EXPERIMENTS, HOSTS, STATE_POSITIONS, STATE_DEAD_LETTERS, META)
@@ -324,7 +323,6 @@ ALL = (*LOG_TABLES, *MAIN_TABLES)
 VIEWS = (*PASS_THROUGH, TASKS_VIEW, HOSTS_VIEW, DEAD_LETTERS_VIEW, POSITIONS_VIEW)
 SCHEMA = (*ALL, *VIEWS)  # everything with DDL, views after the tables they read
 CHECKED = tuple(x for x in SCHEMA if x not in (META, LOG_META))  # rebuild == incremental (meta: a generation each)
-BY_NAME = {t.name: t for t in ALL}
 # the single file `autotune snapshot` writes: the public names as tables (tasks, hosts stay views)
 SNAPSHOT = (
     *[Table(t.name, t.columns, t.key, t.doc) for t in (EVENTS, EXPERIMENT_RUNS, REQUEST_SAMPLES, GPU_SAMPLES, LOG_LINES)],
