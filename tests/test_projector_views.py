@@ -221,7 +221,7 @@ class Lanes:
         self.states = {}
         for role, db, streams in self.ROLES:
             stored = store.positions(table=sc.STATE_POSITIONS if db == "main" else sc.POSITIONS)
-            complete = store.is_empty(tables={"state": sc.UPSERTED, "log": (sc.EVENTS,), "telemetry": ()}[role])
+            complete = store.is_empty(tables=sc.STARTS_EMPTY[role])
             self.states[role] = ViewState(
                 {s: p for s, p in stored.items() if s in streams},
                 loader=self.load if role == "state" else None,  # as the projector gives them (service._load_state)

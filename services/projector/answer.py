@@ -21,6 +21,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from autotune.projector import reader
+from autotune.projector import schema as sc
 from autotune.projector.guard import Refused
 from autotune.projector.store import write_snapshot
 from autotune.schemas import subjects as subj
@@ -218,7 +219,9 @@ class Answering:
 # what the log lanes write (service.py), and the log file's alias: a query that names none of them
 # reads the state lane's tables only, and min_seq waits for that lane alone (a word in a string
 # literal or an alias only makes it wait for both, never too little)
-_LOG_WORDS = re.compile(r"\b(events|experiment_runs|request_samples|gpu_samples|log_lines|dead_letters|positions|log)\b", re.IGNORECASE)
+_LOG_WORDS = re.compile(
+    r"\b(" + "|".join(sorted({t.name for t in sc.LOG_TABLES if t is not sc.LOG_META} | {sc.LOG_DB})) + r")\b", re.IGNORECASE
+)
 
 
 def lanes_for(sql: str) -> tuple[str, ...]:

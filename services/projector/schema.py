@@ -315,6 +315,9 @@ FROM (SELECT * FROM {POSITIONS.ref} UNION ALL SELECT * FROM {STATE_POSITIONS.nam
 )
 
 UPSERTED = (TASKS, EXPERIMENTS, HOSTS)
+# per lane role (views.ROLES): the tables that, empty, say the lane starts from the first event
+# with nothing to read back (its ViewState is complete)
+STARTS_EMPTY = {"state": UPSERTED, "log": (EVENTS,), "telemetry": ()}
 # the log file's tables, seen from the main file under their own names
 PASS_THROUGH = tuple(View(t.name, f"SELECT * FROM {t.ref}", t.doc) for t in (EVENTS, EXPERIMENT_RUNS, REQUEST_SAMPLES, GPU_SAMPLES, LOG_LINES))
 MAIN_TABLES = (TASKS, EXPERIMENTS, HOSTS, STATE_POSITIONS, STATE_DEAD_LETTERS, META)

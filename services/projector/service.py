@@ -299,8 +299,7 @@ class Projector(Answering):
         store, conn, loader = self.store, lane.conn, lane.loader
         lane.in_flight = None
         positions = {s: p for s, p in store.positions(conn, lane.positions).items() if s in lane.streams}
-        cached = {"state": sc.UPSERTED, "log": (sc.EVENTS,), "telemetry": ()}[lane.role]
-        complete = store.is_empty(conn, cached)
+        complete = store.is_empty(conn, sc.STARTS_EMPTY[lane.role])
         keys = store.keys(conn, self.cfg.cache_keys) if lane.role == "state" and not complete else None
         finished = store.finished(conn, self.cfg.cache_rows // 2) if lane.role == "log" and not complete else None
         lane.state = ViewState(
