@@ -72,7 +72,7 @@ class Answering:
     _subs: list[Any]
     _tasks: set[asyncio.Task]
 
-    async def wait_applied(self, seq: int, timeout: float, lanes: tuple[str, ...] = ...) -> bool:  # pragma: no cover - Projector's
+    async def wait_applied(self, seq: int, timeout: float, lanes: tuple[str, ...] = ("state", "log")) -> bool:  # pragma: no cover - Projector's
         raise NotImplementedError
 
     async def _serve(self) -> None:
