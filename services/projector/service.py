@@ -10,7 +10,8 @@ Arrow tables, and its writer thread commits them and the lane's new positions in
 transaction on the lane's own connection. With a backlog the two threads overlap (batch k+1
 applied while batch k commits) and the lanes commit at once; live, each batch commits before the
 next is taken, and the two lanes of the log file commit one at a time. The state lane's file is
-small and checkpoints rarely, so what people poll is fresh even while the log file checkpoints.
+small, so its own checkpoints are short (~100-160 ms at 64 MB of log), and what people poll stays
+fresh while the log file checkpoints (0.4-1.3 s).
 Under load batches grow, when idle they are single events. A batch that cannot be written is
 bisected until the message that breaks it is found and recorded as a dead letter; the rest is
 applied. A swap, or a reopen after a lane could not write at all, parks every lane first
