@@ -10,6 +10,8 @@ import pytest
 
 from autotune.projector import schema as sc
 from autotune.projector import views
+from autotune.projector.service import lane_state
+from autotune.projector.settings import ProjectorConfig
 from autotune.projector.store import Store, checksums
 from autotune.projector.views import Message, ViewState, apply
 from autotune.schemas import events as ev
@@ -213,28 +215,25 @@ class Lanes:
     ROLES = (("state", "main", (EVENTS,)), ("log", sc.LOG_DB, (EVENTS,)), ("telemetry", sc.LOG_DB, (TELEMETRY, LOGS)))
 
     def __init__(self, store: Store, *, keys: bool = True) -> None:
-        """`keys`: the state lane starts knowing every stored key and the log lane every finished
-        attempt (as the projector does), else they ask the store about every one not cached."""
+        """Each lane's state made as the projector makes it (service.lane_state). `keys`: the
+        state lane starts knowing every stored key and the log lane every finished attempt, else
+        (cache_keys=0) they ask the store about every one not cached; `loads` counts the asking."""
         self.store = store
-        self.loader = store.writer()
         self.loads = 0
+        cfg = ProjectorConfig() if keys else ProjectorConfig(cache_keys=0)
         self.states = {}
-        for role, db, streams in self.ROLES:
-            stored = store.positions(table=sc.STATE_POSITIONS if db == "main" else sc.POSITIONS)
-            complete = store.is_empty(tables=sc.STARTS_EMPTY[role])
-            self.states[role] = ViewState(
-                {s: p for s, p in stored.items() if s in streams},
-                loader=self.load if role == "state" else None,  # as the projector gives them (service._load_state)
-                finished_loader=(lambda k: store.load_finished(k, self.loader)) if role == "log" else None,
-                complete=complete,
-                stored=store.keys(self.loader, 10**9) if keys and role == "state" and not complete else None,
-                finished=store.finished(self.loader, 10**9) if keys and role == "log" and not complete else None,
-                role=role,
-            )
+        for role, _, streams in self.ROLES:
+            state = lane_state(store, role, streams, store.conn, store.writer(), cfg)
+            if state.loader is not None:
+                state.loader = self._counted(state.loader)
+            self.states[role] = state
 
-    def load(self, table: sc.Table, keys: list[tuple]) -> list[dict]:
-        self.loads += 1
-        return self.store.load(table, keys, self.loader)
+    def _counted(self, load):
+        def counted(table: sc.Table, keys: list[tuple]) -> list[dict]:
+            self.loads += 1
+            return load(table, keys)
+
+        return counted
 
     def write(self, messages: list[Message]) -> None:
         for role, db, streams in self.ROLES:

@@ -111,6 +111,37 @@ def _log_slow_gc(phase: str, info: dict[str, int]) -> None:
         log.debug("gc", generation=info.get("generation"), ms=round(ms, 1), collected=info.get("collected"))
 
 
+def lane_state(
+    store: Store,
+    role: str,
+    streams: tuple[str, ...],
+    conn: duckdb.DuckDBPyConnection,
+    loader: duckdb.DuckDBPyConnection,
+    cfg: ProjectorConfig,
+    shared: dict | None = None,
+) -> ViewState:
+    """A lane's state as the store leaves it: its positions, and, on a file that is not empty, the
+    stored keys (state) or the finished attempts (log) up to `cache_keys` (else it asks the store
+    per batch, on `loader`)."""
+    positions = {s: p for s, p in store.positions(conn, sc.STATE_POSITIONS if role == "state" else sc.POSITIONS).items() if s in streams}
+    complete = store.is_empty(conn, sc.STARTS_EMPTY[role])
+    keys = store.keys(conn, cfg.cache_keys) if role == "state" and not complete else None
+    finished = store.finished(conn, min(cfg.cache_keys, cfg.cache_rows // 2)) if role == "log" and not complete else None
+    return ViewState(
+        positions,
+        loader=(lambda table, keys: store.load(table, keys, loader)) if role == "state" else None,
+        finished_loader=(lambda keys: store.load_finished(keys, loader)) if role == "log" else None,
+        complete=complete,
+        stored=keys,
+        max_keys=cfg.cache_keys,
+        finished=finished,
+        max_event_bytes=cfg.max_event_bytes,
+        dead_letter_bytes=cfg.dead_letter_bytes,
+        role=role,
+        shared=shared,
+    )
+
+
 class Lane:
     """One writer of the read model: some streams' messages, in order, applied on its own thread
     and committed on its own DuckDB connection, to one file, with its own stream positions.
@@ -126,7 +157,6 @@ class Lane:
 
     def __init__(self, name: str, streams: tuple[str, ...], *, role: str, db: str, delay_s: float, min_batch: int) -> None:
         self.name, self.streams, self.role, self.db = name, streams, role, db
-        self.positions = sc.STATE_POSITIONS if db == "main" else sc.POSITIONS
         self.delay_s, self.min_batch = delay_s, min_batch  # a batch waits this long or for this many
         self.buffer: list[Message] = []
         self.since = 0.0  # when the first buffered message arrived
@@ -297,25 +327,9 @@ class Projector(Answering):
 
     def _load_state(self, lane: Lane) -> None:
         """On the lane's own thread and connection: its positions and what its loaders read."""
-        store, conn, loader = self.store, lane.conn, lane.loader
         lane.in_flight = None
-        positions = {s: p for s, p in store.positions(conn, lane.positions).items() if s in lane.streams}
-        complete = store.is_empty(conn, sc.STARTS_EMPTY[lane.role])
-        keys = store.keys(conn, self.cfg.cache_keys) if lane.role == "state" and not complete else None
-        finished = store.finished(conn, self.cfg.cache_rows // 2) if lane.role == "log" and not complete else None
-        lane.state = ViewState(
-            positions,
-            loader=(lambda table, keys: store.load(table, keys, loader)) if lane.role == "state" else None,
-            finished_loader=(lambda keys: store.load_finished(keys, loader)) if lane.role == "log" else None,
-            complete=complete,
-            stored=keys,
-            max_keys=self.cfg.cache_keys,
-            finished=finished,
-            max_event_bytes=self.cfg.max_event_bytes,
-            dead_letter_bytes=self.cfg.dead_letter_bytes,
-            role=lane.role,
-            shared=self._decoded if lane.role != "telemetry" else None,
-        )
+        shared = self._decoded if lane.role != "telemetry" else None
+        lane.state = lane_state(self.store, lane.role, lane.streams, lane.conn, lane.loader, self.cfg, shared)
 
     async def _close_store(self) -> None:
         self._open.clear()
