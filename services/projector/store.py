@@ -73,6 +73,16 @@ def replace_files(new: str, path: str) -> None:
     os.replace(new, path)
 
 
+@contextmanager
+def _keys_in(conn: duckdb.DuckDBPyConnection, table: sc.Table, keys: list[tuple]) -> Iterator[None]:
+    """`keys` (of `table`'s key columns) readable as `_keys` on `conn` meanwhile."""
+    conn.register("_keys", _arrow(_key_schema(table), list(zip(*keys, strict=False))))
+    try:
+        yield
+    finally:
+        conn.unregister("_keys")
+
+
 _SAFE = re.compile(r"^[A-Za-z0-9_.:-]{0,200}$")
 
 
@@ -250,12 +260,9 @@ class Store:
         runs while the lane's writer may be committing the previous batch in another thread."""
         if not keys:
             return []
-        conn.register("_keys", _arrow(_key_schema(table), list(zip(*keys, strict=False))))
-        try:
-            on = " AND ".join(f't."{k}" = k."{k}"' for k in table.key)
+        on = " AND ".join(f't."{k}" = k."{k}"' for k in table.key)
+        with _keys_in(conn, table, keys):
             return self._fetch(conn, f"SELECT t.* FROM {table.ref} t SEMI JOIN _keys k ON {on}").to_pylist()
-        finally:
-            conn.unregister("_keys")
 
     def keys(self, conn: duckdb.DuckDBPyConnection, limit: int) -> dict[str, set[tuple]] | None:
         """Every stored key of the upserted tables (ViewState `stored`), or None past `limit` keys."""
@@ -275,15 +282,12 @@ class Store:
         lane's ViewState.finished_loader)."""
         if not keys:
             return []
-        conn.register("_keys", _arrow(_key_schema(sc.EXPERIMENTS), list(zip(*keys, strict=False))))
-        try:
+        with _keys_in(conn, sc.EXPERIMENTS, keys):
             return conn.execute(
                 f"SELECT DISTINCT e.task, e.n, e.attempt FROM {sc.EVENTS.ref} e SEMI JOIN _keys k "
                 "ON e.task = k.task AND e.n = k.n AND e.attempt = k.attempt WHERE e.known AND e.type IN ?",
                 [list(TERMINAL_TYPES)],
             ).fetchall()
-        finally:
-            conn.unregister("_keys")
 
     @staticmethod
     def _fetch(conn: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
