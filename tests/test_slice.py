@@ -14,6 +14,7 @@ from autotune.runner.service import run as runner_run
 from autotune.runner.settings import RunnerSettings
 from autotune.scheduler.service import run as scheduler_run
 from autotune.schemas import events as ev
+from autotune.schemas import subjects as subj
 from autotune.shared import query as q
 from tests.helpers import Services, events_of, small_spec, submit, task_finished
 
@@ -53,7 +54,9 @@ async def test_a_grid_task_runs_end_to_end(settings, js, tmp_path):
             await asyncio.sleep(0.2)
             res = await q.sql(js._nc, "SELECT n, status, score FROM experiments WHERE task = ? ORDER BY score", [task])
         assert [r[0] for r in res.rows][0] == best.n
-        row = (await q.sql(js._nc, "SELECT status, best_n FROM tasks WHERE id = ?", [task])).rows[0]
+        # read-your-writes: the poll above saw the experiments finished, not yet the task.completed after them
+        last = (await js.stream_info(subj.EVENTS_STREAM)).state.last_seq
+        row = (await q.sql(js._nc, "SELECT status, best_n FROM tasks WHERE id = ?", [task], min_seq=last)).rows[0]
         assert tuple(row) == ("completed", best.n)
 
         subjects = {s for s, _ in seen}
