@@ -230,10 +230,32 @@ async def test_queries_run_concurrently_with_ingestion(nc, js, projector):
     assert (await slow).rows == [[1000]]
 
 
+async def test_a_lane_that_gathers_its_batches_commits_at_once_for_a_waiting_query(nc, js, settings, tmp_path):
+    """The log lane gathers up to `log_delay_s` per batch; a query whose min_seq waits for it has
+    it commit what it has at once. Here the delay (60 s) is far beyond min_seq's wait (5 s)."""
+    stop = asyncio.Event()
+    cfg = ProjectorConfig(log_delay_s=60.0, log_batch=10**6)
+    task = asyncio.create_task(service.run(settings, stop=stop, db_path=str(tmp_path / "lazy.duckdb"), config=cfg))
+    try:
+        await ready(nc)
+        acks = [await bus.append(js, subj.task("g1", "submitted"), ev.TaskSubmitted(id=f"g1.{i}", task="g1", name="G", spec={})) for i in range(3)]
+        res = await query.sql(nc, "SELECT count(*) FROM events WHERE task = 'g1'", min_seq=acks[-1].seq, timeout=10)
+        assert res.rows == [[3]] and res.applied_seq >= acks[-1].seq
+        ack = await bus.append(js, subj.task("g1", "cancel_requested"), ev.TaskCancelRequested(id="g1.c", task="g1"))
+        await query.sql(nc, "SELECT 1", min_seq=ack.seq)  # the state lane alone: the log lane is not asked
+        res = await query.sql(nc, "SELECT count(*) FROM events WHERE task = 'g1'")
+        assert res.rows == [[3]]  # still gathering (60 s) ...
+        res = await query.sql(nc, "SELECT count(*) FROM events WHERE task = 'g1'", min_seq=ack.seq, timeout=10)
+        assert res.rows == [[4]]  # ... until a query waits for it
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
 async def test_snapshot_is_a_consistent_file_anyone_can_open(nc, js, projector, tmp_path):
     await ready(nc)
     ack = await bus.append(js, subj.task("s1", "submitted"), ev.TaskSubmitted(id="s1.s", task="s1", name="S", spec={}))
-    await query.sql(nc, "SELECT 1", min_seq=ack.seq)
+    await query.sql(nc, "SELECT count(*) FROM events", min_seq=ack.seq)  # naming a log table: applied in every lane
     path = str(tmp_path / "snap" / "copy.duckdb")
     out = await query.snapshot(nc, path)
     assert out["tables"]["tasks"] == 1 and out["applied_seq"] >= ack.seq and out["bytes"] > 0
