@@ -526,11 +526,14 @@ def test_batch_boundaries_and_reloads_do_not_change_the_result(tmp_path):
     assert small == whole
 
 
-def test_cache_trimming_reloads_rows_from_the_store(tmp_path):
+@pytest.mark.parametrize("keys", [True, False])
+def test_cache_trimming_reloads_rows_from_the_store(tmp_path, keys):
+    """Rows are trimmed to one per table after every batch. Without the keys (cache_keys=0) the
+    log lane's finished attempts are trimmed too, and it asks the store whether one finished."""
     log = history(3)
     whole = project(tmp_path / "whole.duckdb", log.messages, [])
     store = Store(str(tmp_path / "trim.duckdb"))
-    lanes = Lanes(store)
+    lanes = Lanes(store, keys=keys)
     for i in range(0, len(log.messages), 7):
         lanes.write(log.messages[i : i + 7])
         lanes.trim(1)

@@ -126,7 +126,7 @@ def lane_state(
     positions = {s: p for s, p in store.positions(conn, sc.STATE_POSITIONS if role == "state" else sc.POSITIONS).items() if s in streams}
     complete = store.is_empty(conn, sc.STARTS_EMPTY[role])
     keys = store.keys(conn, cfg.cache_keys) if role == "state" and not complete else None
-    finished = store.finished(conn, min(cfg.cache_keys, cfg.cache_rows // 2)) if role == "log" and not complete else None
+    finished = store.finished(conn, cfg.cache_keys) if role == "log" and not complete else None
     return ViewState(
         positions,
         loader=(lambda table, keys: store.load(table, keys, loader)) if role == "state" else None,

@@ -169,10 +169,13 @@ class ViewState:
     def trim(self, max_rows: int, pinned: Changes | None = None) -> None:
         """Keep memory bounded: drop finished rows first (rarely touched again), then the rest, but
         never the rows of `pinned` (a batch still being committed: the store has not got them).
-        `finished` drops its older half: the newest (a batch in flight: fewer than half) stay."""
-        if len(self.finished) > max_rows:
+        `finished` holds keys, like `stored`: all of them up to `max_keys` (or `max_rows`, if
+        more); past that it drops its older half, the newest (a batch in flight: fewer than half)
+        stay."""
+        most = max(self.max_keys, max_rows)
+        if len(self.finished) > most:
             self.complete = False
-            for k in list(itertools.islice(self.finished, len(self.finished) - max_rows // 2)):
+            for k in list(itertools.islice(self.finished, len(self.finished) - most // 2)):
                 del self.finished[k]
         if self.keys_known and sum(map(len, self.stored.values())) > self.max_keys:
             self.keys_known = False  # from now on `stored` holds the cached keys only
