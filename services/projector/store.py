@@ -345,13 +345,15 @@ class Store:
             conn.register(name, table)
         try:
             with self._gates[p.db].shared():
-                conn.begin()
+                # one call for the whole transaction: each call into DuckDB gives up the GIL and
+                # takes it back, and live, with the other lanes' Python threads holding it about a
+                # fifth of the time, each taking back can wait. A live state batch of 12 events
+                # beside a thread busy in Python: commit p50 12.8-13.6 -> 11.3-11.4 ms (alone: equal)
                 try:
-                    for sql in p.sql:
-                        conn.execute(sql)
-                    conn.commit()
+                    conn.execute("; ".join(["BEGIN", *p.sql, "COMMIT"]))
                 except BaseException:
-                    conn.rollback()
+                    with contextlib.suppress(duckdb.Error):  # none open if the COMMIT itself failed
+                        conn.rollback()
                     raise
         finally:
             for name, _ in p.sources:
