@@ -150,6 +150,31 @@ def test_row_limit_truncates_without_reading_everything(store):
         assert out["row_count"] == 5 and not out["truncated"]
 
 
+@pytest.mark.parametrize(
+    ("sql", "params", "columns", "rows"),
+    [
+        ("SELECT 1 AS a, 2 AS a", None, ["a", "a"], [(1, 2)]),  # names the LIMIT wrapper would rename: the plain path
+        ("SELECT 1 AS a, 2 AS a_1", None, ["a", "a_1"], [(1, 2)]),
+        ("SELECT * FROM range(10) t(i) ORDER BY i DESC", None, ["i"], [(9,), (8,), (7,)]),  # the order survives the wrapper
+        ("SELECT $x AS v -- a comment at the end", {"x": 5}, ["v"], [(5,)]),
+        ("SELECT 7 AS v;", None, ["v"], [(7,)]),
+        ("EXPLAIN SELECT 1", None, ["explain_key", "explain_value"], None),
+    ],
+)
+def test_select_runs_under_a_limit_bound_once_with_its_own_names_and_order(store, sql, params, columns, rows):
+    with store.cursor() as cur:
+        out = reader.execute(cur, sql, params, 3, 5.0)
+    assert out["columns"] == columns
+    assert rows is None or out["rows"] == rows
+
+
+def test_a_query_the_wrapper_cannot_bind_gets_its_own_error_from_the_plain_path(store):
+    with store.cursor() as cur, pytest.raises(duckdb.BinderException, match="nope"):  # not "transaction aborted"
+        reader.execute(cur, "SELECT nope FROM tasks", None, 3, 5.0)
+    with store.cursor() as cur:
+        assert reader.execute(cur, "SELECT 1 AS ok", None, 3, 5.0)["rows"] == [(1,)]  # the cursor still works
+
+
 def test_oversized_reply_is_cut_to_fit_one_message():
     reply = {"columns": ["x"], "types": ["VARCHAR"], "rows": [("y" * 1000,)] * 5000, "row_count": 5000, "truncated": False}
     data = reader.encode_reply(reply, 100_000)

@@ -56,6 +56,10 @@ def check(cur: duckdb.DuckDBPyConnection, sql: str) -> None:
         _ACCEPTED[sql] = None
 
 
+def is_explain(sql: str) -> bool:
+    return _EXPLAIN.match(sql) is not None
+
+
 def _check(cur: duckdb.DuckDBPyConnection, sql: str) -> None:
     if not sql or not sql.strip():
         raise Refused("empty query; send one SELECT statement")
