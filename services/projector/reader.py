@@ -141,7 +141,7 @@ warnings.filterwarnings("ignore", message="Arrow output on a DB-API result", cat
 
 def _limited(cur: duckdb.DuckDBPyConnection, sql: str, params: Any, limit: int) -> tuple[list[str], list[str], Any] | None:
     """A SELECT run as `SELECT * FROM (sql) LIMIT limit + 1`, bound once (a point query of `tasks`:
-    5.2 -> 2.8 ms alone); None when that form does not apply (EXPLAIN, a text that does not nest,
+    5.2 -> 3.6 ms alone); None when that form does not apply (EXPLAIN, a text that does not nest,
     or columns the wrapper renamed: `a, a` comes back as `a, a_1`), for the caller's plain path.
     The guard checked `sql` alone, and a text that parses as one statement nests as one subquery."""
     if guard.is_explain(sql):
