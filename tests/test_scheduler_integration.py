@@ -16,6 +16,7 @@ from autotune.scheduler.service import Scheduler
 from autotune.scheduler.strategies import make_strategy
 from autotune.schemas import events as ev
 from autotune.schemas.spec import spec_from_obj
+from autotune.shared import bus
 from autotune.shared.audit import audit, peak_parallelism
 from autotune.shared.expand import experiment_space
 from tests.fixtures.runner_kit import Proc
@@ -99,6 +100,31 @@ async def test_a_killed_scheduler_restarts_and_the_bayesian_history_is_exact(set
         elif isinstance(e, ev.ExperimentFailed) and not e.retryable:
             fresh.tell(e.n, None, failure=e.kind, stage=e.stage)
     assert_engines_gone(hosts)
+
+
+async def test_an_event_the_scheduler_cannot_read_does_not_stop_its_task_planning(settings, js):
+    """A plan expects nothing new on its whole task since the scheduler's view. An event it cannot
+    decode (a newer type) must still count as seen, or every later plan would be refused for ever.
+    No hosts: the scheduler plans experiment 0 and stops; experiment 0 fails, then the unreadable
+    event is the task's last message when a restarted scheduler has experiment 1 to plan."""
+    raw = small_spec("unread", parameters={"max-running-requests": [8, 16, 32, 64]}, optimization={"max_iterations": 3, "max_parallel": 1})
+    svc = Services()
+    svc.start(lambda stop: Scheduler(settings).run(stop), "scheduler")
+    try:
+        task = await submit(js, raw)
+        await wait_for(js, f"autotune.task.{task}.exp.0.planned", lambda e: True, timeout=30)
+    finally:
+        await svc.stop_all()
+    failed = ev.ExperimentFailed(id=ev.exp_id(task, 0, 0, "failed"), task=task, n=0, attempt=0, kind="launch_error", stage="launch", retryable=False, message="test")
+    await bus.append(js, f"autotune.task.{task}.exp.0.failed", failed)
+    await js.publish(f"autotune.task.{task}.exp.9.from_the_future", b'{"type": "experiment.from_the_future", "id": "f1"}')
+    svc = Services()
+    svc.start(lambda stop: Scheduler(settings).run(stop), "scheduler")
+    try:
+        planned = await wait_for(js, f"autotune.task.{task}.exp.1.planned", lambda e: True, timeout=15)
+        assert planned.n == 1
+    finally:
+        await svc.stop_all()
 
 
 async def test_a_standby_scheduler_takes_over_and_they_never_conflict(settings, js, tmp_path):

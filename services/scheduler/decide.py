@@ -150,7 +150,11 @@ def _next_plan(task: Task, now: datetime) -> Action | None:
     from autotune.shared.expand import gpus_for
 
     event = ev.ExperimentPlanned(id=ev.exp_id(task.id, n, 0, "planned"), task=task.id, n=n, attempt=0, parameters=params, gpus=gpus_for(params))
-    return Action(subj.experiment(task.id, n, "planned"), event, 0, subj.experiment_all(task.id, n))
+    # expected: nothing new on the whole task since this view (not only on experiment n). A result
+    # that lands meanwhile refuses the plan, and it is asked again knowing that result: the log's
+    # order is then the order the strategy learned in, and a replay of the log (a restarted
+    # scheduler, tests/test_scheduler_integration.py) asks exactly what was planned
+    return Action(subj.experiment(task.id, n, "planned"), event, task.all_seq, subj.task_all(task.id))
 
 
 def _retry_pending(task: Task) -> int:

@@ -19,7 +19,7 @@ import msgspec
 from nats.js.errors import KeyWrongLastSequenceError
 
 from autotune.scheduler.decide import Action, Limits, decide
-from autotune.scheduler.state import State, evolve
+from autotune.scheduler.state import State, evolve, saw
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveHost
@@ -87,12 +87,20 @@ class Scheduler:
         last = await bus.last_seq(js, ">")
         if last == 0:
             self.caught_up.set()
-        async for d in bus.replay(js, "autotune.>", stop=stop):
+        async def undecodable(msg, error: Exception) -> None:
+            seq = msg.metadata.sequence.stream
+            log.warning("undecodable event skipped", subject=msg.subject, seq=seq, error=str(error))
+            saw(self.state, seq, msg.subject)
+            if seq >= last:
+                self.caught_up.set()
+            self.wake.set()
+
+        async for d in bus.replay(js, "autotune.>", stop=stop, on_bad=undecodable):
             try:
                 evolve(self.state, d.seq, d.subject, d.event)
             except Exception:
                 log.error("cannot apply event; skipped", exc=True, subject=d.subject, seq=d.seq)
-                self.state.applied_seq = d.seq
+                saw(self.state, d.seq, d.subject)
             if d.seq >= last:
                 self.caught_up.set()
             self.wake.set()

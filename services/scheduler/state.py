@@ -70,6 +70,7 @@ class Task:
     spec_error: SpecError | None = None
     status: str = "submitted"  # submitted | running | cancelling | completed | failed | cancelled | rejected
     last_seq: int = 0  # last stream sequence on autotune.task.<t>.*
+    all_seq: int = 0  # last stream sequence on autotune.task.<t>.> (its experiments' too)
     started_at: datetime | None = None
     experiments: dict[int, Experiment] = field(default_factory=dict)
     strategy: Any = None
@@ -115,23 +116,34 @@ def build_strategy(task: Task) -> None:
         task.spec_error = SpecError(e.message, e.path)
 
 
+def saw(state: State, seq: int, subject: str) -> None:
+    """The sequences the scheduler's writes expect (optimistic concurrency), moved for any message at
+    `seq` on `subject`, whether it decodes and applies or not: a message skipped here would leave
+    them behind the stream, and every write expecting them would be refused for ever."""
+    state.applied_seq = max(state.applied_seq, seq)
+    tokens = subject.split(".")
+    task = state.tasks.get(tokens[2]) if len(tokens) >= 4 and tokens[0] == subj.PREFIX and tokens[1] == "task" else None
+    if task is None:
+        return
+    task.all_seq = seq  # what subj.task_all(task) last had
+    parsed = subj.parse(subject)
+    if parsed.kind == "task":
+        task.last_seq = seq
+    if parsed.kind == "experiment" and parsed.experiment is not None and (exp := task.experiments.get(parsed.experiment)):
+        exp.last_seq = seq
+
+
 def evolve(state: State, seq: int, subject: str, event: ev.AnyEvent) -> State:
     """Apply one event from AUTOTUNE_EVENTS. Mutates and returns `state`."""
-    state.applied_seq = max(state.applied_seq, seq)
+    saw(state, seq, subject)
     parsed = subj.parse(subject)
     task = state.tasks.get(parsed.task or "") if parsed.task else None
-    if parsed.kind == "task" and task is not None:
-        task.last_seq = seq
-    if parsed.kind == "experiment" and task is not None and parsed.experiment is not None:
-        exp = task.experiments.get(parsed.experiment)
-        if exp is not None:
-            exp.last_seq = seq
 
     match event:
         case ev.TaskSubmitted():
             if event.task in state.tasks:
                 return state  # a duplicate name never gets this far (KV claim), but never overwrite
-            t = Task(event.task, event.name, event.spec, event.simulate, event.at, last_seq=seq)
+            t = Task(event.task, event.name, event.spec, event.simulate, event.at, last_seq=seq, all_seq=seq)
             build_strategy(t)
             state.tasks[event.task] = t
         case ev.TaskStarted() if task:
