@@ -294,9 +294,9 @@ def test_task_and_experiment_lifecycle(tmp_path):
     mark = len(log.messages)
     lifecycle(log, "t1", 0, 0, "h1")
     ch = apply(state, log.messages[mark : mark + 3])  # planned, assigned, started
-    exp = state.rows["experiments"][("t1", 0, 0)]
+    exp = state.rows[sc.EXPERIMENTS.name][("t1", 0, 0)]
     assert exp["status"] == "running" and exp["host"] == "h1" and exp["gpu_indices"] == [0, 1]
-    assert ("t1", 0, 0) in ch.upserts["experiments"]
+    assert ("t1", 0, 0) in ch.upserts[sc.EXPERIMENTS.name]
     assert not ch.upserts[sc.TASKS.name] and not ch.upserts[sc.HOSTS.name]  # an experiment event writes its own row only
     db = tmp_path / "a.duckdb"
     project(db, log.messages[: mark + 3], [])
@@ -314,6 +314,39 @@ def test_task_and_experiment_lifecycle(tmp_path):
     t = rows(db, "SELECT experiments_planned, experiments_completed, best_n, best_score, best_parameters, last_seq FROM tasks")[0]
     assert t == {"experiments_planned": 1, "experiments_completed": 1, "best_n": 0, "best_score": 1.0, "best_parameters": '{"tp":0}',
                  "last_seq": log.messages[-1].seq}  # fmt: skip
+
+
+def test_the_metric_columns_are_stored_in_one_list_and_read_back_under_their_names(tmp_path):
+    """experiment_rows keeps the 28 metric columns in one DOUBLE[] (a commit costs per column);
+    `experiments` and the state's loader give every one back under its own name, and an attempt
+    without results stores NULL."""
+    values = {name: float(i) + 0.5 for i, name in enumerate((*sc.HEADLINE, *sc.TELEMETRY), start=1)}
+    log = Log()
+    lifecycle(log, "t1", 0, outcome="running")
+    x = ev.exp_id
+    log.add(
+        ev.ExperimentCompleted(
+            id=x("t1", 0, 0, "completed"), at=log.at(), task="t1", n=0, attempt=0, host="h1", score=2.0,
+            metrics=msgspec.structs.replace(metrics(), **{h: values[h] for h in sc.HEADLINE}),
+            telemetry=ev.TelemetrySummary(samples=7, **{t: values[t] for t in sc.TELEMETRY}),
+        )
+    )  # fmt: skip
+    lifecycle(log, "t1", 1, outcome="running")
+    db = tmp_path / "m.duckdb"
+    project(db, log.messages, [])
+    names = ", ".join(f'"{c}"' for c in values)
+    assert rows(db, f"SELECT {names} FROM experiments WHERE n = 0") == [values]
+    assert rows(db, f"SELECT {names} FROM experiments WHERE n = 1") == [dict.fromkeys(values)]
+    assert rows(db, "SELECT n, metrics IS NULL AS empty FROM experiment_rows ORDER BY n") == [{"n": 0, "empty": False}, {"n": 1, "empty": True}]
+    assert [c for c in rows(db, "SELECT * FROM experiments LIMIT 1")[0]] == sc.EXPERIMENTS.names  # the columns, in order
+    store = Store(str(db))  # what a restarted state lane reads back equals what it had
+    try:
+        state = ViewState()
+        apply(state, log.messages)
+        for row in store.load(sc.EXPERIMENTS, [("t1", 0, 0), ("t1", 1, 0)], store.conn):
+            assert row == state.rows[sc.EXPERIMENTS.name][(row["task"], row["n"], row["attempt"])]
+    finally:
+        store.close()
 
 
 def test_first_terminal_event_wins_and_retries_count_apart(tmp_path):
@@ -338,7 +371,7 @@ def test_first_terminal_event_wins_and_retries_count_apart(tmp_path):
     )
     state = ViewState()
     apply(state, log.messages)
-    a0, a1 = state.rows["experiments"][("t1", 0, 0)], state.rows["experiments"][("t1", 0, 1)]
+    a0, a1 = state.rows[sc.EXPERIMENTS.name][("t1", 0, 0)], state.rows[sc.EXPERIMENTS.name][("t1", 0, 1)]
     assert (a0["status"], a0["failure_kind"], a0["retryable"]) == ("failed", "host_lost", True)
     assert (a1["status"], a1["failure_kind"], a1["retryable"], a1["runs_done"]) == ("completed", None, None, 1)
     db = tmp_path / "a.duckdb"

@@ -262,7 +262,7 @@ class Store:
             return []
         on = " AND ".join(f't."{k}" = k."{k}"' for k in table.key)
         with _keys_in(conn, table, keys):
-            return self._fetch(conn, f"SELECT t.* FROM {table.ref} t SEMI JOIN _keys k ON {on}").to_pylist()
+            return self._fetch(conn, f"SELECT {table.select('t')} FROM {table.ref} t SEMI JOIN _keys k ON {on}").to_pylist()
 
     def keys(self, conn: duckdb.DuckDBPyConnection, limit: int) -> dict[str, set[tuple]] | None:
         """Every stored key of the upserted tables (ViewState `stored`), or None past `limit` keys."""
@@ -310,7 +310,7 @@ class Store:
             if replace:
                 p.sql.append(_delete_keys(p, table, replace))
             src = f"_up_{table.name}"
-            p.add(src, _arrow(table.arrow, [[r[c] for r in rows.values()] for c in table.names]))
+            p.add(src, _arrow(table.arrow, table.values(list(rows.values()))))
             p.sql.append(f"INSERT INTO {table.ref} SELECT * FROM {src}")
         for table, rows in ((dead_letters, ch.dead_letters), (sc.EXPERIMENT_RUNS, ch.experiment_runs)):
             if rows:
@@ -416,9 +416,12 @@ def checksums(conn: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, str]]:
     return out
 
 
+SNAPSHOT_VIEWS = (sc.EXPERIMENTS_VIEW, sc.TASKS_VIEW, sc.HOSTS_VIEW)
+
+
 def write_snapshot(cur: duckdb.DuckDBPyConnection, path: str, *, overwrite: bool = False) -> dict[str, int]:
     """Copy every table, as of one transaction, into a new DuckDB file anyone can open (the views
-    too, so `tasks` and `hosts` read the same there).
+    too, so `experiments`, `tasks` and `hosts` read the same there).
 
     The copy goes through Arrow into a separate DuckDB instance: the projection's own database
     never gets file access. Written beside `path` and renamed into place, so a reader never sees a
@@ -432,7 +435,7 @@ def write_snapshot(cur: duckdb.DuckDBPyConnection, path: str, *, overwrite: bool
     counts: dict[str, int] = {}
     out = duckdb.connect(tmp)
     try:
-        for t in (*sc.SNAPSHOT, sc.TASKS_VIEW, sc.HOSTS_VIEW):
+        for t in (*sc.SNAPSHOT, *SNAPSHOT_VIEWS):
             out.execute(t.ddl())
         cur.begin()
         try:
@@ -443,7 +446,7 @@ def write_snapshot(cur: duckdb.DuckDBPyConnection, path: str, *, overwrite: bool
                 out.unregister("_src")
         finally:
             cur.rollback()
-        for t in (*sc.SNAPSHOT, sc.TASKS_VIEW, sc.HOSTS_VIEW):
+        for t in (*sc.SNAPSHOT, *SNAPSHOT_VIEWS):
             counts[t.name] = out.execute(f"SELECT count(*) FROM {t.name}").fetchall()[0][0]
         out.close()
         os.replace(tmp, path)
