@@ -277,6 +277,27 @@ async def test_a_lane_that_gathers_its_batches_commits_at_once_for_a_waiting_que
         await asyncio.wait_for(task, 30)
 
 
+async def test_the_state_lane_gathers_too_and_commits_at_once_for_a_waiting_query(nc, js, settings, tmp_path):
+    """The state lane gathers up to `state_delay_s` (here 60 s): a plain query sees the state as it
+    was, one whose min_seq waits for the event has the lane commit at once."""
+    stop = asyncio.Event()
+    cfg = ProjectorConfig(state_delay_s=60.0, state_batch=10**6)
+    task = asyncio.create_task(service.run(settings, stop=stop, db_path=str(tmp_path / "lazy.duckdb"), config=cfg))
+    try:
+        await ready(nc)
+        ack = await bus.append(js, subj.task("g2", "submitted"), ev.TaskSubmitted(id="g2.s", task="g2", name="G", spec={}))
+        res = await query.sql(nc, "SELECT status FROM tasks WHERE id = 'g2'", min_seq=ack.seq, timeout=10)
+        assert res.rows == [["submitted"]]
+        ack = await bus.append(js, subj.task("g2", "cancel_requested"), ev.TaskCancelRequested(id="g2.c", task="g2"))
+        await asyncio.sleep(1.0)
+        assert (await query.sql(nc, "SELECT status FROM tasks WHERE id = 'g2'")).rows == [["submitted"]]  # still gathering ...
+        res = await query.sql(nc, "SELECT status FROM tasks WHERE id = 'g2'", min_seq=ack.seq, timeout=10)
+        assert res.rows == [["cancelling"]]  # ... until a query waits for it
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
 async def test_snapshot_is_a_consistent_file_anyone_can_open(nc, js, projector, tmp_path):
     await ready(nc)
     ack = await bus.append(js, subj.task("s1", "submitted"), ev.TaskSubmitted(id="s1.s", task="s1", name="S", spec={}))
