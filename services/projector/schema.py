@@ -70,8 +70,7 @@ class Table:
         # `packed` (list column, its DOUBLE columns): stored as one DOUBLE[] column, since a
         # commit costs per column (Packed below); a view gives them back their names
         self.packed = packed
-        self.packed_names = frozenset(packed[1]) if packed else frozenset()
-        stored = [(c, t) for c, t in columns if c not in self.packed_names]
+        stored = [(c, t) for c, t in columns if not packed or c not in packed[1]]
         if packed:
             assert all(dict(columns)[c] == "DOUBLE" for c in packed[1]), "only DOUBLE columns pack into a DOUBLE[]"
             stored.append((packed[0], "DOUBLE[]"))
