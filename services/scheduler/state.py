@@ -116,27 +116,30 @@ def build_strategy(task: Task) -> None:
         task.spec_error = SpecError(e.message, e.path)
 
 
-def saw(state: State, seq: int, subject: str) -> None:
+def saw(state: State, seq: int, subject: str) -> subj.Parsed:
     """The sequences the scheduler's writes expect (optimistic concurrency), moved for any message at
     `seq` on `subject`, whether it decodes and applies or not: a message skipped here would leave
-    them behind the stream, and every write expecting them would be refused for ever."""
+    them behind the stream, and every write expecting them would be refused for ever. Returns the
+    parsed subject."""
     state.applied_seq = max(state.applied_seq, seq)
+    parsed = subj.parse(subject)
+    # by tokens, not `parsed`: any message under autotune.task.<t>.> counts, even one of a shape
+    # this scheduler does not know (parse calls it `other`)
     tokens = subject.split(".")
     task = state.tasks.get(tokens[2]) if len(tokens) >= 4 and tokens[0] == subj.PREFIX and tokens[1] == "task" else None
     if task is None:
-        return
+        return parsed
     task.all_seq = seq  # what subj.task_all(task) last had
-    parsed = subj.parse(subject)
     if parsed.kind == "task":
         task.last_seq = seq
     if parsed.kind == "experiment" and parsed.experiment is not None and (exp := task.experiments.get(parsed.experiment)):
         exp.last_seq = seq
+    return parsed
 
 
 def evolve(state: State, seq: int, subject: str, event: ev.AnyEvent) -> State:
     """Apply one event from AUTOTUNE_EVENTS. Mutates and returns `state`."""
-    saw(state, seq, subject)
-    parsed = subj.parse(subject)
+    parsed = saw(state, seq, subject)
     task = state.tasks.get(parsed.task or "") if parsed.task else None
 
     match event:
