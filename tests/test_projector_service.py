@@ -100,6 +100,10 @@ async def publish_oddities(js) -> None:
     await js.publish("autotune.gpu.h9.0", b'{"type": "gpu.sample", "id": "big", "host": "h9", "index": 0, "pad": "' + b"x" * 10000 + b'"}')
     # valid, but not telemetry: the telemetry lane (committing beside the events lane) refuses it
     await js.publish("autotune.gpu.h9.1", ev.encode(ev.TaskSubmitted(id="lost", task="lost", name="lost", spec={})))
+    # decodes, but no BIGINT holds the pid: the telemetry lane's commit fails, bisecting finds this message
+    await js.publish(
+        "autotune.gpu.h9.2", b'{"type": "gpu.sample", "id": "pid", "host": "h9", "index": 2, "processes": [[18446744073709551615, 1.0]]}'
+    )
     # decodes, but no BIGINT holds n: the store refuses the batch, bisecting finds this message
     await js.publish(
         "autotune.task.odd.exp.0.planned",
@@ -138,11 +142,13 @@ async def burst(settings, path: str) -> None:
     await asyncio.wait_for(service.run(settings, stop=asyncio.Event(), db_path=path, burst=True, config=CONFIG), 60)
 
 
-async def test_burst_projects_every_stream_with_dead_letters(js, settings, tmp_path):
+@pytest.mark.parametrize("sidecar", [True, False], ids=["telemetry-in-a-sidecar", "telemetry-in-process"])
+async def test_burst_projects_every_stream_with_dead_letters(js, settings, tmp_path, sidecar):
     last = await publish(js, traffic(1, tasks=2, experiments=3))
     await publish_oddities(js)
     path = str(tmp_path / "p.duckdb")
-    await burst(settings, path)
+    cfg = msgspec.structs.replace(CONFIG, sidecar=sidecar)
+    await asyncio.wait_for(service.run(settings, stop=asyncio.Event(), db_path=path, burst=True, config=cfg), 60)
     store = Store(path, read_only=True)
     try:
         q = lambda sql: store.conn.sql(sql).to_arrow_table().to_pylist()  # noqa: E731
@@ -151,7 +157,7 @@ async def test_burst_projects_every_stream_with_dead_letters(js, settings, tmp_p
         assert {s: p["seq"] for s, p in pos.items()} == info and pos[subj.EVENTS_STREAM]["seq"] > last
         # the planned event with an n no BIGINT holds: neither the log lane (events.n) nor the state lane (experiments.n) can write it
         assert pos[subj.EVENTS_STREAM]["unknown"] == 1 and pos[subj.EVENTS_STREAM]["dead_letters"] == 4
-        assert pos[subj.TELEMETRY_STREAM]["dead_letters"] == 2
+        assert pos[subj.TELEMETRY_STREAM]["dead_letters"] == 3
         dead = q("SELECT stream, subject, size, raw, error, lane FROM dead_letters ORDER BY stream, seq, lane")
         assert [(d["subject"], d["lane"]) for d in dead] == [
             ("autotune.task.odd.submitted", "log"),
@@ -160,10 +166,12 @@ async def test_burst_projects_every_stream_with_dead_letters(js, settings, tmp_p
             ("autotune.task.odd.exp.0.planned", "state"),
             ("autotune.gpu.h9.0", "log"),
             ("autotune.gpu.h9.1", "log"),
+            ("autotune.gpu.h9.2", "log"),
         ]
         assert dead[0]["raw"] == b"{not json" and dead[2]["error"].startswith("cannot write") and dead[3]["error"].startswith("cannot write")
         assert "oversized" in dead[4]["error"] and dead[4]["size"] > 10000
         assert "does not belong on AUTOTUNE_TELEMETRY" in dead[5]["error"]
+        assert dead[6]["error"].startswith("cannot write: ConversionException")
         assert q("SELECT count(*) AS n FROM tasks")[0]["n"] == 2
         assert q("SELECT count(*) AS n FROM experiments")[0]["n"] == 6
         assert q("SELECT count(*) AS n FROM gpu_samples")[0]["n"] == 6
@@ -191,12 +199,11 @@ async def test_restarts_and_cancels_mid_stream_equal_a_rebuild(js, settings, tmp
             await task
     await burst(settings, path)
     incremental = db_checksums(path)
-    assert incremental["tasks"][0] == 9 and incremental["dead_letters"][0] == 6  # 8 + the stub of s1t0; 5 messages, one dead in both lanes
+    assert incremental["tasks"][0] == 9 and incremental["dead_letters"][0] == 7  # 8 + the stub of s1t0; 6 messages, one dead in both lanes
 
     built = await rebuild(settings, str(tmp_path / "rebuilt.duckdb"), config=CONFIG)
-    assert built["swapped_by"] == "rebuild" and built["dead_letters"] == 6
+    assert built["swapped_by"] == "rebuild" and built["dead_letters"] == 7
     assert db_checksums(str(tmp_path / "rebuilt.duckdb")) == incremental
-
 
 
 async def test_a_rebuild_swapped_into_a_running_projector_changes_nothing(js, settings, tmp_path):
@@ -381,6 +388,59 @@ async def test_a_lane_whose_connection_breaks_gets_the_store_reopened_and_loses_
     assert projector.totals["dead_letters"] == 0  # a broken connection is not the messages' fault
     del projector, running
     gc.collect()  # the failures' tracebacks hold the old connections in cycles (the projector collects every few minutes)
+    incremental = db_checksums(path)
+    await rebuild(settings, str(tmp_path / "rebuilt.duckdb"), config=CONFIG)
+    assert db_checksums(str(tmp_path / "rebuilt.duckdb")) == incremental
+
+
+async def test_a_killed_telemetry_sidecar_is_restarted_and_loses_nothing(js, settings, tmp_path):
+    """The telemetry lane reads, decodes and prepares in a child process (sidecar.py). It is
+    SIGKILLed twice while telemetry arrives: the projector reopens, starts another from the
+    committed positions, and whatever the dead one had sent but not yet committed is read again,
+    not lost and not applied twice. The result equals a rebuild."""
+    path = str(tmp_path / "sidecar.duckdb")
+    nc = await bus.connect(settings, "test")
+    projector = service.Projector(nc, js, path, CONFIG, settings)
+    stop = asyncio.Event()
+    running = asyncio.create_task(projector.run(stop))
+    pids = []
+    try:
+        for seed in (70, 71, 72):
+            publishing = asyncio.create_task(publish(js, traffic(seed, tasks=1, experiments=4)))
+            await asyncio.sleep(0.2)
+            sidecar = projector.telemetry.sidecar
+            for _ in range(100):
+                if sidecar.alive:
+                    break
+                await asyncio.sleep(0.05)
+            assert sidecar.alive and sidecar.proc.pid != os.getpid()
+            pids.append(sidecar.proc.pid)
+            if seed < 72:
+                os.kill(sidecar.proc.pid, signal.SIGKILL)
+            await publishing
+        last = {s: (await js.stream_info(s)).state.last_seq for s in service.STREAMS}
+        positions = None
+        for _ in range(300):
+            try:
+                positions = await answered(nc, "SELECT stream, seq FROM positions")
+            except query.QueryError as e:  # asked while the store was closed for the reopen
+                assert "retry shortly" in e.message, e.message
+                continue
+            if dict(map(tuple, positions.rows)) == last:
+                break
+            await asyncio.sleep(0.05)
+        assert positions is not None and dict(map(tuple, positions.rows)) == last
+        assert len(set(pids)) == 3  # a new process after each kill
+        samples = await query.sql(nc, "SELECT count(*), count(DISTINCT seq) FROM gpu_samples")
+        assert samples.rows == [[12, 12]]
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        await nc.close()
+    assert projector.totals["dead_letters"] == 0
+    assert not os.path.exists(f"/proc/{pids[-1]}")  # stopped with the projector
+    del projector, running
+    gc.collect()
     incremental = db_checksums(path)
     await rebuild(settings, str(tmp_path / "rebuilt.duckdb"), config=CONFIG)
     assert db_checksums(str(tmp_path / "rebuilt.duckdb")) == incremental

@@ -44,12 +44,13 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from autotune.projector import schema as sc
+from autotune.projector import wire
 from autotune.projector.answer import Answering
 from autotune.projector.feed import StreamFeed
 from autotune.projector.settings import ProjectorConfig, default_db_path
+from autotune.projector.sidecar import Sidecar
 from autotune.projector.store import Prepared, SchemaMismatch, Store, files, replace_files
 from autotune.projector.views import Message, ViewState, apply, dead_letter
-from autotune.projector.wire import LeanWire, NatsPyWire
 from autotune.schemas import subjects as subj
 from autotune.shared import bus
 from autotune.shared import log as logging
@@ -170,10 +171,14 @@ class Lane:
         self.in_flight: Any = None  # the Changes being committed
         self.parked = asyncio.Event()  # paused for a swap or a reopen
         self.wanted = 0  # queries waiting (min_seq) for this lane: it takes what is buffered at once
+        self.sidecar: Sidecar | None = None  # reads, applies and prepares for this lane: its buffer holds sidecar.Batch
 
-    def take(self, limit: int) -> list[Message]:
+    def take(self, limit: int) -> list:
         if not self.buffer:
             return []
+        if self.sidecar is not None:  # batches gathered and prepared already: one per commit
+            self.sidecar.credit()
+            return [self.buffer.pop(0)]
         if self.delay_s and not self.wanted and len(self.buffer) < self.min_batch and time.monotonic() - self.since < self.delay_s:
             return []
         batch = self.buffer[:limit]
@@ -187,7 +192,25 @@ class Lane:
         return 0.25
 
     def caught_up(self) -> bool:
+        if self.sidecar is not None:
+            return not self.buffer and self.sidecar.caught_up
         return not self.buffer and all(f.caught_up for f in self.feeds)
+
+    def waiting(self) -> int:
+        """Messages buffered."""
+        return sum(b.size for b in self.buffer) if self.sidecar is not None else len(self.buffer)
+
+    def extent(self, batch: list) -> tuple[int, int]:
+        """(messages, the oldest one's store time in us) of a batch this lane took."""
+        if self.sidecar is not None:
+            return sum(b.size for b in batch), min(b.oldest_us for b in batch)
+        return len(batch), min((m.stored_us for m in batch), default=0)
+
+    def feed_states(self) -> dict[str, str]:
+        """Where its feeds are, for the logs."""
+        if self.sidecar is not None:
+            return {"sidecar": self.sidecar.feeds}
+        return {f.stream: f.state() for f in self.feeds}
 
 
 class Projector(Answering):
@@ -209,6 +232,9 @@ class Projector(Answering):
             min_batch=config.slow_batch,
         )
         self.lanes = (self.state, self.log, self.telemetry)
+        if settings is not None and config.sidecar:
+            self.telemetry.sidecar = Sidecar(settings, config, self.telemetry, on_exit=self._sidecar_exited)
+            self.telemetry.delay_s = 0  # the sidecar gathers the batches
         self._lanes_of = {s: [lane for lane in self.lanes if s in lane.streams] for s in STREAMS}
         self.feeds: dict[str, StreamFeed] = {}
         self._decoded: dict = {}  # AUTOTUNE_EVENTS decoded by one of its lanes for the other (views._decode)
@@ -240,7 +266,7 @@ class Projector(Answering):
         self._burst = burst
         waker = asyncio.create_task(self._wake_on(stop))
         try:
-            self.wire = await self._connect_wire()
+            self.wire = await wire.connect(self.nc, self.settings, self.cfg.lean_wire)
             await self._open_store()
             log.info("projecting", db=self.db_path, **{s: p.seq for lane in self.lanes for s, p in lane.state.positions.items()})
             if serve:
@@ -250,15 +276,6 @@ class Projector(Answering):
             waker.cancel()
             await self._shutdown()
         return {**self.totals, "seconds": round(time.monotonic() - t0, 3), "applied_seq": self.applied_seq}
-
-    async def _connect_wire(self) -> Any:
-        s = self.settings
-        if s is not None and self.cfg.lean_wire and LeanWire.usable(s.nats_url, s.creds):
-            try:
-                return await LeanWire([u.strip() for u in s.nats_url.split(",")]).connect()
-            except (ConnectionError, TimeoutError) as e:
-                log.warning("lean feed connection failed; reading through nats-py", error=str(e))
-        return NatsPyWire(self.nc)
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -284,10 +301,18 @@ class Projector(Answering):
         for lane in (self.state, self.log):
             self.applied[lane.name] = self._events_seq(lane)
         for s in STREAMS:
-            await self._restart_feed(s)
+            if all(lane.sidecar is None for lane in self._lanes_of[s]):
+                await self._restart_feed(s)
+        for lane in self.lanes:
+            if lane.sidecar is not None:
+                await self._restart_feeds(lane)
         self._open.set()
 
     async def _restart_feeds(self, lane: Lane) -> None:
+        if lane.sidecar is not None:
+            lane.buffer = []
+            await lane.sidecar.start({s: lane.state.position(s) for s in lane.streams})
+            return
         for s in lane.streams:
             await self._restart_feed(s)
 
@@ -344,6 +369,9 @@ class Projector(Answering):
             await feed.close()
         self.feeds = {}
         for lane in self.lanes:
+            if lane.sidecar is not None:
+                lane.sidecar.pause()
+        for lane in self.lanes:
             lane.feeds, lane.buffer = [], []
             await self._in(lane.applier, lambda: None)  # an apply cancelled mid-way has finished
             await self._in(lane.writer, lambda: None)
@@ -364,6 +392,9 @@ class Projector(Answering):
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
         await self._close_store()
+        for lane in self.lanes:
+            if lane.sidecar is not None:
+                await lane.sidecar.close()
         if self.wire is not None:
             await self.wire.close()
         for lane in self.lanes:
@@ -377,7 +408,14 @@ class Projector(Answering):
         return p.seq if p else 0
 
     def _waiting(self) -> int:
-        return sum(len(lane.buffer) for lane in self.lanes)
+        return sum(lane.waiting() for lane in self.lanes)
+
+    def _sidecar_exited(self) -> None:
+        """Reopen, as for a lane that cannot write: the lanes park, the store closes and reopens, and
+        the sidecar is started again from what is committed."""
+        self._broken = True
+        self._resume.clear()
+        self._wake.set()
 
     # --- ingestion ---------------------------------------------------------------------------------
     #
@@ -469,7 +507,7 @@ class Projector(Answering):
                     await self._resume.wait()
                     lane.parked.clear()
                     continue
-                if pending is not None and len(lane.buffer) < self.cfg.pipeline_min:
+                if pending is not None and lane.waiting() < self.cfg.pipeline_min:
                     # little is waiting: finish the commit before taking more. Pipelining would keep
                     # a fresh event waiting for two commits instead of one; it pays only for backlogs
                     await self._finish(lane, *pending)
@@ -478,10 +516,10 @@ class Projector(Answering):
                 batch = lane.take(self.cfg.batch_max)
                 if not batch:
                     if burst and lane.caught_up():
-                        log.info("caught up", lane=lane.name, **{f.stream: f.last_seq for f in lane.feeds})
+                        log.info("caught up", lane=lane.name, **{s: p.seq for s, p in lane.state.positions.items()})
                         return
                     if burst and time.monotonic() > next_report:
-                        log.info("catching up", lane=lane.name, **{f.stream: f.state() for f in lane.feeds})
+                        log.info("catching up", lane=lane.name, **lane.feed_states())
                         next_report = time.monotonic() + 5.0
                     lane.wake.clear()
                     await wait_event(lane.wake, lane.idle_wait())
@@ -514,8 +552,13 @@ class Projector(Answering):
                 with contextlib.suppress(Exception):
                     await pending[0]
 
-    def _apply(self, lane: Lane, batch: list[Message]) -> tuple[Prepared, dict[str, int], int | None]:
-        """A lane's apply thread: evolve its state and build the Arrow tables for its writer."""
+    def _apply(self, lane: Lane, batch: list) -> tuple[Prepared, dict[str, int], int | None]:
+        """A lane's apply thread: evolve its state and build the Arrow tables for its writer (or,
+        from a sidecar, take them as they came)."""
+        if lane.sidecar is not None:
+            (b,) = batch
+            lane.state.positions.update(b.positions)
+            return b.prepared, b.summary, None
         t0 = time.perf_counter()
         lane.state.trim(self.cfg.cache_rows, pinned=lane.in_flight)
         ch = apply(lane.state, batch)
@@ -537,9 +580,9 @@ class Projector(Answering):
         with self._one_commit if live else contextlib.nullcontext():
             self.store.commit(prepared, lane.conn)
         t1 = time.perf_counter()
-        oldest = min((m.stored_us for m in batch), default=0)
+        size, oldest = lane.extent(batch)
         log.debug(
-            "batch", lane=lane.name, size=len(batch), apply_ms=round(prepared.apply_ms, 1), commit_ms=round((t1 - t0) * 1000, 1),
+            "batch", lane=lane.name, size=size, apply_ms=round(prepared.apply_ms, 1), commit_ms=round((t1 - t0) * 1000, 1),
             statements=len(prepared.sql), oldest_age_ms=round(time.time() * 1000 - oldest / 1000) if oldest else None,
         )  # fmt: skip
 
@@ -600,6 +643,8 @@ class Projector(Answering):
     def _isolate(self, lane: Lane, batch: list[Message]) -> dict[str, int]:
         """The lane's apply thread, its writer idle: reload its state from the store and bisect the
         batch until the message that cannot be written is found; it becomes a dead letter."""
+        if lane.sidecar is not None:
+            batch = [m for b in batch for m in b.messages()]
         self._load_state(lane)
         return self._bisect(lane, batch)
 

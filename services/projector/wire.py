@@ -28,10 +28,21 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from autotune.shared import log as logging
+from autotune.shared.settings import Settings
 
 log = logging.get("projector")
 
 Handler = Callable[[str, str | None, str, str, bytes], None]
+
+
+async def connect(nc: NATS, settings: Settings | None, lean: bool) -> Any:
+    """The feeds' wire: a LeanWire of their own where it can speak to the servers, else `nc`'s."""
+    if settings is not None and lean and LeanWire.usable(settings.nats_url, settings.creds):
+        try:
+            return await LeanWire([u.strip() for u in settings.nats_url.split(",")]).connect()
+        except (ConnectionError, TimeoutError) as e:
+            log.warning("lean feed connection failed; reading through nats-py", error=str(e))
+    return NatsPyWire(nc)
 
 
 class NatsPyWire:
