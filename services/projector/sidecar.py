@@ -140,8 +140,10 @@ class Sidecar:
             log.debug("cannot reach the telemetry sidecar", command=command[0], error=repr(e))
 
     def _spawn(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.conn is not None:  # of one that exited
+            self.conn.close()
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
+        ctx.set_forkserver_preload([__name__, "autotune.projector.service"])
         mine, theirs = ctx.Pipe(duplex=True)
         level = std_logging.getLevelName(std_logging.getLogger().level)
         proc = ctx.Process(
@@ -240,6 +242,7 @@ class _Child:
             loop.remove_reader(self.conn.fileno())
             await self._close_feeds()
             await self.wire.close()
+            self.conn.close()
             with contextlib.suppress(Exception):
                 await nc.drain()
             lane.applier.shutdown(wait=False)
