@@ -127,6 +127,22 @@ async def answered(nc, sql: str) -> query.QueryResult:
     raise AssertionError("no projector answered")
 
 
+async def caught_up(nc, js, tries: int = 200) -> None:
+    """Until the projector's positions are the streams' last sequences, across reopens."""
+    last = {s: (await js.stream_info(s)).state.last_seq for s in service.STREAMS}
+    positions = None
+    for _ in range(tries):
+        try:
+            positions = await answered(nc, "SELECT stream, seq FROM positions")
+        except query.QueryError as e:  # a query that ran while the store was closed for a reopen
+            assert "retry shortly" in e.message, e.message
+            continue
+        if dict(map(tuple, positions.rows)) == last:
+            return
+        await asyncio.sleep(0.05)
+    assert positions is not None and dict(map(tuple, positions.rows)) == last
+
+
 CONFIG = ProjectorConfig(max_event_bytes=8192, slow_delay_s=0.05)
 
 
@@ -364,21 +380,9 @@ async def test_a_lane_whose_connection_breaks_gets_the_store_reopened_and_loses_
     stop = asyncio.Event()
     running = asyncio.create_task(projector.run(stop))
     try:
-        last = {}
         for seed in (60, 61, 62):
             await publish(js, traffic(seed, tasks=1, experiments=3))
-            last = {s: (await js.stream_info(s)).state.last_seq for s in service.STREAMS}
-            positions = None
-            for _ in range(200):
-                try:
-                    positions = await answered(nc, "SELECT stream, seq FROM positions")
-                except query.QueryError as e:  # a query that ran while the store was closed for the reopen
-                    assert "retry shortly" in e.message, e.message
-                    continue
-                if dict(map(tuple, positions.rows)) == last:
-                    break
-                await asyncio.sleep(0.05)
-            assert positions is not None and dict(map(tuple, positions.rows)) == last
+            await caught_up(nc, js)
             if seed < 62:
                 projector.telemetry.conn.close()  # its next commit fails, and so does reloading its state
     finally:
@@ -418,18 +422,7 @@ async def test_a_killed_telemetry_sidecar_is_restarted_and_loses_nothing(js, set
             if seed < 72:
                 os.kill(sidecar.proc.pid, signal.SIGKILL)
             await publishing
-        last = {s: (await js.stream_info(s)).state.last_seq for s in service.STREAMS}
-        positions = None
-        for _ in range(300):
-            try:
-                positions = await answered(nc, "SELECT stream, seq FROM positions")
-            except query.QueryError as e:  # asked while the store was closed for the reopen
-                assert "retry shortly" in e.message, e.message
-                continue
-            if dict(map(tuple, positions.rows)) == last:
-                break
-            await asyncio.sleep(0.05)
-        assert positions is not None and dict(map(tuple, positions.rows)) == last
+        await caught_up(nc, js, tries=300)
         assert len(set(pids)) == 3  # a new process after each kill
         samples = await query.sql(nc, "SELECT count(*), count(DISTINCT seq) FROM gpu_samples")
         assert samples.rows == [[12, 12]]
