@@ -12,6 +12,8 @@ applied while batch k commits) and the lanes commit at once; live, each batch co
 next is taken, and the two lanes of the log file commit one at a time. The state lane's file is
 small, so its own checkpoints are short (~100-160 ms at 64 MB of log), and what people poll stays
 fresh while the log file checkpoints (0.4-1.3 s).
+The telemetry lane's reading, applying and preparing runs in a sidecar process (sidecar.py):
+its writer commits the batches the sidecar sends, and their positions, as it would its own.
 Under load batches grow, when idle they are single events. A batch that cannot be written is
 bisected until the message that breaks it is found and recorded as a dead letter; the rest is
 applied. A swap, or a reopen after a lane could not write at all, parks every lane first
