@@ -538,7 +538,7 @@ class Projector(Answering):
                     ok = await self._finish(lane, *pending)
                     pending = None
                     if not ok:  # recovery reloaded the state: read again from what is stored
-                        if not self._broken:
+                        if not self._broken and lane.sidecar is None:  # (a sidecar's recovery restarted it)
                             await self._restart_feeds(lane)
                         continue
                 fut = loop.run_in_executor(lane.writer, self._commit, lane, prepared, batch)
@@ -641,6 +641,10 @@ class Projector(Answering):
             return
         self._count(lane, summary)
         await self._advanced(lane, self._events_seq(lane))
+        if lane.sidecar is not None:
+            # it read on from its own state, which the recovery just replaced (its batches would
+            # overwrite the positions' counts with its own): again, from what is committed now
+            await self._restart_feeds(lane)
 
     def _isolate(self, lane: Lane, batch: list[Message]) -> dict[str, int]:
         """The lane's apply thread, its writer idle: reload its state from the store and bisect the
