@@ -53,7 +53,11 @@ async def test_a_rehearsal_runs_end_to_end_through_the_api(settings, nc, tmp_pat
             exps = (await client.get("/api/tasks/rehearse/experiments", params={"sort": "score"})).json()
             assert [e["status"] for e in exps["items"]] == ["completed", "completed"]
             assert exps["items"][0]["n"] == task["best"]["n"]
-            d = (await client.get(f"/api/tasks/rehearse/experiments/{task['best']['n']}")).json()
+            for _ in range(100):  # telemetry has no read-your-writes (no min_seq covers its streams): it lands within a second or so
+                d = (await client.get(f"/api/tasks/rehearse/experiments/{task['best']['n']}")).json()
+                if d["telemetry"]:
+                    break
+                await asyncio.sleep(0.1)
             assert d["runs"] and d["runs"][0]["requests"] == 12 and d["experiment"]["host"] == "e2e"
             assert d["telemetry"], "GPU samples of the experiment's own GPUs while it ran"
             logs = sse_events((await client.get(f"/api/tasks/rehearse/experiments/{task['best']['n']}/logs")).text)
