@@ -198,6 +198,10 @@ def _main(conn: Connection, settings: Settings, cfg: ProjectorConfig, streams: t
 
 
 class _Child:
+    """The sidecar's loop: commands first, then a gathered batch if a credit allows (applied,
+    prepared and sent on the lane's apply thread, while the event loop keeps reading), else an
+    idle report and a wait for deliveries or commands."""
+
     def __init__(self, conn: Connection, settings: Settings, cfg: ProjectorConfig, streams: tuple[str, ...]) -> None:
         from autotune.projector.service import Lane  # the same gathering as the lane had in the projector
 
