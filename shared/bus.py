@@ -2,8 +2,9 @@
 
 Every append carries `Nats-Msg-Id` (the event's deterministic id), so a retried publish is stored
 once. Appends to a task or an experiment also carry the optimistic-concurrency headers, so a writer
-whose view is stale (a runner presumed dead, a deposed scheduler) is refused by the server (10071)
-instead of corrupting history.
+whose view is stale (a runner presumed dead, a deposed scheduler) is refused by the server (10071;
+10164 from a replicated stream while another write to the subject is in flight) instead of
+corrupting history.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from autotune.shared.settings import Settings
 
 log = logging.get("bus")
 
-WRONG_LAST_SEQUENCE = 10071
+# the server's "wrong last sequence": 10071 names the subject's last sequence; a replicated stream
+# answers 10164 (no sequence) when another append to the subject is still in flight, which the
+# writer's view does not include either (found by the cluster chaos run: a scheduler exited on it)
+WRONG_LAST_SEQUENCE = (10071, 10164)
 MAX_PAYLOAD = 8 * 1024 * 1024
 
 
@@ -207,7 +211,7 @@ class ProvisionError(RuntimeError):
 
 
 class StaleWrite(Exception):
-    """The server refused an append because the writer's view of the subject was stale (10071)."""
+    """The server refused an append because the writer's view of the subject was stale (10071, 10164)."""
 
 
 async def append(
@@ -236,7 +240,7 @@ async def append(
         try:
             ack = await js.publish(subject, data, headers=headers, timeout=timeout)
         except APIError as e:
-            if e.err_code == WRONG_LAST_SEQUENCE:
+            if e.err_code in WRONG_LAST_SEQUENCE:
                 raise StaleWrite(f"{subject}: {e.description}") from None
             transient = isinstance(e, ServiceUnavailableError) or e.code in (None, 503) or (e.code or 0) >= 500
             if attempt == retries or not transient:
