@@ -543,3 +543,23 @@ async def test_cluster_gpu_summary_from_the_kubernetes_api(client, monkeypatch):
     monkeypatch.setenv("AUTOTUNE_K8S_API_URL", "http://127.0.0.1:9")  # nothing there: said, not a 5xx
     r = await client.get("/api/gpus", params={"kubernetes": True})
     assert r.status_code == 200 and "cannot read the Kubernetes API" in r.json()["kubernetes_error"]
+
+
+async def test_an_experiments_runs_are_shown_with_it_though_the_log_lane_gathers(settings, nc, js, tmp_path):
+    """The runs come from the log lane, which gathers its batches (here for 60 s): the detail reads
+    them as of the experiment row's own last event, so the lane commits at once for it."""
+    from autotune.projector.settings import ProjectorConfig
+
+    cfg = ProjectorConfig(log_delay_s=60.0, log_batch=1_000_000)
+    bg = Background(lambda stop: projector_run(settings, stop=stop, db_path=str(tmp_path / "slow-log.duckdb"), config=cfg))
+    try:
+        await answering(nc)
+        settings.api_token = TOKEN
+        async with AsyncTestClient(app=create_app(nc=None, settings=settings), timeout=30) as client:
+            await submit(client, "exp")
+            seq = await seed_fleet(js, "exp")
+            await q.sql(nc, "SELECT count(*) FROM experiments", min_seq=seq)  # the state lane only
+            d = (await client.get("/api/tasks/exp/experiments/0")).json()
+            assert d["status"] == "completed" and len(d["runs"]) == 1 and d["runs"][0]["scenario"] == "D(100,100)"
+    finally:
+        bg.close()

@@ -290,7 +290,11 @@ async def experiment_detail(nc, task: str, n: int, *, attempt: int | None = None
             raise NotFound(f"experiment {n} of task `{task}` has no attempt {attempt} (attempts: {', '.join(str(a['attempt']) for a in attempts)})")
         exp = match[0]
     a = exp["attempt"]
-    runs = await rows(nc, "SELECT * FROM experiment_runs WHERE task = ? AND n = ? AND attempt = ? ORDER BY run", [task, n, a])
+    # the runs are the log lane's, which may trail the row above by its gathering (~250 ms): read
+    # them as of the row's own last event, so that a finished attempt shows its results
+    runs = await rows(
+        nc, "SELECT * FROM experiment_runs WHERE task = ? AND n = ? AND attempt = ? ORDER BY run", [task, n, a], min_seq=exp.get("last_seq")
+    )
     start, end = _time(exp.get("started_at") or exp.get("assigned_at")), _time(exp.get("finished_at"))
     bucket = bucket_for(((end or datetime.now(UTC)) - start).total_seconds()) if start else 1
     telemetry = await rows(
