@@ -5,10 +5,12 @@ restarted from its store. Nothing is lost or doubled, and the restarted node cat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -79,18 +81,25 @@ async def until(what: str, check, timeout: float = 30.0, every: float = 0.2):
     raise AssertionError(f"timed out waiting for {what} (last error: {last!r})")
 
 
-async def test_task_survives_a_node_killed_and_restarted(tmp_path):
-    cluster = Cluster(tmp_path)
+@contextlib.asynccontextmanager
+async def running_cluster(tmp: Path) -> AsyncIterator[tuple[Cluster, nats.NATS]]:
+    """The three nodes started, and an admin connection to them; all stopped after."""
+    cluster = Cluster(tmp)
     try:
         for p in cluster.peers:
             cluster.start(p.name)
         admin = await bus.connect(cluster.settings("admin"), "admin")
         try:
-            await _run(cluster, admin.jetstream(timeout=2))
+            yield cluster, admin
         finally:
             await admin.close()
     finally:
         cluster.stop()
+
+
+async def test_task_survives_a_node_killed_and_restarted(tmp_path):
+    async with running_cluster(tmp_path) as (cluster, admin):
+        await _run(cluster, admin.jetstream(timeout=2))
 
 
 async def _run(cluster: Cluster, js) -> None:
@@ -205,32 +214,23 @@ async def test_concurrent_writers_racing_for_one_subject_on_a_replicated_stream_
     (another write to it is still in flight); both are a stale view to the writer, so each loser
     gets bus.StaleWrite, which the scheduler and runners handle by reading again. (A scheduler
     exited on an unmapped 10164 in a cluster chaos run.)"""
-    cluster = Cluster(tmp_path)
-    try:
-        for p in cluster.peers:
-            cluster.start(p.name)
-        nc = await bus.connect(cluster.settings("admin"), "admin")
-        try:
-            js = nc.jetstream(timeout=5)
-            await until("a JetStream meta leader", js.account_info)
-            await until("the streams, replicated x3", lambda: _provision(js, cluster.settings("admin")))
-            await until("every stream and bucket to have a leader", lambda: _all_led(js))
-            refused: Counter[str] = Counter()
-            for n in range(10):
-                f = subj.experiment_all("race", n)
+    async with running_cluster(tmp_path) as (cluster, admin):
+        js = admin.jetstream(timeout=5)
+        await until("a JetStream meta leader", js.account_info)
+        await until("the streams, replicated x3", lambda: _provision(js, cluster.settings("admin")))
+        await until("every stream and bucket to have a leader", lambda: _all_led(js))
+        refused: Counter[str] = Counter()
+        for n in range(10):
+            f = subj.experiment_all("race", n)
 
-                async def write(k: int, n: int = n, f: str = f) -> None:
-                    e = ev.ExperimentPlanned(id=ev.exp_id("race", n, k, "planned"), task="race", n=n, attempt=k, parameters={})
-                    try:
-                        await bus.append(js, subj.experiment("race", n, "planned"), e, expect_seq=0, expect_filter=f)
-                    except bus.StaleWrite:
-                        refused["stale"] += 1
+            async def write(k: int, n: int = n, f: str = f) -> None:
+                e = ev.ExperimentPlanned(id=ev.exp_id("race", n, k, "planned"), task="race", n=n, attempt=k, parameters={})
+                try:
+                    await bus.append(js, subj.experiment("race", n, "planned"), e, expect_seq=0, expect_filter=f)
+                except bus.StaleWrite:
+                    refused["stale"] += 1
 
-                await asyncio.gather(*(write(k) for k in range(8)))
-            assert refused["stale"] == 10 * 7, refused  # one winner per experiment; no other error escaped
-            stored = await events_of(js, "autotune.task.race.>")
-            assert sorted(e.n for _, e in stored) == list(range(10))
-        finally:
-            await nc.close()
-    finally:
-        cluster.stop()
+            await asyncio.gather(*(write(k) for k in range(8)))
+        assert refused["stale"] == 10 * 7, refused  # one winner per experiment; no other error escaped
+        stored = await events_of(js, "autotune.task.race.>")
+        assert sorted(e.n for _, e in stored) == list(range(10))
