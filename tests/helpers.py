@@ -50,8 +50,17 @@ async def wait_for(js, subject: str, pred: Callable[[ev.Event], bool], timeout: 
     return await asyncio.wait_for(scan(), timeout)
 
 
-async def task_finished(js, task: str, timeout: float = 120.0) -> ev.Event:
-    return await wait_for(js, subj.task_all(task), lambda e: isinstance(e, ev.TERMINAL_TASK), timeout)
+async def task_finished(js, task: str, timeout: float = 120.0, logs: tuple[Path, ...] = ()) -> ev.Event:
+    """The task's terminal event. If it does not come, fail with the task's events and the tails of
+    `logs` (the services' output files), so that a run that cannot be repeated still says what happened."""
+    try:
+        return await wait_for(js, subj.task_all(task), lambda e: isinstance(e, ev.TERMINAL_TASK), timeout)
+    except TimeoutError:
+        lines = [f"{e.at:%H:%M:%S.%f} {s} {ev.tag_of(type(e))}" for s, e in await events_of(js, subj.task_all(task))]
+        for p in logs:
+            tail = p.read_text(errors="replace").splitlines()[-40:] if p.exists() else ["(no file)"]
+            lines += [f"--- {p.name}, last lines:", *tail]
+        raise AssertionError(f"task {task} did not end within {timeout} s. Its events:\n" + "\n".join(lines)) from None
 
 
 async def events_of(js, subject: str) -> list[tuple[str, ev.Event]]:

@@ -8,7 +8,7 @@ import os
 import signal
 
 from autotune.gpumon.service import run as gpumon_run
-from autotune.runner.experiment import Context, run_attempt
+from autotune.runner.experiment import Context, Writer, run_attempt
 from autotune.runner.gpus import wait_gpus_free
 from autotune.runner.runtimes.local import SimulatedRuntime
 from autotune.schemas import events as ev
@@ -102,6 +102,29 @@ async def test_cancel_stops_the_engine_before_the_cancelled_event(settings, js):
     assert seen_alive == []
     events = await experiment_events(js, a.task, 0)
     assert isinstance(events[-1], ev.ExperimentCancelled) and sum(isinstance(e, ev.TERMINAL_EXPERIMENT) for e in events) == 1
+
+
+async def test_a_cancel_that_lands_while_an_append_is_in_flight_still_records_the_cancelled_event(settings, js):
+    """A cancel can come while `ready` (or a `progress`) is being appended: the event is stored, but its
+    ack is lost with the cancelled await, so the writer's last sequence is behind its own event. The
+    `cancelled` event must still land after the scheduler's request: without it the task waited for
+    the watchdog (a CI run saw this). The lost ack is stood in for by rewinding the writer's sequence."""
+    from autotune.shared import bus
+
+    a, seq = await assign(js, spec("inflight"), host="inf")
+    base = dict(task=a.task, n=0, attempt=0, host="inf")
+    w = Writer(js, a, seq)
+    await w.append("started", ev.ExperimentStarted(id=ev.exp_id(a.task, 0, 0, "started"), **base, instance="i", runtime="simulated"))
+    before_ready = w.last_seq
+    await w.append("ready", ev.ExperimentReady(id=ev.exp_id(a.task, 0, 0, "ready"), **base, startup_s=1.0))
+    w.last_seq = before_ready  # `ready` is stored; its ack never came back
+    request = ev.ExperimentCancelRequested(id=ev.exp_id(a.task, 0, 0, "cancel_requested"), **base, reason="task cancelled")
+    await bus.append(js, subj.experiment(a.task, 0, "cancel_requested", "inf"), request)
+    await w.append("cancelled", ev.ExperimentCancelled(id=ev.exp_id(a.task, 0, 0, "cancelled"), **base, reason="cancel requested"))
+    assert w.cancel_seen
+    assert kinds(await experiment_events(js, a.task, 0)) == [
+        "experiment.assigned", "experiment.started", "experiment.ready", "experiment.cancel_requested", "experiment.cancelled",
+    ]
 
 
 async def test_a_hung_engine_is_unhealthy_and_killed(settings, js):

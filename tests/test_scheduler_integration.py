@@ -48,7 +48,7 @@ async def test_parallel_experiments_on_three_hosts_never_share_a_gpu(settings, j
     svc.start(lambda stop: Scheduler(settings).run(stop), "scheduler")
     try:
         task = await submit(js, small_spec("par", parameters={"max-running-requests": [8, 16, 32, 64, 128, 256]}, optimization={"max_parallel": 3, "max_iterations": 6}, benchmark={"max_requests_per_iteration": 40}))
-        final = await task_finished(js, task, 150)
+        final = await task_finished(js, task, 150, logs=tuple(r.log for r in runners))
         assert isinstance(final, ev.TaskCompleted), final
         history = await events_of(js, f"autotune.task.{task}.>")
         assert audit(history) == []
@@ -77,7 +77,7 @@ async def test_a_killed_scheduler_restarts_and_the_bayesian_history_is_exact(set
         sched.kill()  # kill -9 in the middle of the task
         await asyncio.sleep(1.0)
         sched = Proc(settings, "scheduler", log=tmp_path / "scheduler-2.log")
-        final = await task_finished(js, task, 180)
+        final = await task_finished(js, task, 180, logs=(*(r.log for r in runners), sched.log))
         assert isinstance(final, ev.TaskCompleted), final
     finally:
         sched.stop()
@@ -136,7 +136,7 @@ async def test_a_standby_scheduler_takes_over_and_they_never_conflict(settings, 
         task = await submit(js, small_spec("ha", parameters={"max-running-requests": [4, 8, 16, 32, 64, 128]}, optimization={"max_iterations": 6}))
         await wait_for(js, f"autotune.task.{task}.exp.*.completed", lambda e: True, timeout=90)
         leader.kill()
-        final = await task_finished(js, task, 150)
+        final = await task_finished(js, task, 150, logs=(runners[0].log, leader.log, standby.log))
         assert isinstance(final, ev.TaskCompleted), final
     finally:
         standby.stop()
@@ -169,7 +169,7 @@ async def test_a_lost_host_has_its_experiment_retried_elsewhere(settings, js, tm
             if lab.get("AUTOTUNE_LABEL_HOST") == "doomed":
                 os.kill(pid, signal.SIGKILL)
         survivor = await start_runner(settings, js, tmp_path, "survivor")
-        final = await task_finished(js, task, 120)
+        final = await task_finished(js, task, 120, logs=(doomed.log, survivor.log))
         assert isinstance(final, ev.TaskCompleted), final
         history = await events_of(js, f"autotune.task.{task}.>")
         failed = [e for _, e in history if isinstance(e, ev.ExperimentFailed)]
@@ -196,7 +196,7 @@ async def test_cancel_stops_the_running_engines(settings, js, tmp_path):
         from autotune.shared.commands import cancel_task
 
         await cancel_task(js, task)
-        final = await task_finished(js, task, 60)
+        final = await task_finished(js, task, 60, logs=(runner.log,))
         assert isinstance(final, ev.TaskCancelled), final
         history = await events_of(js, f"autotune.task.{task}.>")
         assert not any(isinstance(e, ev.ExperimentPlanned) and e.n >= 2 for _, e in history), "planned after the cancel"

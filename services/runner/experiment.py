@@ -69,6 +69,7 @@ class Writer:
         self.js, self.a, self.last_seq = js, a, last_seq
         self.filter = subj.experiment_all(a.task, a.n)
         self.cancel_seen = False
+        self.sent: set[str] = set()  # ids of every event this attempt tried to append
 
     async def append(self, what: str, event: ev.Event, *, patience_s: float = 90.0) -> None:
         """Append `event`; through a stream leader election (no responders, timeouts) keep trying for
@@ -77,6 +78,7 @@ class Writer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + patience_s
         conflicts, delay = 0, 0.2
+        self.sent.add(event.id)
         while conflicts < 10:
             try:
                 ack = await bus.append(self.js, subject, event, expect_seq=self.last_seq, expect_filter=self.filter, retries=3)
@@ -95,9 +97,12 @@ class Writer:
                     if isinstance(newer, ev.ExperimentCancelRequested) and newer.attempt == self.a.attempt:
                         self.cancel_seen = True
                         self.last_seq = seq
-                    elif newer is not None and getattr(newer, "id", None) == event.id:
-                        self.last_seq = seq  # our own write landed before its ack was lost
-                        return
+                    elif newer is not None and getattr(newer, "id", None) in self.sent:
+                        # our own write landed but its ack never reached us: a lost ack, or a cancel
+                        # that came while an earlier append (`ready`, a `progress`) was in flight
+                        self.last_seq = seq
+                        if newer.id == event.id:
+                            return
                     else:
                         raise Superseded(f"experiment {self.a.task}/{self.a.n} moved on: {type(newer).__name__} at seq {seq}") from None
         raise Superseded("could not append after repeated conflicts")
@@ -296,8 +301,10 @@ class Attempt:
             await self._teardown()
             if outcome is not None:
                 what, build = outcome
-                with contextlib.suppress(Superseded):
+                try:
                     await self.w.append(what, build())
+                except Superseded as e:
+                    log.warning("the experiment moved on; its outcome is not recorded", experiment=self.key, outcome=what, detail=str(e))
         except Exception:
             log.error("could not finish the experiment cleanly", exc=True, experiment=self.key)
         finally:
