@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import textwrap
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -515,13 +516,76 @@ def cmd_cancel(args) -> int:
 
     async def main(nc, js, settings) -> int:
         seq = await commands.cancel_task(js, args.id, reason=args.reason, requested_by="cli")
+        if args.wait:
+            return await _wait_cancelled(js, args.id, seq, args.timeout, as_json=args.json)
         if args.json:
             print(json.dumps({"id": args.id, "seq": seq, "status": "cancel_requested"}))
         else:
-            print(f"cancel requested for task {args.id}; its running engines are being stopped")
+            print(f"cancel requested for task {args.id}; its running engines are being stopped (autotune cancel {args.id} --wait waits for them)")
         return EXIT_OK
 
     return _with_nats(args, main)
+
+
+async def _wait_cancelled(js, task: str, cancel_seq: int, timeout_s: float, *, as_json: bool) -> int:
+    """Follow the task's events until it ends, saying as each running experiment's engine is stopped.
+
+    A runner writes `experiment.cancelled` only once the engine is gone and its GPUs are free, so
+    when this returns 0 nothing of the task runs any more."""
+    from autotune.schemas import events as ev
+    from autotune.schemas import subjects as subj
+    from autotune.shared import bus
+
+    t0 = time.monotonic()
+    hosts: dict[tuple[int, int], str] = {}
+    active: set[tuple[int, int]] = set()
+    stopped: list[dict] = []
+    final: ev.Event | None = None
+    final_seq = 0
+
+    def say(line: str) -> None:
+        if not as_json:
+            print(line, flush=True)
+
+    say(f"cancel requested for task {task}; waiting up to {timeout_s:.0f} s for its engines to stop")
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for d in bus.replay(js, subj.task_all(task)):
+                e = d.event
+                key = (getattr(e, "n", -1), getattr(e, "attempt", 0))
+                if isinstance(e, ev.ExperimentAssigned):
+                    hosts[key] = e.host
+                    active.add(key)
+                elif isinstance(e, ev.TERMINAL_EXPERIMENT):
+                    active.discard(key)
+                    if d.seq > cancel_seq:
+                        host = hosts.get(key) or e.host
+                        where = f" on {host}" if host else ""
+                        what = "engine stopped" if isinstance(e, ev.ExperimentCancelled) and host else ev.tag_of(type(e)).removeprefix("experiment.")
+                        stopped.append({"n": key[0], "attempt": key[1], "host": host, "outcome": ev.tag_of(type(e))})
+                        say(f"  experiment {key[0]} (attempt {key[1]}){where}: {what}")
+                elif isinstance(e, ev.TERMINAL_TASK):
+                    final, final_seq = e, d.seq
+                    break
+    except TimeoutError:
+        left = ", ".join(f"experiment {n} (attempt {a}) on {hosts.get((n, a), '?')}" for n, a in sorted(active)) or "none running"
+        if as_json:
+            print(json.dumps({"id": task, "seq": cancel_seq, "status": "cancelling", "stopped": stopped,
+                              "still_running": [{"n": n, "attempt": a, "host": hosts.get((n, a))} for n, a in sorted(active)]}))  # fmt: skip
+        return _err(
+            f"task {task} is still stopping after {timeout_s:.0f} s; not yet reported: {left}. A runner that is down is noticed "
+            f"once its liveness key expires (autotune hosts); wait longer with --timeout, or look at autotune task {task}",
+            EXIT_FAILED,
+        )
+    assert final is not None
+    status = ev.tag_of(type(final)).removeprefix("task.")
+    if as_json:
+        print(json.dumps({"id": task, "seq": cancel_seq, "status": status, "stopped": stopped, "elapsed_s": round(time.monotonic() - t0, 3)}))
+    elif final_seq < cancel_seq:
+        print(f"task {task} had already ended ({status}); nothing was running")
+    else:
+        print(f"task {task} {status}: none of its engines is running ({time.monotonic() - t0:.2f} s after the request)")
+    return EXIT_OK
 
 
 def cmd_clone(args) -> int:
@@ -891,9 +955,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-lines", type=int, default=20)
     _json(p)
 
-    p = _sub(sp, "cancel", "cancel a task: its running engines are stopped", "autotune cancel quickstart\nautotune cancel quickstart --reason 'wrong model'", cmd_cancel)
+    p = _sub(sp, "cancel", "cancel a task: its running engines are stopped",
+             "autotune cancel quickstart\nautotune cancel quickstart --reason 'wrong model'\nautotune cancel quickstart --wait --timeout 300", cmd_cancel)
     p.add_argument("id")
     p.add_argument("--reason", default="")
+    p.add_argument("--wait", action="store_true", help="return once every engine of the task is stopped (exit 1 if --timeout passes first)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds --wait waits (default 120)")
     _json(p)
 
     p = _sub(sp, "clone", "re-run a task as a new one (the original is never edited), with overrides",

@@ -4,6 +4,7 @@ killed scheduler, a standby taking over, a lost host, cancel."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from collections import Counter, defaultdict
@@ -21,6 +22,7 @@ from autotune.shared.audit import audit, peak_parallelism
 from autotune.shared.expand import experiment_space
 from tests.fixtures.runner_kit import Proc
 from tests.helpers import Services, events_of, small_spec, submit, task_finished, wait_for
+from tests.test_cli import autotune
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -193,16 +195,42 @@ async def test_cancel_stops_the_running_engines(settings, js, tmp_path):
         task = await submit(js, raw)
         await wait_for(js, f"autotune.task.{task}.exp.*.ready", lambda e: True, timeout=60)
         assert [p for p, lab in labelled_processes() if lab.get("AUTOTUNE_LABEL_HOST") == "c1"], "no engine was running"
-        from autotune.shared.commands import cancel_task
-
-        await cancel_task(js, task)
-        final = await task_finished(js, task, 60, logs=(runner.log,))
+        r = await asyncio.to_thread(autotune, "cancel", task, "--wait", "--timeout", "60", "--nats", settings.nats_url, timeout=90)
+        assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n--- runner log:\n{runner.text()[-4000:]}"
+        assert_engines_gone(["c1"])  # already when `cancel --wait` returns
+        assert r.stdout.count(" on c1: engine stopped") == 2 and f"task {task} cancelled: none of its engines is running" in r.stdout, r.stdout
+        final = await task_finished(js, task, 10, logs=(runner.log,))
         assert isinstance(final, ev.TaskCancelled), final
         history = await events_of(js, f"autotune.task.{task}.>")
         assert not any(isinstance(e, ev.ExperimentPlanned) and e.n >= 2 for _, e in history), "planned after the cancel"
         cancelled = [e for _, e in history if isinstance(e, ev.ExperimentCancelled)]
         assert len(cancelled) == 2
         assert_engines_gone(["c1"])
+    finally:
+        await svc.stop_all()
+        runner.stop()
+
+
+async def test_cancel_wait_names_the_experiments_not_yet_stopped_when_its_timeout_passes(settings, js, tmp_path):
+    runner = await start_runner(settings, js, tmp_path, "w1")
+    svc = Services()
+    svc.start(lambda stop: Scheduler(settings).run(stop), "scheduler")
+    try:
+        raw = small_spec("stuck", optimization={"max_parallel": 1}, benchmark={"max_requests_per_iteration": 5000, "max_time_per_iteration": 30})
+        task = await submit(js, raw)
+        await wait_for(js, f"autotune.task.{task}.exp.0.ready", lambda e: True, timeout=60)
+        os.kill(runner.p.pid, signal.SIGSTOP)  # the runner hears the cancel only once it runs again
+        try:
+            r = await asyncio.to_thread(autotune, "cancel", task, "--wait", "--timeout", "2", "--nats", settings.nats_url)
+        finally:
+            os.kill(runner.p.pid, signal.SIGCONT)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert f"task {task} is still stopping after 2 s; not yet reported: experiment 0 (attempt 0) on w1." in r.stderr, r.stderr
+        r = await asyncio.to_thread(autotune, "cancel", task, "--wait", "--json", "--nats", settings.nats_url, timeout=150)
+        assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n--- runner log:\n{runner.text()[-4000:]}"
+        out = json.loads(r.stdout)
+        assert out["status"] == "cancelled" and out["stopped"] == [{"n": 0, "attempt": 0, "host": "w1", "outcome": "experiment.cancelled"}], out
+        assert_engines_gone(["w1"])
     finally:
         await svc.stop_all()
         runner.stop()
