@@ -568,15 +568,15 @@ async def _wait_cancelled(js, task: str, cancel_seq: int, timeout_s: float, *, a
                     final, final_seq = e, d.seq
                     break
     except TimeoutError:
-        left = ", ".join(f"experiment {n} (attempt {a}) on {hosts.get((n, a), '?')}" for n, a in sorted(active)) or "none running"
+        left = ", ".join(f"experiment {n} (attempt {a}) on {hosts.get((n, a), '?')}" for n, a in sorted(active))
         if as_json:
             print(json.dumps({"id": task, "seq": cancel_seq, "status": "cancelling", "stopped": stopped,
                               "still_running": [{"n": n, "attempt": a, "host": hosts.get((n, a))} for n, a in sorted(active)]}))  # fmt: skip
-        return _err(
-            f"task {task} is still stopping after {timeout_s:.0f} s; not yet reported: {left}. A runner that is down is noticed "
-            f"once its liveness key expires (autotune hosts); wait longer with --timeout, or look at autotune task {task}",
-            EXIT_FAILED,
+        why = (
+            f"not yet reported: {left}. A runner that is down is noticed once its liveness key expires (autotune hosts)"
+            if left else "none of its experiments is running, but no scheduler has ended it: is a scheduler running (autotune up)?"
         )
+        return _err(f"task {task} is still stopping after {timeout_s:.0f} s; {why}; wait longer with --timeout, or look at autotune task {task}", EXIT_FAILED)
     assert final is not None
     status = ev.tag_of(type(final)).removeprefix("task.")
     if as_json:

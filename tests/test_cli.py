@@ -149,6 +149,8 @@ async def test_tasks_experiments_exports_and_clones(cli, js, tmp_path):
     assert again["cloned_from"] == "rehearsal" and again["spec"]["optimization"]["max_iterations"] == 20
     assert again["spec"]["benchmark"]["num_concurrency"] == [1, 8] and again["simulate"] is True
     assert source["status"] == "cancelling" and source["spec"]["optimization"]["max_iterations"] == 4
+    waited = await cli("cancel", "again", "--wait", "--timeout", "1", code=1)  # no scheduler runs here
+    assert "task again is still stopping after 1 s; none of its experiments is running, but no scheduler has ended it" in waited.stderr
 
 
 async def test_hosts_events_logs_sql_and_snapshot(cli, js, tmp_path):
