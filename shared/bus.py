@@ -62,6 +62,17 @@ async def connect(settings: Settings, name: str, *, connect_timeout: float = 5.0
     return await nats.connect(**opts)
 
 
+async def close(nc: NATS) -> None:
+    """Drain the connection (what is pending is flushed, then it closes). One that is down or
+    reconnecting cannot drain (nats-py raises): it is closed instead. Never raises, so a service
+    that stops while NATS is away stops quietly."""
+    try:
+        await nc.drain()
+    except Exception:
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
 # --- provisioning -------------------------------------------------------------------------------------
 
 

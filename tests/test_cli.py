@@ -276,3 +276,37 @@ def test_up_runs_a_task_stops_cleanly_and_remembers(tmp_path):
         up.send_signal(signal.SIGINT)
         up.communicate(timeout=60)
     assert _our_processes(str(data)) == []
+
+
+async def test_every_service_stops_quietly_on_sigterm_while_nats_is_away(settings, js, nats_server, tmp_path):
+    """NATS goes away, then each service is asked to stop: each ends with code 0, without a traceback
+    (nats-py cannot drain a connection that is reconnecting)."""
+    from tests.fixtures.runner_kit import Proc
+
+    port = free_port()
+    procs = {
+        "runner": Proc(settings, "runner", "--host", "q1", "--simulate", "1xH100", log=tmp_path / "runner.log"),
+        "scheduler": Proc(settings, "scheduler", log=tmp_path / "scheduler.log"),
+        "projector": Proc(settings, "projector", log=tmp_path / "projector.log"),
+        "gpumon": Proc(settings, "gpumon", "--host", "q1", "--simulate", "1xH100", log=tmp_path / "gpumon.log"),
+        "api": Proc(settings, "api", "--port", str(port), log=tmp_path / "api.log"),
+    }
+    try:
+        for name, marker in (("runner", "runner started"), ("scheduler", "scheduler started"), ("projector", "projector"), ("gpumon", "gpumon"), ("api", "api")):
+            for _ in range(300):
+                if marker in procs[name].text():
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"{name} did not start:\n{procs[name].text()}")
+        nats_server.stop()
+        await asyncio.sleep(1.5)  # every client is reconnecting now
+        for p in procs.values():
+            os.killpg(p.p.pid, signal.SIGTERM)
+        codes = {name: await asyncio.to_thread(p.p.wait, 60) for name, p in procs.items()}
+    finally:
+        for p in procs.values():
+            p.stop()
+    texts = {name: p.text() for name, p in procs.items()}
+    assert codes == dict.fromkeys(procs, 0), (codes, texts)
+    assert [name for name, t in texts.items() if "Traceback" in t] == [], texts

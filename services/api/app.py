@@ -61,8 +61,7 @@ def create_app(*, nc: NATS | None, settings: Settings, debug: bool = False) -> L
             yield
         finally:
             app.state.nc = None
-            with contextlib.suppress(Exception):
-                await conn.drain()
+            await bus.close(conn)
 
     app = Litestar(
         lifespan=[nats_connection],

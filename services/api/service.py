@@ -27,4 +27,4 @@ async def run(settings: Settings, *, stop: asyncio.Event, host: str = "127.0.0.1
         server.should_exit = True
         await serving
     finally:
-        await nc.drain()
+        await bus.close(nc)

@@ -149,4 +149,4 @@ async def run(
                     log.warning("sample not published", error=repr(e))
             await wait_event(stop, max(0.05, interval_s - (time.time() - t)))
     finally:
-        await nc.drain()
+        await bus.close(nc)

@@ -51,8 +51,7 @@ async def rebuild(settings: Settings, db_path: str | None = None, *, config: Pro
         built = time.monotonic() - t0
         swapped_by = await _swap_in(nc, path, new)
     finally:
-        with contextlib.suppress(Exception):
-            await nc.drain()
+        await bus.close(nc)
     out = {
         "path": path,
         "messages": stats.get("applied", 0) + stats.get("unknown", 0) + stats.get("dead_letters", 0),

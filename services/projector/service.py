@@ -83,8 +83,7 @@ async def run(
         projector = Projector(nc, js, db_path or default_db_path(settings), config or ProjectorConfig.from_env(), settings)
         await projector.run(stop, burst=burst)
     finally:
-        with contextlib.suppress(Exception):
-            await nc.drain()
+        await bus.close(nc)
 
 
 def tune_gc() -> None:

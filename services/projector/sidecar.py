@@ -247,8 +247,7 @@ class _Child:
             await self._close_feeds()
             await self.wire.close()
             self.conn.close()
-            with contextlib.suppress(Exception):
-                await nc.drain()
+            await bus.close(nc)
             lane.applier.shutdown(wait=False)
             lane.writer.shutdown(wait=False)
 

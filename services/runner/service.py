@@ -195,7 +195,7 @@ class Runner:
             for rt in {id(r): r for r in self.runtimes.values()}.values():
                 with contextlib.suppress(Exception):
                     await rt.close()  # type: ignore[attr-defined]
-            await nc.drain()
+            await bus.close(nc)
             log.info("runner stopped", host=self.host, instance=self.instance)
 
     async def _claim(self, js) -> None:

@@ -80,7 +80,7 @@ class Scheduler:
                 with contextlib.suppress(Exception):
                     kv = await js.key_value(subj.LEASES_BUCKET)
                     await kv.delete(LEASE_KEY)
-            await nc.drain()
+            await bus.close(nc)
             log.info("scheduler stopped", instance=self.instance)
 
     async def _follow(self, js, stop: asyncio.Event) -> None:
