@@ -284,6 +284,13 @@ async def test_every_service_stops_quietly_on_sigterm_while_nats_is_away(setting
     from tests.fixtures.runner_kit import Proc
 
     port = free_port()
+    sample = asyncio.get_running_loop().create_future()
+
+    async def on_sample(m) -> None:
+        if not sample.done():
+            sample.set_result(m)
+
+    await js._nc.subscribe("autotune.gpu.q1.>", cb=on_sample)
     procs = {
         "runner": Proc(settings, "runner", "--host", "q1", "--simulate", "1xH100", log=tmp_path / "runner.log"),
         "scheduler": Proc(settings, "scheduler", log=tmp_path / "scheduler.log"),
@@ -292,8 +299,9 @@ async def test_every_service_stops_quietly_on_sigterm_while_nats_is_away(setting
         "api": Proc(settings, "api", "--port", str(port), log=tmp_path / "api.log"),
     }
     try:
-        for name, marker in (("runner", "runner started"), ("scheduler", "scheduler started"), ("projector", "projector"), ("gpumon", "gpumon"), ("api", "api")):
-            for _ in range(300):
+        await asyncio.wait_for(sample, 30)  # gpumon is connected
+        for name, marker in (("runner", "runner started"), ("scheduler", "scheduler started"), ("projector", "projecting"), ("api", "api listening")):
+            for _ in range(300):  # each says so once it is connected
                 if marker in procs[name].text():
                     break
                 await asyncio.sleep(0.1)

@@ -10,6 +10,7 @@ import signal
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from autotune.runner.runtimes.local import labelled_processes
@@ -212,6 +213,7 @@ async def test_cancel_stops_the_running_engines(settings, js, tmp_path):
 
 
 async def test_cancel_wait_names_the_experiments_not_yet_stopped_when_its_timeout_passes(settings, js, tmp_path):
+    settings = msgspec.structs.replace(settings, host_ttl_s=30.0)  # the stopped runner must not look lost meanwhile, however slow the machine
     runner = await start_runner(settings, js, tmp_path, "w1")
     svc = Services()
     svc.start(lambda stop: Scheduler(settings).run(stop), "scheduler")
