@@ -80,6 +80,7 @@ def create_app(*, nc: NATS | None, settings: Settings, debug: bool = False) -> L
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=4 * 1024 * 1024,
         debug=debug,
+        logging_config=None,  # its default re-formats the root logger; autotune's own setup stays (errors: common.py logs them)
     )
     # Litestar builds the components from the handlers' types; the submit body is read raw (JSON or
     # YAML), so the task spec's schema is added to the document here.
