@@ -27,13 +27,16 @@ class Settings(msgspec.Struct, kw_only=True):
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         env = os.environ
+        d = cls()  # the defaults (a Struct's class attributes are its field descriptors, not them)
         s = cls(
-            nats_url=env.get("AUTOTUNE_NATS_URL", cls.nats_url),
+            nats_url=env.get("AUTOTUNE_NATS_URL") or d.nats_url,
             creds=env.get("AUTOTUNE_NATS_CREDS") or None,
             tls_ca=env.get("AUTOTUNE_NATS_CA") or None,
             data_dir=env.get("AUTOTUNE_DATA_DIR", "") or str(default_data_dir()),
             replicas=int(env.get("AUTOTUNE_REPLICAS", "1")),
             host_ttl_s=float(env.get("AUTOTUNE_HOST_TTL_S", "10")),
+            telemetry_max_age_s=float(env.get("AUTOTUNE_TELEMETRY_MAX_AGE_S") or d.telemetry_max_age_s),
+            logs_max_age_s=float(env.get("AUTOTUNE_LOGS_MAX_AGE_S") or d.logs_max_age_s),
             api_token=env.get("AUTOTUNE_API_TOKEN") or None,
         )
         for k, v in overrides.items():
