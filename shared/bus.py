@@ -95,7 +95,7 @@ def stream_configs(settings: Settings) -> list[jsapi.StreamConfig]:
             storage=jsapi.StorageType.FILE,
             num_replicas=r,
             max_age=settings.telemetry_max_age_s,
-            duplicate_window=60,
+            duplicate_window=_dedupe_window(60, settings.telemetry_max_age_s),
             description="autotune: GPU samples",
         ),
         jsapi.StreamConfig(
@@ -104,10 +104,15 @@ def stream_configs(settings: Settings) -> list[jsapi.StreamConfig]:
             storage=jsapi.StorageType.FILE,
             num_replicas=r,
             max_age=settings.logs_max_age_s,
-            duplicate_window=60,
+            duplicate_window=_dedupe_window(60, settings.logs_max_age_s),
             description="autotune: engine and runner log lines",
         ),
     ]
+
+
+def _dedupe_window(seconds: float, max_age_s: float) -> float:
+    """The server refuses a duplicate window longer than the stream's max age (0: none)."""
+    return min(seconds, max_age_s) if max_age_s > 0 else seconds
 
 
 TRANSIENT = (TimeoutError, ServiceUnavailableError, nats.errors.NoRespondersError)  # no JetStream leader (yet)
