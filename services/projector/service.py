@@ -495,6 +495,8 @@ class Projector(Answering):
         pending: tuple[asyncio.Future, list[Message], dict, int | None] | None = None
         next_gc = time.monotonic() + GC_EVERY_S
         next_report = time.monotonic() + 5.0
+        prunes = lane is self.telemetry and not burst and self.cfg.prune_every_s > 0
+        next_prune = time.monotonic() + min(30.0, self.cfg.prune_every_s)  # soon after a start: the projector may have been down long
         try:
             while not stop.is_set():
                 if lane is self.state and time.monotonic() > next_gc:  # see tune_gc: the occasional cycle still gets freed
@@ -507,6 +509,13 @@ class Projector(Answering):
                     lane.parked.set()
                     await self._resume.wait()
                     lane.parked.clear()
+                    continue
+                if prunes and time.monotonic() > next_prune:
+                    if pending is not None:
+                        await self._finish(lane, *pending)
+                        pending = None
+                    await self._prune(lane)
+                    next_prune = time.monotonic() + self.cfg.prune_every_s
                     continue
                 if pending is not None and lane.waiting() < self.cfg.pipeline_min:
                     # little is waiting: finish the commit before taking more. Pipelining would keep
@@ -552,6 +561,24 @@ class Projector(Answering):
             if pending is not None:
                 with contextlib.suppress(Exception):
                     await pending[0]
+
+    async def _prune(self, lane: Lane) -> None:
+        """Between the telemetry lane's commits: drop the rows whose messages their streams no
+        longer hold (AUTOTUNE_TELEMETRY's and AUTOTUNE_LOGS's max age, 7 days by default), so the
+        file stays bounded and holds what a rebuild would."""
+        try:
+            first_seqs = {s: (await self.js.stream_info(s)).state.first_seq for s in lane.streams}
+            pruned = await asyncio.get_running_loop().run_in_executor(lane.writer, self._delete_expired, lane, first_seqs)
+        except Exception as e:  # NATS away, the store being reopened: the next round tries again
+            log.warning("pruning skipped; trying again later", error=repr(e))
+            return
+        if any(pruned.values()):
+            log.info("pruned what the streams no longer hold", **pruned)
+
+    def _delete_expired(self, lane: Lane, first_seqs: dict[str, int]) -> dict[str, int]:
+        assert self.store is not None
+        with self._one_commit:
+            return self.store.prune(lane.conn, first_seqs)
 
     def _apply(self, lane: Lane, batch: list) -> tuple[Prepared, dict[str, int], int | None]:
         """A lane's apply thread: evolve its state and build the Arrow tables for its writer (or,

@@ -22,6 +22,7 @@ class ProjectorConfig(msgspec.Struct, kw_only=True):
     log_batch: int = 2_000  # ... or until this many are waiting
     lean_wire: bool = True  # feeds read through wire.LeanWire (else nats-py)
     sidecar: bool = True  # the telemetry lane reads, decodes and prepares in a child process (sidecar.py); it commits here
+    prune_every_s: float = 300.0  # this often, gpu_samples and log_lines drop what their streams no longer hold (max age); 0: keep it all
     cache_rows: int = 50_000  # task/experiment/host rows kept in memory per table
     cache_keys: int = 2_000_000  # ... and their keys (and finished attempts), all up to this many: new ones need no lookup
     checkpoint_wal_mb: int = 64  # checkpoint when the write-ahead log is this big and little is waiting

@@ -33,6 +33,7 @@ from autotune.projector import expand
 from autotune.projector import schema as sc
 from autotune.projector.views import EVENTS as EVENTS_STREAM
 from autotune.projector.views import TERMINAL_TYPES, Changes, Position
+from autotune.schemas.subjects import LOGS_STREAM, TELEMETRY_STREAM
 
 CONFIG = {  # and enable_external_access=false, once the log file is attached
     "python_enable_replacements": False,
@@ -336,6 +337,24 @@ class Store:
                 p.add("_positions", _arrow(positions.arrow, list(zip(*rows, strict=False))))
                 p.sql.append(f"INSERT INTO {positions.ref} SELECT * FROM _positions")
         return p
+
+    def prune(self, conn: duckdb.DuckDBPyConnection, first_seqs: dict[str, int]) -> dict[str, int]:
+        """Delete the gpu_samples and log_lines rows whose messages their stream no longer holds
+        (`first_seqs`: each stream's first sequence; its max age drops older ones), in one
+        transaction on the telemetry lane's connection. The file then holds what a rebuild would."""
+        out: dict[str, int] = {}
+        with self._gates[sc.LOG_DB].shared():
+            conn.begin()
+            try:
+                for table, stream in ((sc.GPU_SAMPLES, TELEMETRY_STREAM), (sc.LOG_LINES, LOGS_STREAM)):
+                    first = first_seqs.get(stream, 0)
+                    out[table.name] = conn.execute(f"DELETE FROM {table.ref} WHERE seq < ?", [first]).fetchall()[0][0] if first > 1 else 0
+                conn.commit()
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    conn.rollback()
+                raise
+        return out
 
     def commit(self, p: Prepared, conn: duckdb.DuckDBPyConnection | None = None) -> None:
         """Write a prepared batch in one transaction on `conn` (a writer's connection): its rows
