@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 from nats.js.errors import KeyDeletedError
 
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.shared import bus
+from autotune.shared.settings import Settings
 
 
 def planned(task: str, n: int, attempt: int = 0) -> ev.ExperimentPlanned:
@@ -21,6 +23,19 @@ async def test_provision_is_idempotent(js, settings):
     await bus.provision(js, settings)
     names = {s.config.name for s in await js.streams_info()}
     assert {subj.EVENTS_STREAM, subj.TELEMETRY_STREAM, subj.LOGS_STREAM} <= names
+
+
+async def test_settings_from_the_environment_and_short_max_ages_are_applied_to_the_streams(js, settings, monkeypatch):
+    for name in ("AUTOTUNE_NATS_URL", "AUTOTUNE_TELEMETRY_MAX_AGE_S", "AUTOTUNE_LOGS_MAX_AGE_S"):
+        monkeypatch.delenv(name, raising=False)
+    assert Settings.from_env().nats_url == "nats://127.0.0.1:4222" and Settings.from_env().logs_max_age_s == 7 * 24 * 3600
+    monkeypatch.setenv("AUTOTUNE_TELEMETRY_MAX_AGE_S", "30")
+    monkeypatch.setenv("AUTOTUNE_LOGS_MAX_AGE_S", "86400")
+    short = msgspec.structs.replace(Settings.from_env(), nats_url=settings.nats_url)
+    assert (short.telemetry_max_age_s, short.logs_max_age_s) == (30.0, 86400.0)
+    await bus.update_streams(js, short)  # the server refuses a duplicate window longer than the max age
+    telemetry, logs = [(await js.stream_info(s)).config for s in (subj.TELEMETRY_STREAM, subj.LOGS_STREAM)]
+    assert (telemetry.max_age, telemetry.duplicate_window) == (30, 30) and (logs.max_age, logs.duplicate_window) == (86400, 60)
 
 
 async def test_retried_append_is_stored_once(js):
