@@ -26,6 +26,7 @@ from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, Not
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.shared import log as logging
+from autotune.shared.lifecycle import Stopped
 from autotune.shared.settings import Settings
 
 log = logging.get("bus")
@@ -37,8 +38,11 @@ WRONG_LAST_SEQUENCE = (10071, 10164)
 MAX_PAYLOAD = 8 * 1024 * 1024
 
 
-async def connect(settings: Settings, name: str, *, connect_timeout: float = 5.0, **kw: Any) -> NATS:
-    """Connect with reconnects forever; the client name shows who is who in `nats server report`."""
+async def connect(settings: Settings, name: str, *, connect_timeout: float = 5.0, stop: asyncio.Event | None = None, **kw: Any) -> NATS:
+    """Connect with reconnects forever; the client name shows who is who in `nats server report`.
+
+    A service passes its `stop`: a SIGTERM while NATS has not answered yet (it keeps trying) then
+    ends the wait with lifecycle.Stopped instead of leaving the service deaf to it."""
     opts: dict[str, Any] = dict(
         servers=[u.strip() for u in settings.nats_url.split(",")],
         name=f"autotune-{name}@{socket.gethostname()}",
@@ -59,7 +63,21 @@ async def connect(settings: Settings, name: str, *, connect_timeout: float = 5.0
 
     opts["error_cb"] = _err
     opts.update(kw)
-    return await nats.connect(**opts)
+    if stop is None:
+        return await nats.connect(**opts)
+    connecting = asyncio.ensure_future(nats.connect(**opts))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+    if connecting.cancelled():
+        raise Stopped(f"stopped before NATS at {settings.nats_url} answered")
+    return connecting.result()
 
 
 async def close(nc: NATS) -> None:

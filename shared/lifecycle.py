@@ -7,6 +7,10 @@ import signal
 from collections.abc import Awaitable, Callable
 
 
+class Stopped(Exception):
+    """Asked to stop before the service could begin (e.g. while NATS had not answered yet)."""
+
+
 def install_stop(loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Event:
     stop = asyncio.Event()
     loop = loop or asyncio.get_running_loop()
@@ -26,7 +30,7 @@ def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 
     try:
         asyncio.run(_runner())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped):
         pass
 
 

@@ -318,3 +318,35 @@ async def test_every_service_stops_quietly_on_sigterm_while_nats_is_away(setting
     texts = {name: p.text() for name, p in procs.items()}
     assert codes == dict.fromkeys(procs, 0), (codes, texts)
     assert [name for name, t in texts.items() if "Traceback" in t] == [], texts
+
+
+def test_every_service_waiting_for_nats_stops_on_sigterm(tmp_path):
+    """Started before NATS is up, a service keeps trying to connect; a SIGTERM meanwhile ends it (exit 0,
+    no traceback) instead of going unheard until NATS answers."""
+    url = f"nats://127.0.0.1:{free_port()}"  # nothing listens here
+    env = {**os.environ, **BYTECODE, "AUTOTUNE_DATA_DIR": str(tmp_path / "data")}
+    services = {
+        "runner": ["--host", "w1", "--simulate", "1xH100"], "scheduler": [], "projector": [],
+        "gpumon": ["--host", "w1", "--simulate", "1xH100"], "api": ["--port", str(free_port())],
+    }  # fmt: skip
+    procs = {
+        name: subprocess.Popen([sys.executable, "-m", "autotune.cli", "run", name, *args, "--nats", url], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, start_new_session=True)  # fmt: skip
+        for name, args in services.items()
+    }
+    try:
+        deadline = time.monotonic() + 60
+        for name, p in procs.items():  # each has tried at least once: it is in its connect loop
+            line = ""
+            while "nats error" not in line and time.monotonic() < deadline and p.poll() is None:
+                line = p.stdout.readline()
+            assert "nats error" in line, f"{name} did not try to connect (exit {p.poll()})"
+        for p in procs.values():
+            os.killpg(p.pid, signal.SIGTERM)
+        outs = {name: p.communicate(timeout=30)[0] for name, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    assert {name: p.returncode for name, p in procs.items()} == dict.fromkeys(services, 0), outs
+    assert [name for name, out in outs.items() if "Traceback" in out] == [], outs

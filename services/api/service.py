@@ -15,7 +15,7 @@ log = logging.get("api")
 
 
 async def run(settings: Settings, *, stop: asyncio.Event, host: str = "127.0.0.1", port: int = 8080) -> None:
-    nc = await bus.connect(settings, "api")
+    nc = await bus.connect(settings, "api", stop=stop)
     try:
         await bus.provision(nc.jetstream(), settings)
         app = create_app(nc=nc, settings=settings)

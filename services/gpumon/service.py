@@ -126,7 +126,7 @@ async def run(
         log.info("publishing SIMULATED GPU telemetry", host=host, gpus=simulate)
     else:
         log.info("publishing GPU telemetry", host=host, gpus=len(real or []), node=node or "-")
-    nc = await bus.connect(settings, f"gpumon-{host}")
+    nc = await bus.connect(settings, f"gpumon-{host}", stop=stop)
     js = nc.jetstream()
     await bus.provision(js, settings)
     rng = random.Random(host)

@@ -76,7 +76,7 @@ async def run(
     """Connect, provision, project the streams and answer queries until `stop` (or, with `burst`,
     until caught up); then drain."""
     tune_gc()
-    nc = await bus.connect(settings, "projector")
+    nc = await bus.connect(settings, "projector", stop=stop)
     try:
         js = nc.jetstream()
         await bus.provision(js, settings)

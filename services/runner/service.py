@@ -158,7 +158,7 @@ class Runner:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.stop = stop
-        nc = await bus.connect(self.settings, f"runner-{self.host}")
+        nc = await bus.connect(self.settings, f"runner-{self.host}", stop=stop)
         js = nc.jetstream()
         self.js = js
         try:

@@ -50,7 +50,7 @@ class Scheduler:
         self.gpu_samples: dict[tuple[str, int], tuple[float, bool]] = {}  # (host, index) -> (seen at, has processes)
 
     async def run(self, stop: asyncio.Event, *, burst: bool = False) -> None:
-        nc = await bus.connect(self.settings, "scheduler")
+        nc = await bus.connect(self.settings, "scheduler", stop=stop)
         js = nc.jetstream()
         await bus.provision(js, self.settings)
         self.js = js
