@@ -511,6 +511,58 @@ def cmd_experiment(args) -> int:
     return _with_nats(args, main)
 
 
+def _span(seconds: float | None) -> str:
+    if not seconds:
+        return "none"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:g}s"
+
+
+def cmd_streams(args) -> int:
+    from nats.js.errors import NotFoundError
+
+    from autotune.shared import bus
+
+    async def main(nc, js, settings) -> int:
+        try:
+            changes = await bus.apply_stream_settings(js, settings) if args.apply else []
+        except bus.ProvisionError as e:
+            raise Failed(str(e)) from None
+        out = []
+        for want in bus.stream_configs(settings):
+            try:
+                info = await js.stream_info(want.name)
+            except NotFoundError:
+                out.append({"stream": want.name, "subjects": list(want.subjects or []), "missing": True, "replicas": 0, "max_age_s": 0,
+                            "messages": 0, "bytes": 0, "first_seq": 0, "last_seq": 0, "differs_from_settings": ["missing"]})  # fmt: skip
+                continue
+            c, st = info.config, info.state
+            pending = [f"{f} {getattr(c, f)} -> {getattr(want, f)}" for f in bus.TUNABLE if float(getattr(c, f) or 0) != float(getattr(want, f) or 0)]
+            out.append({
+                "stream": c.name, "subjects": list(c.subjects or []), "replicas": c.num_replicas, "max_age_s": c.max_age or 0,
+                "messages": st.messages, "bytes": st.bytes, "first_seq": st.first_seq, "last_seq": st.last_seq,
+                "differs_from_settings": pending,
+            })  # fmt: skip
+        if args.json:
+            print(json.dumps({"streams": out, "changed": [{"stream": n, "field": f, "was": a, "now": b} for n, f, a, b in changes]}))
+            return EXIT_OK
+        rows = [[o["stream"], " ".join(o["subjects"]), "missing", "", "", "", ""] if o.get("missing") else
+                [o["stream"], " ".join(o["subjects"]), o["replicas"], _span(o["max_age_s"]), o["messages"], f"{o['bytes'] / 2**20:.1f}",
+                 f"{o['first_seq']}-{o['last_seq']}"] for o in out]  # fmt: skip
+        _console().print(_table("streams", ["stream", "subjects", "replicas", "max age", "messages", "MiB", "sequences"], rows))
+        for n, f, a, b in changes:
+            print(f"changed {n}: {f} {a} -> {b}")
+        pending = [(o["stream"], d) for o in out for d in o["differs_from_settings"]]
+        for n, d in pending:
+            what = "is missing (autotune up and every service create it at start)" if d == "missing" else f"{d} in this environment's settings"
+            print(f"{n}: {what}; apply with autotune streams --apply (as admin)")
+        return EXIT_OK
+
+    return _with_nats(args, main)
+
+
 def cmd_cancel(args) -> int:
     from autotune.shared import commands
 
@@ -1037,6 +1089,12 @@ def parser() -> argparse.ArgumentParser:
              "autotune sql \"select n, parameters, score from experiments where task='quickstart' order by score limit 3\" --json", cmd_sql)  # fmt: skip
     p.add_argument("query")
     p.add_argument("--limit", type=int)
+    _json(p)
+
+    p = _sub(sp, "streams", "the JetStream streams: replicas, max age, size; --apply gives them this environment's settings",
+             "autotune streams\nAUTOTUNE_TELEMETRY_MAX_AGE_S=86400 AUTOTUNE_LOGS_MAX_AGE_S=2592000 autotune streams --apply", cmd_streams)
+    p.add_argument("--apply", action="store_true",
+                   help="create what is missing and set replicas (AUTOTUNE_REPLICAS) and max ages (AUTOTUNE_TELEMETRY_MAX_AGE_S, AUTOTUNE_LOGS_MAX_AGE_S); admin only")
     _json(p)
 
     p = _sub(sp, "snapshot", "write a consistent DuckDB file of the projection that anyone can open", "autotune snapshot /tmp/autotune.duckdb\nduckdb /tmp/autotune.duckdb 'select * from tasks'", cmd_snapshot)

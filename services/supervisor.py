@@ -139,7 +139,8 @@ async def provision_as_admin(nats_url: str, passwords: dict[str, str] | None, da
     from autotune.shared import bus
     from autotune.shared.settings import Settings
 
-    s = Settings(nats_url=role_url(nats_url, passwords, "admin"), data_dir=str(data_dir))
+    env = Settings.from_env()  # the streams' max ages; one local server: one replica whatever AUTOTUNE_REPLICAS says
+    s = Settings(nats_url=role_url(nats_url, passwords, "admin"), data_dir=str(data_dir), telemetry_max_age_s=env.telemetry_max_age_s, logs_max_age_s=env.logs_max_age_s)
     nc = await bus.connect(s, "up")
     try:
         await bus.provision(nc.jetstream(), s)

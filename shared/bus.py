@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -184,6 +185,27 @@ async def update_streams(js: JetStreamContext, settings: Settings) -> None:
     """Apply the current stream configuration (replicas, max ages) to existing streams."""
     for cfg in stream_configs(settings):
         await js.update_stream(cfg)
+
+
+TUNABLE = ("num_replicas", "max_age", "duplicate_window")  # what `autotune streams --apply` changes on a stream
+
+
+async def apply_stream_settings(js: JetStreamContext, settings: Settings) -> list[tuple[str, str, Any, Any]]:
+    """Create what is missing, then give each stream the replicas and max age of `settings` where
+    they differ. Returns (stream, field, was, now) per change. Only admin may (secure mode)."""
+    await provision(js, settings)
+    changes = []
+    for want in stream_configs(settings):
+        have = (await js.stream_info(want.name)).config
+        diff = [(f, getattr(have, f), getattr(want, f)) for f in TUNABLE if float(getattr(have, f) or 0) != float(getattr(want, f) or 0)]
+        if not diff:
+            continue
+        try:
+            await js.update_stream(dataclasses.replace(have, **{f: v for f, _, v in diff}))
+        except TimeoutError:
+            raise ProvisionError(f"stream {want.name} was not changed: this connection may not change streams (only admin may, in secure mode)") from None
+        changes += [(want.name, f, was, now) for f, was, now in diff]
+    return changes
 
 
 async def kv_bucket(js: JetStreamContext, name: str, settings: Settings, *, ttl_markers: bool = False):

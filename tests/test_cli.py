@@ -28,7 +28,7 @@ from tests.test_api import Background, alive, applied, golden, seed_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ("up", "run", "demo", "submit", "tasks", "task", "experiments", "experiment", "cancel", "clone", "best", "hosts", "host", "gpus",
-            "drain", "remove", "events", "logs", "sql", "snapshot", "bench", "projector")  # fmt: skip
+            "drain", "remove", "events", "logs", "sql", "streams", "snapshot", "bench", "projector")  # fmt: skip
 
 
 # Each command is a fresh interpreter: let them share compiled bytecode (outside the work tree) even
@@ -350,3 +350,19 @@ def test_every_service_waiting_for_nats_stops_on_sigterm(tmp_path):
                 os.killpg(p.pid, signal.SIGKILL)
     assert {name: p.returncode for name, p in procs.items()} == dict.fromkeys(services, 0), outs
     assert [name for name, out in outs.items() if "Traceback" in out] == [], outs
+
+
+async def test_streams_shows_retention_and_apply_changes_it(settings, js):
+    day = {"AUTOTUNE_TELEMETRY_MAX_AGE_S": "86400"}
+    shown, pending, applied, again = [
+        await asyncio.to_thread(autotune, "streams", *args, "--nats", settings.nats_url, env=env)
+        for args, env in ((["--json"], {}), ([], day), (["--apply", "--json"], day), (["--json"], day))
+    ]
+    assert [r.returncode for r in (shown, pending, applied, again)] == [0, 0, 0, 0], [r.stderr for r in (shown, pending, applied, again)]
+    before = {o["stream"]: o for o in json.loads(shown.stdout)["streams"]}
+    assert before[subj.TELEMETRY_STREAM]["max_age_s"] == 7 * 86400 and before[subj.EVENTS_STREAM]["max_age_s"] == 0
+    assert all(o["differs_from_settings"] == [] for o in before.values())
+    assert "AUTOTUNE_TELEMETRY: max_age 604800.0 -> 86400.0 in this environment's settings; apply with autotune streams --apply" in pending.stdout
+    assert json.loads(applied.stdout)["changed"] == [{"stream": subj.TELEMETRY_STREAM, "field": "max_age", "was": 604800.0, "now": 86400.0}]
+    assert (await js.stream_info(subj.TELEMETRY_STREAM)).config.max_age == 86400
+    assert all(o["differs_from_settings"] == [] for o in json.loads(again.stdout)["streams"])
