@@ -539,7 +539,7 @@ def cmd_streams(args) -> int:
                             "messages": 0, "bytes": 0, "first_seq": 0, "last_seq": 0, "differs_from_settings": ["missing"]})  # fmt: skip
                 continue
             c, st = info.config, info.state
-            pending = [f"{f} {getattr(c, f)} -> {getattr(want, f)}" for f in bus.TUNABLE if float(getattr(c, f) or 0) != float(getattr(want, f) or 0)]
+            pending = [f"{f} {was} -> {now}" for f, was, now in bus.stream_differences(c, want)]
             out.append({
                 "stream": c.name, "subjects": list(c.subjects or []), "replicas": c.num_replicas, "max_age_s": c.max_age or 0,
                 "messages": st.messages, "bytes": st.bytes, "first_seq": st.first_seq, "last_seq": st.last_seq,

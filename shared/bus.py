@@ -190,6 +190,11 @@ async def update_streams(js: JetStreamContext, settings: Settings) -> None:
 TUNABLE = ("num_replicas", "max_age", "duplicate_window")  # what `autotune streams --apply` changes on a stream
 
 
+def stream_differences(have: jsapi.StreamConfig, want: jsapi.StreamConfig) -> list[tuple[str, Any, Any]]:
+    """(field, have, want) for each TUNABLE field of a stream's configuration that differs."""
+    return [(f, getattr(have, f), getattr(want, f)) for f in TUNABLE if float(getattr(have, f) or 0) != float(getattr(want, f) or 0)]
+
+
 async def apply_stream_settings(js: JetStreamContext, settings: Settings) -> list[tuple[str, str, Any, Any]]:
     """Create what is missing, then give each stream the replicas and max age of `settings` where
     they differ. Returns (stream, field, was, now) per change. Only admin may (secure mode)."""
@@ -197,7 +202,7 @@ async def apply_stream_settings(js: JetStreamContext, settings: Settings) -> lis
     changes = []
     for want in stream_configs(settings):
         have = (await js.stream_info(want.name)).config
-        diff = [(f, getattr(have, f), getattr(want, f)) for f in TUNABLE if float(getattr(have, f) or 0) != float(getattr(want, f) or 0)]
+        diff = stream_differences(have, want)
         if not diff:
             continue
         try:
