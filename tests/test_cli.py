@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -318,6 +319,7 @@ async def test_every_service_stops_quietly_on_sigterm_while_nats_is_away(setting
     texts = {name: p.text() for name, p in procs.items()}
     assert codes == dict.fromkeys(procs, 0), (codes, texts)
     assert [name for name, t in texts.items() if "Traceback" in t] == [], texts
+    assert re.search(r"^\d\d:\d\d:\d\d\.\d{3} INFO  api +api listening", texts["api"], re.M), texts["api"]  # autotune's format, not Litestar's
 
 
 def test_every_service_waiting_for_nats_stops_on_sigterm(tmp_path):
