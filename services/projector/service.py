@@ -568,6 +568,8 @@ class Projector(Answering):
         file stays bounded and holds what a rebuild would."""
         try:
             first_seqs = {s: (await self.js.stream_info(s)).state.first_seq for s in lane.streams}
+            if max(first_seqs.values()) <= 1:  # nothing dropped yet
+                return
             pruned = await asyncio.get_running_loop().run_in_executor(lane.writer, self._delete_expired, lane, first_seqs)
         except Exception as e:  # NATS away, the store being reopened: the next round tries again
             log.warning("pruning skipped; trying again later", error=repr(e))
