@@ -504,3 +504,17 @@ def test_cli_renders_a_config_with_generated_passwords(tmp_path, capsys):
     pw = json.loads(security.credentials_path(tmp_path).read_text())
     assert f'password: "{pw["runner-gpu-1"]}"' in out and "change-me" not in out
     assert set(pw) == set(security.users(["gpu-1"]))
+
+
+async def test_only_admin_may_change_the_streams_retention(secure):
+    from tests.test_cli import autotune
+
+    day = {"AUTOTUNE_TELEMETRY_MAX_AGE_S": "86400"}
+    as_api, as_admin = [
+        await asyncio.to_thread(autotune, "streams", "--apply", "--nats", secure.settings(user).nats_url, env=day) for user in ("api", "admin")
+    ]
+    assert as_api.returncode == 1 and "Traceback" not in as_api.stderr, as_api.stderr
+    assert "stream AUTOTUNE_TELEMETRY was not changed: this connection may not change streams (only admin may" in as_api.stderr
+    assert as_admin.returncode == 0, as_admin.stderr
+    assert "changed AUTOTUNE_TELEMETRY: max_age 604800.0 -> 86400.0" in as_admin.stdout
+    assert (await secure.admin.js.stream_info(subj.TELEMETRY_STREAM)).config.max_age == 86400
