@@ -153,7 +153,7 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
     """Create the streams and KV buckets that are missing. Idempotent: every service calls it at start.
 
     Existing streams are left alone (a role without the right to create or update streams — every
-    role but admin in secure mode — only needs to read their info); `update_streams` is for admins.
+    role but admin in secure mode — only needs to read their info); `apply_stream_settings` (`autotune streams --apply`) is for admins.
     """
     for cfg in stream_configs(settings):
         for attempt in range(10):
@@ -179,12 +179,6 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
     await kv_bucket(js, subj.HOSTS_BUCKET, settings, ttl_markers=True)
     await kv_bucket(js, subj.LEASES_BUCKET, settings, ttl_markers=True)
     await kv_bucket(js, subj.NAMES_BUCKET, settings)
-
-
-async def update_streams(js: JetStreamContext, settings: Settings) -> None:
-    """Apply the current stream configuration (replicas, max ages) to existing streams."""
-    for cfg in stream_configs(settings):
-        await js.update_stream(cfg)
 
 
 TUNABLE = ("num_replicas", "max_age", "duplicate_window")  # what `autotune streams --apply` changes on a stream

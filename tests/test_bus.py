@@ -33,7 +33,7 @@ async def test_settings_from_the_environment_and_short_max_ages_are_applied_to_t
     monkeypatch.setenv("AUTOTUNE_LOGS_MAX_AGE_S", "86400")
     short = msgspec.structs.replace(Settings.from_env(), nats_url=settings.nats_url)
     assert (short.telemetry_max_age_s, short.logs_max_age_s) == (30.0, 86400.0)
-    await bus.update_streams(js, short)  # the server refuses a duplicate window longer than the max age
+    await bus.apply_stream_settings(js, short)  # the server refuses a duplicate window longer than the max age
     telemetry, logs = [(await js.stream_info(s)).config for s in (subj.TELEMETRY_STREAM, subj.LOGS_STREAM)]
     assert (telemetry.max_age, telemetry.duplicate_window) == (30, 30) and (logs.max_age, logs.duplicate_window) == (86400, 60)
 
