@@ -213,9 +213,9 @@ def _when(text: str) -> datetime:
 
 def cmd_run(args) -> int:
     from autotune.shared import lifecycle
-    from autotune.shared import log as logging
+    from autotune.shared.log import setup_logging
 
-    logging.setup()
+    setup_logging()
     s = _settings(args)
     if args.service == "scheduler":
         from autotune.scheduler.service import run
@@ -254,9 +254,9 @@ def cmd_run(args) -> int:
 
 def cmd_up(args) -> int:
     from autotune.shared import lifecycle
-    from autotune.shared import log as logging
+    from autotune.shared.log import setup_logging
 
-    logging.setup()
+    setup_logging()
     return asyncio_run_up(args, lifecycle)
 
 

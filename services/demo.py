@@ -27,9 +27,9 @@ def run_demo(args) -> int:
     from autotune import supervisor as sv
     from autotune.cli import EXIT_INPUT, _settings
     from autotune.shared import lifecycle
-    from autotune.shared import log as logging
+    from autotune.shared.log import setup_logging
 
-    logging.setup("WARNING")
+    setup_logging("WARNING")
     try:
         spec = load_spec_file(str(_demo_file(args)))
     except SpecError as e:

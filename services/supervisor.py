@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autotune.shared import log as logging
 from autotune.shared.lifecycle import wait_event
+from autotune.shared.log import get_logger
 from autotune.shared.natsserver import NatsServer
 
-log = logging.get("up")
+log = get_logger("up")
 
 
 @dataclass

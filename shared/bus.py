@@ -26,11 +26,11 @@ from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, Not
 
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
-from autotune.shared import log as logging
 from autotune.shared.lifecycle import Stopped
+from autotune.shared.log import get_logger
 from autotune.shared.settings import Settings
 
-log = logging.get("bus")
+log = get_logger("bus")
 
 # the server's "wrong last sequence": 10071 names the subject's last sequence; a replicated stream
 # answers 10164 (no sequence) when another append to the subject is still in flight, which the

@@ -47,11 +47,11 @@ class Log:
         self._emit(logging.ERROR, msg, exc, f)
 
 
-def get(name: str) -> Log:
+def get_logger(name: str) -> Log:
     return Log(name)
 
 
-def setup(level: str | None = None) -> None:
+def setup_logging(level: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     root = logging.getLogger()

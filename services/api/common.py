@@ -23,10 +23,10 @@ from autotune.api.stream import BadSubject
 from autotune.schemas.spec import SpecError
 from autotune.schemas.subjects import SubjectError
 from autotune.shared import commands
-from autotune.shared import log as logging
 from autotune.shared import query as q
+from autotune.shared.log import get_logger
 
-log = logging.get("api")
+log = get_logger("api")
 
 BEARER = "BearerToken"
 SECURED: list[dict[str, list[str]]] = [{BEARER: []}]

@@ -8,10 +8,10 @@ import uvicorn
 
 from autotune.api.app import create_app
 from autotune.shared import bus
-from autotune.shared import log as logging
+from autotune.shared.log import get_logger
 from autotune.shared.settings import Settings
 
-log = logging.get("api")
+log = get_logger("api")
 
 
 async def run(settings: Settings, *, stop: asyncio.Event, host: str = "127.0.0.1", port: int = 8080) -> None:

@@ -25,11 +25,11 @@ from autotune.runner.runtimes.local import labelled_processes
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.shared import bus
-from autotune.shared import log as logging
 from autotune.shared.lifecycle import wait_event
+from autotune.shared.log import get_logger
 from autotune.shared.settings import Settings
 
-log = logging.get("gpumon")
+log = get_logger("gpumon")
 
 
 def engines_by_gpu(host: str) -> dict[int, list[int]]:

@@ -25,10 +25,10 @@ from autotune.projector import schema as sc
 from autotune.projector.guard import Refused
 from autotune.projector.store import write_snapshot
 from autotune.schemas import subjects as subj
-from autotune.shared import log as logging
+from autotune.shared.log import get_logger
 from autotune.shared.query import QUERY_SNAPSHOT, QUERY_SQL, QUEUE_GROUP
 
-log = logging.get("projector")
+log = get_logger("projector")
 REOPEN_PREFIX = subj.QUERY_REOPEN
 
 

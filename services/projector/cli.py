@@ -16,7 +16,7 @@ import sys
 
 from autotune.projector.settings import default_db_path
 from autotune.shared import lifecycle
-from autotune.shared import log as logging
+from autotune.shared.log import setup_logging
 from autotune.shared.settings import Settings
 
 
@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def projector_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    logging.setup()
+    setup_logging()
     settings = Settings.from_env(nats_url=args.nats_url, data_dir=args.data_dir)
     db = getattr(args, "db", None) or default_db_path(settings)
     if args.command == "run":

@@ -27,9 +27,9 @@ from nats.js import api as jsapi
 
 from autotune.projector.views import Message
 from autotune.shared import bus
-from autotune.shared import log as logging
+from autotune.shared.log import get_logger
 
-log = logging.get("projector")
+log = get_logger("projector")
 
 
 def parse_ack_reply(reply: str) -> tuple[int, int, int, int]:

@@ -25,10 +25,10 @@ from autotune.projector.service import Projector, tune_gc
 from autotune.projector.settings import ProjectorConfig, default_db_path
 from autotune.projector.store import files, replace_files
 from autotune.shared import bus
-from autotune.shared import log as logging
+from autotune.shared.log import get_logger
 from autotune.shared.settings import Settings
 
-log = logging.get("projector")
+log = get_logger("projector")
 
 
 async def rebuild(settings: Settings, db_path: str | None = None, *, config: ProjectorConfig | None = None) -> dict[str, Any]:

@@ -55,11 +55,11 @@ from autotune.projector.store import Prepared, SchemaMismatch, Store, files, rep
 from autotune.projector.views import Message, ViewState, apply, dead_letter
 from autotune.schemas import subjects as subj
 from autotune.shared import bus
-from autotune.shared import log as logging
 from autotune.shared.lifecycle import wait_event
+from autotune.shared.log import get_logger
 from autotune.shared.settings import Settings
 
-log = logging.get("projector")
+log = get_logger("projector")
 
 STREAMS = (subj.EVENTS_STREAM, subj.TELEMETRY_STREAM, subj.LOGS_STREAM)
 GC_EVERY_S = 300.0

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import logging as std_logging
+import logging
 import multiprocessing
 import signal
 import threading
@@ -50,14 +50,14 @@ from autotune.projector.settings import ProjectorConfig
 from autotune.projector.store import Prepared, Store
 from autotune.projector.views import Message, Position, ViewState, apply
 from autotune.shared import bus
-from autotune.shared import log as logging
 from autotune.shared.lifecycle import wait_event
+from autotune.shared.log import get_logger, setup_logging
 from autotune.shared.settings import Settings
 
 if TYPE_CHECKING:
     from autotune.projector.service import Lane
 
-log = logging.get("projector")
+log = get_logger("projector")
 
 WINDOW = 3  # batches sent and not yet taken by the lane
 IDLE_REPORT_S = 1.0
@@ -145,7 +145,7 @@ class Sidecar:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload([__name__, "autotune.projector.service"])
         mine, theirs = ctx.Pipe(duplex=True)
-        level = std_logging.getLevelName(std_logging.getLogger().level)
+        level = logging.getLevelName(logging.getLogger().level)
         proc = ctx.Process(
             target=_main, args=(theirs, self.settings, self.cfg, self.lane.streams, level), name="projector-sidecar", daemon=True
         )
@@ -190,7 +190,7 @@ class Sidecar:
 
 def _main(conn: Connection, settings: Settings, cfg: ProjectorConfig, streams: tuple[str, ...], level: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C stops the projector, which stops this
-    logging.setup(level)
+    setup_logging(level)
     from autotune.projector.service import tune_gc
 
     tune_gc()

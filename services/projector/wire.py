@@ -27,10 +27,10 @@ from urllib.parse import unquote, urlsplit
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from autotune.shared import log as logging
+from autotune.shared.log import get_logger
 from autotune.shared.settings import Settings
 
-log = logging.get("projector")
+log = get_logger("projector")
 
 Handler = Callable[[str, str | None, str, str, bytes], None]
 

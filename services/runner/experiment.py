@@ -29,9 +29,9 @@ from autotune.schemas.liveness import running_key
 from autotune.schemas.metrics import ExperimentMetrics, RunMetrics
 from autotune.schemas.spec import SpecError, TaskSpec, spec_from_obj
 from autotune.shared import bus
-from autotune.shared import log as logging
+from autotune.shared.log import get_logger
 
-log = logging.get("runner")
+log = get_logger("runner")
 
 OOM_MARKERS = ("out of memory", "outofmemoryerror", "cuda error", "cublas_status_alloc_failed", "not enough memory", "no available memory for the cache blocks")
 

@@ -29,10 +29,10 @@ from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveGpu, LiveHost, running_key
 from autotune.shared import bus
-from autotune.shared import log as logging
+from autotune.shared.log import get_logger
 from autotune.shared.settings import Settings
 
-log = logging.get("runner")
+log = get_logger("runner")
 
 
 class HostTaken(RuntimeError):

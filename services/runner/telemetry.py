@@ -12,9 +12,9 @@ import msgspec
 
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
-from autotune.shared import log as logging
+from autotune.shared.log import get_logger
 
-log = logging.get("runner")
+log = get_logger("runner")
 _decoder = msgspec.json.Decoder(ev.GpuSample)
 
 

@@ -24,11 +24,11 @@ from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveHost
 from autotune.shared import bus
-from autotune.shared import log as logging
 from autotune.shared.lifecycle import wait_event
+from autotune.shared.log import get_logger
 from autotune.shared.settings import Settings
 
-log = logging.get("scheduler")
+log = get_logger("scheduler")
 _gpu_decoder = msgspec.json.Decoder(ev.GpuSample)
 
 LEASE_KEY = "scheduler"

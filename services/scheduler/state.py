@@ -15,9 +15,9 @@ from typing import Any
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.spec import SpecError, TaskSpec, spec_from_obj
-from autotune.shared import log as logging
+from autotune.shared.log import get_logger
 
-log = logging.get("scheduler")
+log = get_logger("scheduler")
 
 ACTIVE = ("planned", "assigned", "running")
 

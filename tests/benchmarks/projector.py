@@ -41,7 +41,7 @@ from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.metrics import ExperimentMetrics, RequestSample, RunMetrics, Stats
 from autotune.shared import bus, query
-from autotune.shared import log as logging
+from autotune.shared.log import setup_logging
 from autotune.shared.natsserver import NatsServer
 from autotune.shared.settings import Settings
 
@@ -376,7 +376,7 @@ if __name__ == "__main__":
     p.add_argument("--load", metavar="NATS_URL", help=argparse.SUPPRESS)  # the background load process
     p.add_argument("--seconds", type=float, default=20.0, help=argparse.SUPPRESS)
     a = p.parse_args()
-    logging.setup(os.environ.get("AUTOTUNE_LOG_LEVEL", "WARNING"))
+    setup_logging(os.environ.get("AUTOTUNE_LOG_LEVEL", "WARNING"))
     if a.load:
         asyncio.run(load(a.load, a.rate, a.seconds))
         sys.exit(0)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging as pylogging
+import logging
 import os
 import random
 import signal
@@ -41,8 +41,8 @@ sys.path.insert(0, str(ROOT))
 from autotune.runner.runtimes.local import labelled_processes  # noqa: E402
 from autotune.schemas import events as ev  # noqa: E402
 from autotune.shared import bus  # noqa: E402
-from autotune.shared import log as logging  # noqa: E402
 from autotune.shared.audit import audit, peak_parallelism  # noqa: E402
+from autotune.shared.log import setup_logging  # noqa: E402
 from autotune.shared.natsserver import NatsServer  # noqa: E402
 from autotune.shared.settings import Settings  # noqa: E402
 from tests.chaos.cluster import LocalCluster, healthy  # noqa: E402
@@ -199,8 +199,8 @@ async def main(argv: list[str] | None = None) -> int:
     hosts = [f"chaos-{i}" for i in range(args.runners)]
     cluster = LocalCluster(work, hosts, logs=logs) if args.cluster else None
     run = Run(random.Random(args.seed), hosts, logs, cluster, t0)
-    logging.setup()  # what runs in this process (the fresh rebuild's projector) logs to the timeline, not the terminal
-    pylogging.getLogger().handlers[0].setStream(run.timeline)
+    setup_logging()  # what runs in this process (the fresh rebuild's projector) logs to the timeline, not the terminal
+    logging.getLogger().handlers[0].setStream(run.timeline)
 
     nc = None
     nats_stop = cluster.stop if cluster else (lambda: None)
@@ -284,7 +284,7 @@ async def main(argv: list[str] | None = None) -> int:
         if nc is not None:
             await nc.close()
         nats_stop()
-        pylogging.getLogger().handlers[0].setStream(sys.stderr)
+        logging.getLogger().handlers[0].setStream(sys.stderr)
         run.timeline.close()
 
     planned = [e for _, e in history if isinstance(e, ev.ExperimentPlanned)]

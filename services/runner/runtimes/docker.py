@@ -17,9 +17,9 @@ import re
 from pathlib import Path
 
 from autotune.runner.runtimes import Handle, Launch, simulated_argv
-from autotune.shared import log as logging
+from autotune.shared.log import get_logger
 
-log = logging.get("runner")
+log = get_logger("runner")
 
 # container labels (Docker allows any string value)
 L_HOST, L_EXPERIMENT, L_INSTANCE, L_TASK = "autotune.host", "autotune.experiment", "autotune.instance", "autotune.task"

@@ -21,9 +21,9 @@ import re
 from typing import Any
 
 from autotune.runner.runtimes import Handle, Launch, simulated_argv
-from autotune.shared import log as logging
+from autotune.shared.log import get_logger
 
-log = logging.get("runner")
+log = get_logger("runner")
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 K_HOST, K_TASK, K_N, K_ATTEMPT, K_INSTANCE, K_EXPERIMENT = (

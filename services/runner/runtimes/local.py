@@ -14,9 +14,9 @@ import signal
 from pathlib import Path
 
 from autotune.runner.runtimes import LABEL_EXPERIMENT, LABEL_HOST, Handle, Launch, simulated_argv
-from autotune.shared import log as logging
+from autotune.shared.log import get_logger
 
-log = logging.get("runner")
+log = get_logger("runner")
 
 
 class ProcessHandle(Handle):
