@@ -148,10 +148,13 @@ def free_port() -> int:
 
 
 async def run_attempt(ctx: Context, a: ev.ExperimentAssigned, assigned_seq: int) -> None:
-    await Attempt(ctx, a, assigned_seq).run()
+    await AttemptRun(ctx, a, assigned_seq).run()
 
 
-class Attempt:
+class AttemptRun:
+    """One attempt as this runner executes it: launch, health, benchmark, score, teardown, and the
+    events it writes as the attempt's only writer."""
+
     def __init__(self, ctx: Context, a: ev.ExperimentAssigned, assigned_seq: int) -> None:
         self.ctx, self.a = ctx, a
         self.key = running_key(a.task, a.n, a.attempt)

@@ -30,6 +30,7 @@ from optuna.trial import TrialState, create_trial
 
 from autotune.schemas.spec import Scalar, TaskSpec
 from autotune.shared.expand import Dimension, SearchSpace
+from autotune.shared.pareto import dominates
 from autotune.shared.scoring import failure_penalty
 
 __all__ = [
@@ -56,7 +57,7 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(digest, "big") % 2**32
 
 
-class Experiment(msgspec.Struct, kw_only=True):
+class Trial(msgspec.Struct, kw_only=True):
     """What a strategy knows about one planned experiment."""
 
     n: int
@@ -86,7 +87,7 @@ class Strategy:
         self.repeats = max(1, opt.repeats)
         self.max_iterations = opt.max_iterations
         self.objectives = list(opt.objectives or [opt.objective]) if opt.strategy == "multi_objective" else [opt.objective]
-        self.experiments: dict[int, Experiment] = {}
+        self.experiments: dict[int, Trial] = {}
         self._told_order: list[int] = []
 
     @property
@@ -114,7 +115,7 @@ class Strategy:
         """Experiment n was planned with `params` (after ask, or replaying a `planned` event)."""
         params = dict(params)
         prior = self.experiments.get(n)
-        exp = Experiment(n=n, params=params, key=self.space.key(params), point=self.space.point(params))
+        exp = Trial(n=n, params=params, key=self.space.key(params), point=self.space.point(params))
         if prior is not None and prior.told:
             exp.told, exp.score, exp.failure, exp.stage = prior.told, prior.score, prior.failure, prior.stage
         self.experiments[n] = exp
@@ -136,7 +137,7 @@ class Strategy:
             failure = "unknown"
         exp = self.experiments.get(n)
         if exp is None:  # a result without a planned record: keep it, it is only used once recorded
-            exp = Experiment(n=n, params={}, key="", point=None)
+            exp = Trial(n=n, params={}, key="", point=None)
             self.experiments[n] = exp
         exp.told, exp.score, exp.failure, exp.stage = True, score, failure, stage
         if n in self._told_order:
@@ -158,7 +159,7 @@ class Strategy:
         front = []
         for e in ok:
             v = self._vector(e)
-            if not any(_dominates(self._vector(o), v) for o in ok if o is not e):
+            if not any(dominates(self._vector(o), v) for o in ok if o is not e):
                 front.append(e.n)
         if not self.multi and front:
             low = min(self._vector(self.experiments[n])[0] for n in front)
@@ -190,7 +191,7 @@ class Strategy:
             raise TypeError(f"multi_objective needs one value per objective ({', '.join(self.objectives)})")
         return float(score)
 
-    def _vector(self, e: Experiment) -> list[float]:
+    def _vector(self, e: Trial) -> list[float]:
         s = e.score
         return list(s) if isinstance(s, list) else [float(s)]  # type: ignore[arg-type]
 
@@ -252,10 +253,6 @@ def _draw(d: Dimension, rng: random.Random) -> Scalar:
         v = math.exp(rng.uniform(math.log(d.low), math.log(d.high)))
         return min(max(int(round(v)), int(d.low)), int(d.high)) if d.kind == "int" else v
     return rng.uniform(d.low, d.high)
-
-
-def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
 
 
 class GridStrategy(Strategy):
@@ -455,9 +452,9 @@ def _since_improvement(history: Sequence[ScoreValue | None]) -> int | None:
         if item is not None:
             if isinstance(item, (list, tuple)):
                 v = [float(x) for x in item]
-                if not any(_dominates(f, v) or f == v for f in front):
+                if not any(dominates(f, v) or f == v for f in front):
                     improved = True
-                    front = [f for f in front if not _dominates(v, f)] + [v]
+                    front = [f for f in front if not dominates(v, f)] + [v]
             elif best is None or item < best:
                 best, improved = float(item), True
         if improved:
