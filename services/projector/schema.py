@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from autotune.schemas.status import EXPERIMENT_ON_HOST, sql_list
+
 SCHEMA_VERSION = 5
 
 ARROW = {
@@ -291,7 +293,6 @@ EXPERIMENTS_VIEW = View(
     doc=f"{EXPERIMENTS.doc} (a view over experiment_rows, which keeps the metric columns in one list)",
 )
 
-ACTIVE = ("assigned", "running", "ready", "cancelling")  # an attempt in these holds its host's GPUs
 _TASK_HEAD = TASKS.names[: TASKS.index["budget"] + 1]
 
 # The best experiment so far: the lowest finite score of a completed attempt that did not hard-fail
@@ -341,7 +342,7 @@ SELECT h.host,
   coalesce(r.running, 0) AS running_experiments,
   {", ".join(f'h."{c}"' for c in HOSTS.names[HOSTS.index["simulated"] + 1 :])}
 FROM {HOSTS.name} h
-LEFT JOIN (SELECT host, count(*) AS running FROM {EXPERIMENTS.name} WHERE status IN {ACTIVE!r} GROUP BY host) r ON r.host = h.host""",
+LEFT JOIN (SELECT host, count(*) AS running FROM {EXPERIMENTS.name} WHERE status IN {sql_list(EXPERIMENT_ON_HOST)} GROUP BY host) r ON r.host = h.host""",
     doc="one row per host: what it offers, its lifecycle, running attempts (liveness itself is in the autotune-hosts KV)",
 )
 

@@ -28,6 +28,7 @@ from autotune.projector import schema as sc
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.metrics import ExperimentMetrics
+from autotune.schemas.status import EXPERIMENT_RANK, EXPERIMENT_TERMINAL, TASK_TERMINAL
 
 EVENTS = subj.EVENTS_STREAM
 KNOWN_TYPES = frozenset(ev.tag_of(t) for t in ev.ALL_EVENT_TYPES)
@@ -67,8 +68,6 @@ class Position(msgspec.Struct, kw_only=True):
 Loader = Callable[[sc.Table, list[tuple]], list[dict]]
 
 ROLES = ("state", "log", "telemetry")
-RANK = {"planned": 0, "assigned": 1, "running": 2, "ready": 3, "cancelling": 4, "completed": 5, "failed": 5, "cancelled": 5}
-TASK_TERMINAL = frozenset({"completed", "failed", "cancelled", "rejected"})
 
 
 class ViewState:
@@ -611,7 +610,7 @@ def _experiment_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None
             if _advance(row, "ready", host):
                 row.update(startup_s=e.startup_s, ready_at=e.at)
         case ev.ExperimentProgress():
-            if row["status"] not in ("completed", "failed", "cancelled"):
+            if row["status"] not in EXPERIMENT_TERMINAL:
                 row["runs_done"] = max(row["runs_done"] or 0, e.run_index + 1)
                 row["runs_total"] = e.runs_total
         case ev.ExperimentCompleted():
@@ -660,7 +659,7 @@ def _advance(row: dict, status: str, host: str | None, finished_at: datetime | N
     when the event is stale. Its task's counters and its host's running count are not written:
     the `tasks` and `hosts` views derive them from `experiments`."""
     old = row["status"]
-    if old is not None and RANK[status] <= RANK[old]:
+    if old is not None and EXPERIMENT_RANK[status] <= EXPERIMENT_RANK[old]:
         return False
     row["status"] = status
     row["host"] = host or row["host"]

@@ -15,12 +15,10 @@ from typing import Any
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.spec import SpecError, TaskSpec, spec_from_obj
+from autotune.schemas.status import EXPERIMENT_ACTIVE, TASK_TERMINAL
 from autotune.shared.log import get_logger
 
 log = get_logger("scheduler")
-
-ACTIVE = ("planned", "assigned", "running")
-
 
 @dataclass
 class Attempt:
@@ -40,7 +38,7 @@ class Attempt:
 
     @property
     def active(self) -> bool:
-        return self.status in ACTIVE
+        return self.status in EXPERIMENT_ACTIVE
 
 
 @dataclass
@@ -80,7 +78,7 @@ class Task:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("completed", "failed", "cancelled", "rejected")
+        return self.status in TASK_TERMINAL
 
     def active_attempts(self) -> list[Attempt]:
         return [e.current for e in self.experiments.values() if e.attempts and e.current.active]
