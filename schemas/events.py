@@ -1,6 +1,6 @@
 """The event catalog: every fact autotune records, as frozen msgspec Structs in one tagged union.
 
-Rules (DESIGN.md): each event has a deterministic `id` derived from what it records (sent as
+Rules (ARCHITECTURE.md, "Rules that keep it correct"): each event has a deterministic `id` derived from what it records (sent as
 `Nats-Msg-Id`, so a retried publish is stored once) and a tz-aware UTC `at`. Adding a field with a
 default is compatible; anything else is a new event type. Unknown fields are ignored when decoding,
 so older services read newer events. The wire tag is explicit: renaming a class changes nothing.

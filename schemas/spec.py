@@ -216,6 +216,12 @@ def parse_spec(text: str | bytes, *, source: str = "", fmt: str | None = None) -
         raise
 
 
+def is_simulated(simulate: bool | None, deployment_mode: str | None) -> bool:
+    """Whether a task runs on simulated engines and GPUs: asked for at submit (`--simulate`), or a
+    spec whose `deployment_mode` is `simulated`. The one rule every surface labels results by."""
+    return bool(simulate) or deployment_mode == "simulated"
+
+
 def spec_from_obj(raw: Any) -> TaskSpec:
     if not isinstance(raw, dict):
         raise SpecError(f"a task file must be a mapping of fields, got {type(raw).__name__}")

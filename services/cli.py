@@ -98,8 +98,8 @@ def _lean_imports(args) -> None:
 def _with_nats(args, fn) -> int:
     """Run `fn(nc, js, settings)` on a fresh connection; domain errors become messages and exit codes."""
     _lean_imports(args)
-    from autotune.api.reads import BadRequest, NotFound
-    from autotune.api.stream import BadSubject
+    from autotune.reads import BadRequest, NotFound
+    from autotune.reads.stream import BadSubject
     from autotune.schemas.spec import SpecError
     from autotune.shared import commands
     from autotune.shared import query as q
@@ -339,8 +339,7 @@ def cmd_submit(args) -> int:
 
     async def main(nc, js, settings) -> int:
         await _ensure_provisioned(js, settings)
-        task, seq = await commands.submit_task(js, spec, simulate=args.simulate, submitted_by="cli")
-        simulated = args.simulate or spec.deployment_mode == "simulated"
+        task, seq, _, simulated = await commands.submit_task(js, spec, simulate=args.simulate, submitted_by="cli")
         if args.json and not args.watch:
             print(json.dumps({"id": task, "seq": seq, "simulate": simulated}))
             return EXIT_OK
@@ -390,7 +389,7 @@ async def _watch_and_report(js, task: str, *, spec_dict: dict | None, simulated:
 
 
 def cmd_tasks(args) -> int:
-    from autotune.api import reads
+    from autotune import reads
 
     async def main(nc, js, settings) -> int:
         page = await reads.list_tasks(nc, status=args.status, name=args.name, limit=args.limit, offset=args.offset)
@@ -411,7 +410,7 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_task(args) -> int:
-    from autotune.api import reads
+    from autotune import reads
 
     async def main(nc, js, settings) -> int:
         t = await reads.task_detail(nc, args.id)
@@ -452,7 +451,7 @@ EXP_COLUMNS = [("n", "n"), ("attempt", "try"), ("status", "status"), ("host", "h
 
 
 def cmd_experiments(args) -> int:
-    from autotune.api import reads
+    from autotune import reads
 
     async def main(nc, js, settings) -> int:
         page = await reads.list_experiments(nc, args.id, status=args.status, sort=args.sort, order="desc" if args.desc else None,
@@ -469,7 +468,7 @@ def cmd_experiments(args) -> int:
 
 
 def cmd_experiment(args) -> int:
-    from autotune.api import reads
+    from autotune import reads
 
     async def main(nc, js, settings) -> int:
         d = await reads.experiment_detail(nc, args.id, args.n, attempt=args.attempt, log_lines=args.log_lines)
@@ -651,9 +650,7 @@ def cmd_clone(args) -> int:
 
     async def main(nc, js, settings) -> int:
         await _ensure_provisioned(js, settings)
-        task, seq, spec = await commands.clone_task(js, args.id, name=args.name, overrides=overrides, simulate=args.simulate, submitted_by="cli")
-        original = await commands.submitted(js, args.id)
-        simulated = (original.simulate if args.simulate is None else args.simulate) or spec.deployment_mode == "simulated"
+        task, seq, spec, simulated = await commands.clone_task(js, args.id, name=args.name, overrides=overrides, simulate=args.simulate, submitted_by="cli")
         if args.json and not args.watch:
             print(json.dumps({"id": task, "seq": seq, "cloned_from": args.id, "simulate": simulated}))
             return EXIT_OK
@@ -668,7 +665,7 @@ def cmd_clone(args) -> int:
 
 
 def cmd_best(args) -> int:
-    from autotune.api import reads
+    from autotune import reads
 
     async def main(nc, js, settings) -> int:
         out = await reads.export(nc, args.id, args.format, n=args.n, port=args.port)
@@ -695,7 +692,7 @@ def _gpu_summary(h) -> str:
 
 
 def cmd_hosts(args) -> int:
-    from autotune.api import reads
+    from autotune import reads
 
     async def main(nc, js, settings) -> int:
         hosts = await reads.list_hosts(nc, js, status=args.status, include_removed=args.all)
@@ -719,7 +716,7 @@ def cmd_hosts(args) -> int:
 
 
 def cmd_host(args) -> int:
-    from autotune.api import reads
+    from autotune import reads
 
     async def main(nc, js, settings) -> int:
         d = await reads.host_detail(nc, js, args.id)
@@ -754,7 +751,7 @@ def cmd_host(args) -> int:
 
 
 def cmd_gpus(args) -> int:
-    from autotune.api import reads
+    from autotune import reads
 
     async def main(nc, js, settings) -> int:
         out = await reads.gpu_summary(nc, js, kubernetes=True if args.kubernetes else None)
@@ -775,7 +772,7 @@ def cmd_gpus(args) -> int:
 
 
 def _host_command(args, what: str) -> int:
-    from autotune.api import reads
+    from autotune import reads
     from autotune.shared import commands
 
     async def main(nc, js, settings) -> int:
@@ -819,7 +816,7 @@ def _summary(env: dict) -> str:
 
 
 def cmd_events(args) -> int:
-    from autotune.api import stream
+    from autotune.reads import stream
 
     subject = args.subject or (f"autotune.task.{args.task}.>" if args.task else "autotune.>")
 
@@ -840,7 +837,7 @@ def cmd_events(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    from autotune.api import stream
+    from autotune.reads import stream
     from autotune.shared import commands
 
     async def main(nc, js, settings) -> int:

@@ -67,7 +67,7 @@ def run_demo(args) -> int:
             nc = await bus.connect(settings, "demo")
             js = nc.jetstream()
             await bus.provision(js, settings)
-            task, _ = await commands.submit_task(js, spec, submitted_by="demo")
+            task = (await commands.submit_task(js, spec, submitted_by="demo")).task
             print(f"submitted task {task}: {spec.description}\n")
             result["code"] = await _watch_and_report(js, task, spec_dict=raw, simulated=True)
             await _show_sql(nc, task)

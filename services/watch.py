@@ -14,6 +14,7 @@ from rich.table import Table
 
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
+from autotune.schemas.spec import is_simulated
 from autotune.shared import bus
 
 
@@ -41,7 +42,7 @@ class TaskView:
     def apply(self, e: ev.AnyEvent) -> None:
         match e:
             case ev.TaskSubmitted():
-                self.simulated = self.simulated or e.simulate or e.spec.get("deployment_mode") == "simulated"
+                self.simulated = self.simulated or is_simulated(e.simulate, e.spec.get("deployment_mode"))
             case ev.TaskStarted():
                 self.budget = e.budget
                 self.strategy = e.strategy

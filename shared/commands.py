@@ -12,14 +12,14 @@ import contextlib
 import copy
 import math
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from nats.js.errors import NotFoundError
 
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
-from autotune.schemas.spec import SpecError, TaskSpec, parse_spec, spec_from_obj
+from autotune.schemas.spec import SpecError, TaskSpec, is_simulated, parse_spec, spec_from_obj
 from autotune.shared import bus
 
 
@@ -93,8 +93,18 @@ def valid_token(value: str) -> bool:
     return bool(subj.TOKEN.match(value))
 
 
-async def submit_task(js, spec: TaskSpec, *, simulate: bool = False, submitted_by: str = "", cloned_from: str | None = None) -> tuple[str, int]:
-    """Claim the name, publish `task.submitted`. Returns (task id, stream sequence)."""
+class Submitted(NamedTuple):
+    """A task recorded in the log: its id, the sequence of its `submitted` event, the spec, and
+    whether it runs on simulated engines and GPUs."""
+
+    task: str
+    seq: int
+    spec: TaskSpec
+    simulated: bool
+
+
+async def submit_task(js, spec: TaskSpec, *, simulate: bool = False, submitted_by: str = "", cloned_from: str | None = None) -> Submitted:
+    """Claim the name, publish `task.submitted`."""
     _checked(spec)
     task = spec.task_id
     names = await js.key_value(subj.NAMES_BUCKET)
@@ -112,7 +122,7 @@ async def submit_task(js, spec: TaskSpec, *, simulate: bool = False, submitted_b
         with contextlib.suppress(Exception):
             await names.delete(task)  # nothing was published: free the name again
         raise
-    return task, ack.seq
+    return Submitted(task, ack.seq, spec, is_simulated(simulate, spec.deployment_mode))
 
 
 async def submitted(js, task: str) -> ev.TaskSubmitted:
@@ -179,7 +189,7 @@ async def clone_task(
     overrides: dict[str, Any] | None = None,
     simulate: bool | None = None,
     submitted_by: str = "",
-) -> tuple[str, int, TaskSpec]:
+) -> Submitted:
     """Submit a new task from `source`'s recorded spec with `overrides`; the source is never touched.
 
     Without a name the clone is called `<source>-2` (or -3, ... the first one free). `simulate`
@@ -195,12 +205,10 @@ async def clone_task(
         raw["task_name"] = candidate
         spec = from_obj(raw)
         try:
-            task, seq = await submit_task(js, spec, simulate=sim, submitted_by=submitted_by, cloned_from=source)
+            return await submit_task(js, spec, simulate=sim, submitted_by=submitted_by, cloned_from=source)
         except DuplicateTask:
             if name:
                 raise
-            continue
-        return task, seq, spec
     raise DuplicateTask(f"{original.name}-99")
 
 

@@ -34,7 +34,7 @@ def small_spec(name: str = "slice", **over) -> dict:
 
 
 async def submit(js, raw: dict, **kw) -> str:
-    task, _ = await commands.submit_task(js, spec_from_obj(raw), **kw)
+    task = (await commands.submit_task(js, spec_from_obj(raw), **kw)).task
     return task
 
 

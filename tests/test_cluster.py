@@ -115,7 +115,7 @@ async def _run(cluster: Cluster, js) -> None:
         svc.start(lambda stop: scheduler_run(cluster.settings("scheduler"), stop=stop), "scheduler")
         rs = RunnerSettings(host=HOST, simulate="2xH100", time_scale=40)
         svc.start(lambda stop: runner_run(cluster.settings(f"runner-{HOST}"), stop=stop, runner=rs), "runner")
-        task, _ = await commands.submit_task(api.jetstream(), spec_from_obj(small_spec("cluster")))
+        task = (await commands.submit_task(api.jetstream(), spec_from_obj(small_spec("cluster")))).task
 
         await wait_for(js, subj.task_all(task), lambda e: isinstance(e, ev.ExperimentCompleted), timeout=60)
         victim = (await js.stream_info(subj.EVENTS_STREAM)).cluster.leader

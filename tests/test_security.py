@@ -177,7 +177,7 @@ async def test_runner_does_its_job(secure):
 async def test_api_submits_cancels_and_commands_hosts(secure):
     api = await secure.connect("api")
     js = api.js
-    task, seq = await commands.submit_task(js, spec_from_obj(small_spec("secure")), submitted_by="test")
+    task, seq, _, _ = await commands.submit_task(js, spec_from_obj(small_spec("secure")), submitted_by="test")
     assert seq > 0
     with pytest.raises(commands.DuplicateTask):  # the name claim in KV works under its permissions too
         await commands.submit_task(js, spec_from_obj(small_spec("secure")))
@@ -257,7 +257,7 @@ async def test_services_run_a_task_with_their_own_credentials(secure, tmp_path):
     try:
         api = await secure.connect("api")
         spec = small_spec("secure-e2e", optimization={"max_iterations": 2})
-        task, _ = await commands.submit_task(api.js, spec_from_obj(spec))
+        task = (await commands.submit_task(api.js, spec_from_obj(spec))).task
         final = await task_finished(api.js, task, timeout=60)
         assert isinstance(final, ev.TaskCompleted), final
         done_seq = await bus.last_seq(api.js, subj.task_all(task))

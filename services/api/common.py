@@ -18,8 +18,8 @@ from litestar.response.sse import ServerSentEvent, ServerSentEventMessage
 from nats.js.errors import Error as JetStreamError
 
 from autotune.api import models as m
-from autotune.api.reads import BadRequest, NotFound
-from autotune.api.stream import BadSubject
+from autotune.reads import BadRequest, NotFound
+from autotune.reads.stream import BadSubject
 from autotune.schemas.spec import SpecError
 from autotune.schemas.subjects import SubjectError
 from autotune.shared import commands

@@ -9,10 +9,12 @@ from litestar import Controller, Request, get
 from litestar.params import FromQuery, PathParameter, QueryParameter
 from litestar.response import ServerSentEvent
 
+from autotune import reads
 from autotune.api import models as m
-from autotune.api import reads, stream
 from autotune.api.common import min_seq, sse
 from autotune.api.tasks import Follow, Limit, Offset, Seq, StreamLimit, TaskId
+from autotune.reads import stream
+from autotune.schemas.status import ExperimentStatus
 from autotune.shared import commands
 
 N = Annotated[int, PathParameter(ge=0, le=2**53, description="experiment number within the task")]
@@ -25,7 +27,7 @@ class ExperimentController(Controller):
 
     @get("/", operation_id="listExperiments", summary="A task's experiments, sorted and filtered")
     async def list_experiments(
-        self, request: Request, task_id: TaskId, status: FromQuery[Literal[reads.EXPERIMENT_STATUSES] | None] = None,  # type: ignore[valid-type]
+        self, request: Request, task_id: TaskId, status: FromQuery[ExperimentStatus | None] = None,
         sort: Annotated[str, QueryParameter(description="score, n, or any column of the experiments table", max_length=64)] = "n",
         order: FromQuery[Literal["asc", "desc"] | None] = None,
         latest: Annotated[bool, QueryParameter(description="only the latest attempt of each experiment")] = False,

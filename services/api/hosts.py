@@ -6,15 +6,16 @@ offline; a drain request → draining)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from litestar import Controller, Request, delete, get, post
 from litestar.exceptions import ClientException
 from litestar.params import FromQuery, PathParameter, QueryParameter
 
+from autotune import reads
 from autotune.api import models as m
-from autotune.api import reads
 from autotune.api.common import SECURED, min_seq, requires_token, wrote
+from autotune.schemas.status import HostStatus
 from autotune.shared import commands
 
 HostId = Annotated[str, PathParameter(description="host id", max_length=256)]
@@ -32,7 +33,7 @@ class HostController(Controller):
 
     @get("/", operation_id="listHosts", summary="Hosts with status and GPUs (model, memory, utilization, temperature, node)")
     async def list_hosts(
-        self, request: Request, status: FromQuery[Literal[reads.HOST_STATUSES] | None] = None,  # type: ignore[valid-type]
+        self, request: Request, status: FromQuery[HostStatus | None] = None,
         include_removed: FromQuery[bool] = False,
     ) -> list[m.Host]:  # fmt: skip
         nc = request.app.state.nc

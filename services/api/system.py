@@ -33,7 +33,7 @@ class EventController(Controller):
     ) -> ServerSentEvent:  # fmt: skip
         """One SSE event per message: `id` is its stream sequence (reconnect with since_seq = id + 1),
         `event` its type, `data` {seq, stream, subject, stored_at, type, event}."""
-        from autotune.api.stream import route
+        from autotune.reads.stream import route
 
         route(subject)  # 400 before the stream starts
         return stream_events(request, subject, resume_from(request, since_seq), since_time, follow, limit)

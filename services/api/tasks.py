@@ -13,10 +13,12 @@ from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
 from litestar.response import ServerSentEvent
 from nats.aio.client import Client as NATS
 
+from autotune import reads
 from autotune.api import models as m
-from autotune.api import reads, stream
 from autotune.api.common import SECURED, min_seq, requires_token, sse, wrote
+from autotune.reads import stream
 from autotune.schemas import subjects as subj
+from autotune.schemas.status import TaskStatus
 from autotune.shared import commands
 
 Limit = Annotated[int, QueryParameter(ge=1, le=1000, description="rows per page")]
@@ -63,13 +65,13 @@ class TaskController(Controller):
         ctype = request.headers.get("content-type", "").lower()
         fmt = "json" if "json" in ctype else None  # YAML or unlabelled: sniffed (JSON is YAML too)
         spec = commands.parse(body, source="request body", fmt=fmt)
-        task, seq = await commands.submit_task(_nc(request).jetstream(), spec, simulate=simulate, submitted_by="api")
+        task, seq, _, simulated = await commands.submit_task(_nc(request).jetstream(), spec, simulate=simulate, submitted_by="api")
         wrote(request, seq)
-        return m.TaskCreated(id=task, seq=seq, url=f"/api/tasks/{task}", simulate=simulate or spec.deployment_mode == "simulated")
+        return m.TaskCreated(id=task, seq=seq, url=f"/api/tasks/{task}", simulate=simulated)
 
     @get("/", operation_id="listTasks", summary="List tasks")
     async def list_tasks(
-        self, request: Request, status: FromQuery[Literal[reads.TASK_STATUSES] | None] = None,  # type: ignore[valid-type]
+        self, request: Request, status: FromQuery[TaskStatus | None] = None,
         name: Annotated[str | None, QueryParameter(description="substring of the name or id", max_length=256)] = None,
         simulate: FromQuery[bool | None] = None, limit: Limit = 50, offset: Offset = 0,
     ) -> m.TaskPage:  # fmt: skip
@@ -91,13 +93,11 @@ class TaskController(Controller):
     async def clone(self, request: Request, task_id: TaskId, data: JSONBody[m.CloneRequest | None] = None) -> m.TaskCreated:
         """The source is never edited: the clone is a new task whose `cloned_from` names it."""
         data = data or m.CloneRequest()
-        task, seq, spec = await commands.clone_task(
+        task, seq, _, simulated = await commands.clone_task(
             _nc(request).jetstream(), task_id, name=data.task_name, overrides=data.overrides, simulate=data.simulate, submitted_by="api"
         )
         wrote(request, seq)
-        original = await commands.submitted(_nc(request).jetstream(), task_id)
-        sim = (original.simulate if data.simulate is None else data.simulate) or spec.deployment_mode == "simulated"
-        return m.TaskCreated(id=task, seq=seq, url=f"/api/tasks/{task}", simulate=sim, cloned_from=task_id)
+        return m.TaskCreated(id=task, seq=seq, url=f"/api/tasks/{task}", simulate=simulated, cloned_from=task_id)
 
     @get("/{task_id:str}/export", operation_id="exportTask", summary="The best configuration as a command line, docker run or Kubernetes manifest")
     async def export(

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 from nats.js import api as jsapi
 
-from autotune.api.reads import redact
+from autotune.reads.common import redact
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.shared import bus

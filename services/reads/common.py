@@ -1,0 +1,71 @@
+"""What every read needs: SQL on the projection with read-your-writes, secrets kept out, and the
+errors every surface maps to its own (HTTP 404/400, exit code 2)."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+from typing import Any
+
+from autotune.schemas.spec import is_simulated
+from autotune.shared import query as q
+
+SECRET_FIELDS = frozenset({"hf_token"})
+COLUMN = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
+
+
+def headline(row: dict) -> dict[str, Any]:
+    """The experiment's headline metrics (latency percentiles, throughputs, success rate)."""
+    keep = ("requests_per_s", "success_rate", "error_rate")
+    return {k: finite(v) for k, v in row.items() if k.startswith(("mean_", "p50_", "p90_", "p99_", "max_")) and "util" not in k
+            and "memory" not in k and "power" not in k and "temperature" not in k or k in keep}  # fmt: skip
+
+
+class NotFound(Exception):
+    """What was asked for does not exist; the message says what to try."""
+
+
+class BadRequest(Exception):
+    """A parameter that cannot be answered; the message says what is accepted."""
+
+
+async def rows(nc, sql: str, params: list[Any] | None = None, *, min_seq: int | None = None, limit: int | None = None) -> list[dict]:
+    res = await q.sql(nc, sql, params, min_seq=min_seq or None, limit=limit)
+    return res.rows_as_dicts()
+
+
+def redact(value: Any) -> Any:
+    """A copy with secrets (the model's hf_token) replaced: responses never carry them."""
+    if isinstance(value, dict):
+        return {k: ("***" if k in SECRET_FIELDS and v else redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+
+
+def simulated(row: dict) -> bool:
+    """Whether a task (or experiment) row was measured on simulated engines and GPUs."""
+    return is_simulated(row.get("simulate"), row.get("deployment_mode")) or bool(row.get("simulated"))
+
+
+def finite(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def as_time(v: Any) -> datetime | None:
+    if isinstance(v, datetime):
+        return v
+    if isinstance(v, str):
+        try:
+            return datetime.fromisoformat(v)
+        except ValueError:
+            return None
+    return None
+
+
+def clean(row: dict) -> dict:
+    """A row with non-finite floats as None (JSON has no NaN)."""
+    return {k: finite(v) for k, v in row.items()}

@@ -1,0 +1,111 @@
+"""Experiments as people see them: a task's experiments sorted by any metric, and one attempt with
+its runs, GPU telemetry, failure and log excerpt."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+import msgspec
+
+from autotune.reads import export as ex
+from autotune.reads import models as m
+from autotune.reads.common import COLUMN, BadRequest, NotFound, as_time, clean, finite, rows, simulated
+from autotune.reads.tasks import task_row
+
+
+async def list_experiments(nc, task: str, *, status: str | None = None, sort: str = "n", order: str | None = None,
+                           latest: bool = False, limit: int = 100, offset: int = 0, min_seq: int | None = None) -> m.ExperimentPage:  # fmt: skip
+    if not COLUMN.match(sort):
+        raise BadRequest(f"cannot sort by `{sort}`; use score, n, or any column of the experiments table (e.g. mean_total_tps_per_gpu)")
+    if order not in (None, "asc", "desc"):
+        raise BadRequest(f"order `{order}` is not asc or desc")
+    row = await task_row(nc, task, min_seq=min_seq)
+    direction = (order or "asc").upper()
+    where, params = ["task = ?"], [task]
+    if status:
+        where.append("status = ?")
+        params.append(status)
+    source = "experiments"
+    if latest:
+        source = "(SELECT * FROM experiments WHERE task = ? QUALIFY row_number() OVER (PARTITION BY n ORDER BY attempt DESC) = 1)"
+        params = [task, *params]
+    sql = (
+        f'SELECT *, count(*) OVER () AS _total FROM {source} WHERE {" AND ".join(where)} '
+        f'ORDER BY "{sort}" {direction} NULLS LAST, n, attempt LIMIT ? OFFSET ?'
+    )
+    got = await rows(nc, sql, [*params, limit, offset])
+    total = got[0].pop("_total") if got else 0
+    for r in got[1:]:
+        r.pop("_total", None)
+    return m.ExperimentPage(task=task, simulate=simulated(row), items=[clean(r) for r in got], total=total, limit=limit, offset=offset)
+
+
+
+def bucket_for(seconds: float, points: int = 120) -> int:
+    """A bucket width (seconds) that gives about `points` points over `seconds`."""
+    return max(1, int(math.ceil(seconds / points)))
+
+
+TELEMETRY_COLUMNS = (
+    'avg(util_gpu) AS util_gpu, max(util_gpu) AS util_gpu_max, max(memory_used_mib) AS memory_used_mib, '
+    'max(temperature_c) AS temperature_c, avg(power_w) AS power_w, count(*) AS samples'
+)
+
+
+def telemetry_points(got: list[dict]) -> list[m.TelemetryPoint]:
+    return [msgspec.convert(clean(r), m.TelemetryPoint, strict=False) for r in got]
+
+
+async def experiment_detail(nc, task: str, n: int, *, attempt: int | None = None, log_lines: int = 40,
+                            min_seq: int | None = None) -> m.ExperimentDetail:  # fmt: skip
+    trow = await task_row(nc, task, min_seq=min_seq)
+    attempts = await rows(nc, "SELECT * FROM experiments WHERE task = ? AND n = ? ORDER BY attempt", [task, n])
+    if not attempts:
+        raise NotFound(f"task `{task}` has no experiment {n}; GET /api/tasks/{task}/experiments lists them")
+    if attempt is None:
+        exp = attempts[-1]
+    else:
+        match = [a for a in attempts if a["attempt"] == attempt]
+        if not match:
+            raise NotFound(f"experiment {n} of task `{task}` has no attempt {attempt} (attempts: {', '.join(str(a['attempt']) for a in attempts)})")
+        exp = match[0]
+    a = exp["attempt"]
+    # the runs are the log lane's, which may trail the row above by its gathering (~250 ms): read
+    # them as of the row's own last event, so that a finished attempt shows its results
+    runs = await rows(
+        nc, "SELECT * FROM experiment_runs WHERE task = ? AND n = ? AND attempt = ? ORDER BY run", [task, n, a], min_seq=exp.get("last_seq")
+    )
+    start, end = as_time(exp.get("started_at") or exp.get("assigned_at")), as_time(exp.get("finished_at"))
+    bucket = bucket_for(((end or datetime.now(UTC)) - start).total_seconds()) if start else 1
+    telemetry = await rows(
+        nc,
+        f'SELECT g."index" AS gpu, time_bucket(to_seconds(?), g."at") AS t, {TELEMETRY_COLUMNS} '
+        'FROM experiments e JOIN gpu_samples g ON g.host = e.host AND list_contains(e.gpu_indices, g."index") '
+        'AND g."at" >= coalesce(e.started_at, e.assigned_at) AND g."at" <= coalesce(e.finished_at, now()) '
+        "WHERE e.task = ? AND e.n = ? AND e.attempt = ? GROUP BY ALL ORDER BY t, gpu",
+        [bucket, task, n, a],
+    )
+    logs = await rows(
+        nc,
+        "SELECT line FROM (SELECT seq, line_no, line FROM log_lines WHERE task = ? AND n = ? AND attempt = ? "
+        "ORDER BY seq DESC, line_no DESC LIMIT ?) ORDER BY seq, line_no",
+        [task, n, a, log_lines],
+    )
+    params = exp.get("parameters") if isinstance(exp.get("parameters"), dict) else {}
+    failure = None
+    if exp.get("status") == "failed" or exp.get("failure_kind"):
+        failure = {
+            "kind": exp.get("failure_kind"), "stage": exp.get("failure_stage"), "message": exp.get("failure_message"),
+            "retryable": exp.get("retryable"), "log_tail": exp.get("log_tail") or [],
+        }  # fmt: skip
+    summary_cols = ("attempt", "status", "host", "gpu_indices", "score", "failure_kind", "failure_message", "retry_of",
+                    "started_at", "finished_at", "cancel_reason")  # fmt: skip
+    return m.ExperimentDetail(
+        task=task, n=n, attempt=a, status=exp.get("status"), simulate=simulated(trow) or bool(exp.get("simulated")),
+        parameters=params, command=ex.command_line(trow.get("spec") or {}, params), experiment=clean(exp),
+        runs=[clean(r) for r in runs], attempts=[{c: finite(x.get(c)) for c in summary_cols} for x in attempts],
+        telemetry=telemetry_points(telemetry), telemetry_bucket_s=bucket, failure=failure, log_excerpt=[r["line"] for r in logs],
+    )  # fmt: skip
+
+
