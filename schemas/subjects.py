@@ -94,6 +94,26 @@ def gpu(host_id: str, index: int) -> str:
     return f"{PREFIX}.gpu.{token(host_id, 'host')}.{int(index)}"
 
 
+def host_all(host_id: str) -> str:
+    """Every event of one host (registered, drain_requested, drained, removed, lost)."""
+    return f"{PREFIX}.host.{token(host_id, 'host')}.>"
+
+
+def gpu_all(host_id: str | None = None) -> str:
+    """GPU samples of one host, or of the whole fleet."""
+    return f"{PREFIX}.gpu.{token(host_id, 'host')}.*" if host_id is not None else f"{PREFIX}.gpu.>"
+
+
+def tasks_all() -> str:
+    """Every task's events, their experiments included."""
+    return f"{PREFIX}.task.>"
+
+
+def everything() -> str:
+    """The whole event log as a live view asks for it (tasks and hosts; routed by autotune.reads.stream)."""
+    return f"{PREFIX}.>"
+
+
 def log(task_id: str, n: int) -> str:
     return f"{PREFIX}.log.{token(task_id, 'task')}.{int(n)}"
 

@@ -217,3 +217,19 @@ async def logs(
         outcome = {"attempt": attempt, "status": "running" if planned else "not planned"}
     yield "end", outcome
 
+
+
+# --- where a live view goes on ------------------------------------------------------------------------------
+
+
+async def positions(nc) -> dict[str, int]:
+    """The sequences a page rendered from the projection goes on after, per stream: what the
+    projection had applied of AUTOTUNE_EVENTS (ask before reading, so nothing falls between the
+    page and its live stream), and the current ends of the telemetry and log streams."""
+    from autotune.shared import query as q
+
+    js = nc.jetstream()
+    out = {subj.EVENTS_STREAM: (await q.sql(nc, "SELECT 1 AS ok")).applied_seq}
+    for stream in (subj.TELEMETRY_STREAM, subj.LOGS_STREAM):
+        out[stream] = (await js.stream_info(stream)).state.last_seq
+    return out

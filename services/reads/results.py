@@ -1,0 +1,221 @@
+"""A task's results as plottable columns: every finished experiment with its score and any two
+metrics, the 2-D Pareto frontier of those two, the SLO bounds that apply to them, and one
+experiment's latency distributions from its raw request samples.
+
+Columnar (one list per field) because a task may have tens of thousands of experiments: a chart
+wants arrays, and arrays are a fraction of the bytes of one object per row.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NamedTuple
+
+import msgspec
+
+from autotune.reads.common import BadRequest, finite, redact, simulated
+from autotune.reads.tasks import task_row
+from autotune.shared import query as q
+
+
+class Metric(NamedTuple):
+    label: str
+    sql: str  # an expression over one row of `experiments`
+    better: Literal["min", "max"]
+    slo: tuple[str, ...] = ()  # the spec's SLO term this metric is bounded by: ("latency", "p90") or ("tpot",)
+    inverse: bool = False  # the SLO bounds 1 / metric (tokens/s/user is 1 / mean TPOT)
+
+
+# What a Pareto plot may put on an axis. tps_per_user is the per-user decode speed, 1 / mean TPOT
+# (what a person reading the stream sees); a TPOT SLO bounds it from below exactly.
+METRICS: dict[str, Metric] = {
+    "tps_per_user": Metric("tokens/s/user (1 / mean TPOT)", "1.0 / nullif(mean_tpot, 0)", "max", ("tpot",), inverse=True),
+    "mean_total_tps_per_gpu": Metric("tokens/s/GPU (total, mean)", "mean_total_tps_per_gpu", "max"),
+    "mean_output_tps_per_gpu": Metric("output tokens/s/GPU (mean)", "mean_output_tps_per_gpu", "max"),
+    "mean_total_tps": Metric("tokens/s (total, mean)", "mean_total_tps", "max"),
+    "mean_output_tps": Metric("output tokens/s (mean)", "mean_output_tps", "max"),
+    "requests_per_s": Metric("requests/s", "requests_per_s", "max"),
+    "mean_ttft": Metric("mean TTFT (s)", "mean_ttft", "min", ("ttft",)),
+    "p50_ttft": Metric("p50 TTFT (s)", "p50_ttft", "min"),
+    "p90_ttft": Metric("p90 TTFT (s)", "p90_ttft", "min"),
+    "p99_ttft": Metric("p99 TTFT (s)", "p99_ttft", "min"),
+    "mean_tpot": Metric("mean TPOT (s)", "mean_tpot", "min", ("tpot",)),
+    "p90_tpot": Metric("p90 TPOT (s)", "p90_tpot", "min"),
+    "p99_tpot": Metric("p99 TPOT (s)", "p99_tpot", "min"),
+    "mean_e2e_latency": Metric("mean end-to-end latency (s)", "mean_e2e_latency", "min"),
+    "p50_e2e_latency": Metric("p50 end-to-end latency (s)", "p50_e2e_latency", "min", ("latency", "p50")),
+    "p90_e2e_latency": Metric("p90 end-to-end latency (s)", "p90_e2e_latency", "min", ("latency", "p90")),
+    "p99_e2e_latency": Metric("p99 end-to-end latency (s)", "p99_e2e_latency", "min", ("latency", "p99")),
+    "success_rate": Metric("success rate", "success_rate", "max"),
+    "score": Metric("score (lower is better)", "score", "min"),
+    "startup_s": Metric("engine startup (s)", "startup_s", "min"),
+    "max_memory_used_mib": Metric("max GPU memory used (MiB)", "max_memory_used_mib", "min"),
+}
+DEFAULT_X, DEFAULT_Y = "tps_per_user", "mean_total_tps_per_gpu"
+FINISHED = ("completed", "failed")
+
+
+class Points(msgspec.Struct, kw_only=True):
+    """Every finished attempt of a task in the order they finished, one list per field."""
+
+    task: str
+    simulate: bool
+    x: str
+    y: str
+    x_label: str
+    y_label: str
+    x_better: str
+    y_better: str
+    n: list[int]
+    attempt: list[int]
+    status: list[str]
+    score: list[float | None]
+    slo_met: list[bool | None]
+    failure_kind: list[str | None]
+    xs: list[float | None]
+    ys: list[float | None]
+    parameters: dict[str, list[Any]]  # parameter name -> its value per point
+    frontier: list[int] = []  # indices into the lists above, along the frontier
+    x_bound: float | None = None  # the SLO's limit on x (feasible: x <= bound when x_better is min, else >=)
+    y_bound: float | None = None
+
+
+def check_metric(name: str, axis: str) -> Metric:
+    metric = METRICS.get(name)
+    if metric is None:
+        raise BadRequest(f"cannot plot `{name}` on {axis}; one of {', '.join(METRICS)}")
+    return metric
+
+
+async def all_rows(nc, sql: str, params: list[Any], *, min_seq: int | None = None, page: int = 20_000) -> list[dict]:
+    """Every row of an ordered query, in pages when one NATS message cannot hold them all."""
+    out: list[dict] = []
+    while True:
+        res = await q.sql(nc, f"{sql} LIMIT ? OFFSET ?", [*params, page, len(out)], min_seq=min_seq)
+        out += res.rows_as_dicts()
+        if not res.rows or (not res.truncated and len(res.rows) < page):
+            return out
+
+
+def slo_bound(spec: dict, metric: Metric) -> float | None:
+    """The threshold the task's SLO puts on `metric`, in the metric's own unit, or None."""
+    node: Any = spec.get("slo") if isinstance(spec, dict) else None
+    for key in metric.slo:
+        node = node.get(key) if isinstance(node, dict) else None
+    threshold = node.get("threshold") if isinstance(node, dict) else None
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or threshold <= 0:
+        return None
+    return 1.0 / threshold if metric.inverse else float(threshold)
+
+
+def frontier(xs: list[float | None], ys: list[float | None], x_better: str, y_better: str, keep: list[bool]) -> list[int]:
+    """Indices of the points no other point dominates in (x, y), sorted along x; O(n log n).
+    Only points with `keep` (completed, not a hard SLO failure) and both values take part."""
+    sx = -1.0 if x_better == "max" else 1.0
+    sy = -1.0 if y_better == "max" else 1.0
+    pts = sorted(
+        ((sx * x, sy * y, i) for i, (x, y) in enumerate(zip(xs, ys, strict=True)) if keep[i] and x is not None and y is not None),
+    )
+    out: list[int] = []
+    best_y = float("inf")
+    last_x: float | None = None
+    for x, y, i in pts:  # ascending oriented x: a point is on the front when its y beats every earlier one
+        if y < best_y:
+            if out and last_x == x:  # same x, better y: the earlier one is dominated
+                out.pop()
+            out.append(i)
+            best_y, last_x = y, x
+    return out
+
+
+async def task_points(nc, task: str, *, x: str = DEFAULT_X, y: str = DEFAULT_Y, ns: list[int] | None = None,
+                      min_seq: int | None = None) -> Points:  # fmt: skip
+    """The task's finished attempts with metrics `x` and `y` (names in METRICS); only experiments
+    `ns` when given (what a live chart appends). The frontier is of those points."""
+    mx, my = check_metric(x, "x"), check_metric(y, "y")
+    row = await task_row(nc, task, min_seq=min_seq)
+    spec = row.get("spec") if isinstance(row.get("spec"), dict) else {}
+    where, params = ["task = ?", f"status IN {FINISHED!r}"], [task]
+    if ns is not None:
+        if not ns:
+            ns = [-1]
+        where.append(f"n IN ({', '.join('?' for _ in ns)})")
+        params += ns
+    got = await all_rows(
+        nc,
+        f"SELECT n, attempt, status, score, slo_met, coalesce(hard_fail, false) AS hard_fail, failure_kind, ({mx.sql}) AS x, ({my.sql}) AS y, "
+        f"parameters FROM experiments WHERE {' AND '.join(where)} ORDER BY coalesce(finished_at, planned_at), n, attempt",
+        params,
+    )
+    names = list((spec.get("parameters") or {}).keys()) if isinstance(spec.get("parameters"), dict) else []
+    for r in got:
+        p = r.get("parameters") if isinstance(r.get("parameters"), dict) else {}
+        names += [k for k in p if k not in names]
+    xs, ys = [finite(r["x"]) for r in got], [finite(r["y"]) for r in got]
+    keep = [r["status"] == "completed" and not r["hard_fail"] for r in got]
+    return Points(
+        task=task, simulate=simulated(row), x=x, y=y, x_label=mx.label, y_label=my.label, x_better=mx.better, y_better=my.better,
+        n=[r["n"] for r in got], attempt=[r["attempt"] for r in got], status=[r["status"] for r in got],
+        score=[finite(r["score"]) for r in got], slo_met=[r["slo_met"] for r in got], failure_kind=[r["failure_kind"] for r in got],
+        xs=xs, ys=ys, parameters={k: [redact((r.get("parameters") or {}).get(k)) for r in got] for k in names},
+        frontier=frontier(xs, ys, mx.better, my.better, keep), x_bound=slo_bound(spec, mx), y_bound=slo_bound(spec, my),
+    )  # fmt: skip
+
+
+# --- latency distributions from raw samples ------------------------------------------------------------
+
+LATENCIES = {"ttft": "time to first token (s)", "tpot": "time per output token (s)", "e2e": "end-to-end latency (s)"}
+QUANTILES = [round(i / 100, 2) for i in range(1, 100)]
+
+
+class Distribution(msgspec.Struct, kw_only=True):
+    """One latency over an attempt's successful requests: exact percentiles and the empirical CDF
+    (the value at each percent from 1 to 99, plus the extremes)."""
+
+    metric: str
+    label: str
+    count: int
+    mean: float | None
+    p50: float | None
+    p90: float | None
+    p99: float | None
+    cdf_p: list[float]
+    cdf_v: list[float | None]
+
+
+class Distributions(msgspec.Struct, kw_only=True):
+    task: str
+    n: int
+    attempt: int
+    requests: int
+    failed: int
+    items: list[Distribution]
+
+
+async def latency_distributions(nc, task: str, n: int, attempt: int, *, run: int | None = None, min_seq: int | None = None) -> Distributions:
+    """TTFT, TPOT and end-to-end latency of the attempt's requests (`request_samples`), computed in
+    SQL from the raw samples: exact, and the same whatever the number of requests."""
+    where, params = "task = ? AND n = ? AND attempt = ?", [task, n, attempt]
+    if run is not None:
+        where += " AND run = ?"
+        params.append(run)
+    cols = []
+    for k in LATENCIES:
+        cols.append(f"count({k}) FILTER (WHERE ok) AS {k}_count, avg({k}) FILTER (WHERE ok) AS {k}_mean, "
+                    f"min({k}) FILTER (WHERE ok) AS {k}_min, max({k}) FILTER (WHERE ok) AS {k}_max, "
+                    f"quantile_cont({k}, {QUANTILES!r}) FILTER (WHERE ok) AS {k}_q")  # fmt: skip
+    got = await q.sql(
+        nc, f"SELECT count(*) AS requests, count(*) FILTER (WHERE NOT ok) AS failed, {', '.join(cols)} FROM request_samples WHERE {where}",
+        params, min_seq=min_seq,
+    )  # fmt: skip
+    r = got.rows_as_dicts()[0] if got.rows else {}
+    items = []
+    for k, label in LATENCIES.items():
+        qs = r.get(f"{k}_q") or []
+        count = r.get(f"{k}_count") or 0
+        pick = dict(zip(QUANTILES, qs, strict=False))
+        items.append(Distribution(
+            metric=k, label=label, count=count, mean=finite(r.get(f"{k}_mean")), p50=finite(pick.get(0.5)), p90=finite(pick.get(0.9)),
+            p99=finite(pick.get(0.99)), cdf_p=[0.0, *QUANTILES, 1.0] if count else [],
+            cdf_v=[finite(r.get(f"{k}_min")), *[finite(v) for v in qs], finite(r.get(f"{k}_max"))] if count else [],
+        ))  # fmt: skip
+    return Distributions(task=task, n=n, attempt=attempt, requests=r.get("requests") or 0, failed=r.get("failed") or 0, items=items)

@@ -1,0 +1,88 @@
+"""The fleet over time: which experiment held which GPU when (a timeline with no cap on the count),
+and every GPU's recent utilization, memory and temperature (sparklines)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from autotune.reads.common import rows
+from autotune.reads.results import all_rows
+
+
+class Timeline(msgspec.Struct, kw_only=True):
+    """Bars of experiment attempts on GPU lanes ("host/gpu"), columnar; times in Unix seconds,
+    `end` None while the attempt runs."""
+
+    since: float
+    until: float
+    lanes: list[str]
+    lane: list[int]
+    task: list[str]
+    n: list[int]
+    attempt: list[int]
+    status: list[str]
+    start: list[float]
+    end: list[float | None]
+
+
+async def timeline(nc, *, hours: float = 3.0, host: str | None = None, min_seq: int | None = None) -> Timeline:
+    """Every attempt placed on a GPU that overlapped the last `hours` (of `host`, or of the fleet)."""
+    until = datetime.now(UTC)
+    since = until - timedelta(hours=hours)
+    where, params = ["host IS NOT NULL", "coalesce(started_at, assigned_at) IS NOT NULL", "coalesce(finished_at, now()) >= ?::TIMESTAMPTZ"], [since.isoformat()]
+    if host is not None:
+        where.append("host = ?")
+        params.append(host)
+    got = await all_rows(
+        nc,
+        "SELECT host, gpu, task, n, attempt, status, t0, t1 FROM (SELECT host, unnest(gpu_indices) AS gpu, task, n, attempt, status, "
+        "epoch(coalesce(started_at, assigned_at)) AS t0, epoch(finished_at) AS t1 "
+        f"FROM experiments WHERE {' AND '.join(where)}) ORDER BY host, gpu, t0, task, n, attempt",
+        params,
+        min_seq=min_seq,
+    )
+    lanes: list[str] = []
+    index: dict[str, int] = {}
+    lane = []
+    for r in got:
+        key = f"{r['host']}/{r['gpu']}"
+        if key not in index:
+            index[key] = len(lanes)
+            lanes.append(key)
+        lane.append(index[key])
+    return Timeline(
+        since=since.timestamp(), until=until.timestamp(), lanes=lanes, lane=lane, task=[r["task"] for r in got], n=[r["n"] for r in got],
+        attempt=[r["attempt"] for r in got], status=[r["status"] for r in got], start=[round(r["t0"], 2) for r in got],
+        end=[None if r["t1"] is None else round(r["t1"], 2) for r in got],
+    )  # fmt: skip
+
+
+class Spark(msgspec.Struct, kw_only=True):
+    """One GPU's recent readings, oldest first, one value per bucket (rounded: they are drawn)."""
+
+    util: list[float | None]
+    mem_pct: list[float | None]
+    temp: list[float | None]
+
+
+async def sparklines(nc, *, minutes: float = 10.0, points: int = 20, host: str | None = None,
+                     min_seq: int | None = None) -> dict[tuple[str, int], Spark]:  # fmt: skip
+    """(host, GPU index) -> its last `minutes` of samples in about `points` buckets."""
+    bucket = max(1, int(minutes * 60 / points))
+    where, params = '"at" >= now() - to_seconds(?)', [minutes * 60]
+    if host is not None:
+        where += " AND host = ?"
+        params.append(host)
+    got = await rows(
+        nc,
+        'SELECT host, "index", list(u ORDER BY b) AS util, list(m ORDER BY b) AS mem_pct, list(t ORDER BY b) AS temp FROM ('
+        'SELECT host, "index", time_bucket(to_seconds(?), "at") AS b, round(avg(util_gpu)) AS u, '
+        "round(100 * max(memory_used_mib) / nullif(max(memory_total_mib), 0)) AS m, round(max(temperature_c)) AS t "
+        f"FROM gpu_samples WHERE {where} GROUP BY ALL) GROUP BY ALL",
+        [bucket, *params],
+        min_seq=min_seq,
+        limit=1_000_000,
+    )
+    return {(r["host"], r["index"]): Spark(util=r["util"] or [], mem_pct=r["mem_pct"] or [], temp=r["temp"] or []) for r in got}
