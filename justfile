@@ -26,13 +26,17 @@ autotune *ARGS: setup
 test *ARGS: setup
     uv run --locked pytest -q {{ARGS}}
 
-# a benchmark: loadgen | tuning | projector — prints one JSON line of figures at the end
+# a benchmark: loadgen | tuning | projector | dashboard — prints one JSON line of figures at the end
 bench NAME *ARGS: setup
     uv run --locked python tests/benchmarks/{{NAME}}.py {{ARGS}}
 
 # the chaos suite: a 30-experiment task while a seeded driver kill -9s services; one JSON line (`--short` for the CI form)
 chaos *ARGS: setup
     uv run --locked python tests/chaos/chaos.py {{ARGS}}
+
+# re-fetch the dashboard's vendored JS/CSS (htmx, uPlot) from the npm registry: exactly the pinned versions, hashes checked
+vendor-ui: setup
+    uv run --locked python -m autotune.dashboard.vendor
 
 # lint with ruff
 lint: setup

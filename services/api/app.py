@@ -21,7 +21,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from nats.aio.client import Client as NATS
 
-from autotune import __version__
+from autotune import __version__, dashboard
 from autotune.api.common import BEARER, EXCEPTION_HANDLERS
 from autotune.api.experiments import ExperimentController
 from autotune.api.hosts import GpuController, HostController
@@ -65,7 +65,9 @@ def create_app(*, nc: NATS | None, settings: Settings, debug: bool = False) -> L
 
     app = Litestar(
         lifespan=[nats_connection],
-        route_handlers=[TaskController, ExperimentController, HostController, GpuController, EventController, SystemController],
+        route_handlers=[TaskController, ExperimentController, HostController, GpuController, EventController, SystemController,
+                        *dashboard.route_handlers()],
+        template_config=dashboard.template_config(),
         openapi_config=OpenAPIConfig(
             title="autotune",
             version=__version__,

@@ -31,11 +31,14 @@ class ExperimentController(Controller):
         sort: Annotated[str, QueryParameter(description="score, n, or any column of the experiments table", max_length=64)] = "n",
         order: FromQuery[Literal["asc", "desc"] | None] = None,
         latest: Annotated[bool, QueryParameter(description="only the latest attempt of each experiment")] = False,
+        failure_kind: Annotated[str | None, QueryParameter(description="e.g. oom, startup_timeout", max_length=64)] = None,
+        host: Annotated[str | None, QueryParameter(description="placed on this host", max_length=256)] = None,
         limit: Limit = 100, offset: Offset = 0,
     ) -> m.ExperimentPage:  # fmt: skip
         return await reads.list_experiments(
-            request.app.state.nc, task_id, status=status, sort=sort, order=order, latest=latest, limit=limit, offset=offset, min_seq=min_seq(request)
-        )
+            request.app.state.nc, task_id, status=status, sort=sort, order=order, latest=latest, failure_kind=failure_kind, host=host,
+            limit=limit, offset=offset, min_seq=min_seq(request),
+        )  # fmt: skip
 
     @get("/{n:int}", operation_id="getExperiment", summary="One experiment: parameters, runs, GPU telemetry, failure, log excerpt")
     async def get_experiment(

@@ -73,9 +73,13 @@ class TaskController(Controller):
     async def list_tasks(
         self, request: Request, status: FromQuery[TaskStatus | None] = None,
         name: Annotated[str | None, QueryParameter(description="substring of the name or id", max_length=256)] = None,
-        simulate: FromQuery[bool | None] = None, limit: Limit = 50, offset: Offset = 0,
+        simulate: FromQuery[bool | None] = None,
+        model: Annotated[str | None, QueryParameter(description="substring of the model", max_length=256)] = None,
+        engine: Annotated[str | None, QueryParameter(description="sglang or vllm", max_length=64)] = None,
+        limit: Limit = 50, offset: Offset = 0,
     ) -> m.TaskPage:  # fmt: skip
-        return await reads.list_tasks(_nc(request), status=status, name=name, simulate=simulate, limit=limit, offset=offset, min_seq=min_seq(request))
+        return await reads.list_tasks(_nc(request), status=status, name=name, simulate=simulate, model=model, engine=engine, limit=limit,
+                                      offset=offset, min_seq=min_seq(request))  # fmt: skip
 
     @get("/{task_id:str}", operation_id="getTask", summary="One task: status, progress, best experiment, Pareto set")
     async def get_task(self, request: Request, task_id: TaskId) -> m.TaskDetail:

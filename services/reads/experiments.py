@@ -15,7 +15,8 @@ from autotune.reads.tasks import task_row
 
 
 async def list_experiments(nc, task: str, *, status: str | None = None, sort: str = "n", order: str | None = None,
-                           latest: bool = False, limit: int = 100, offset: int = 0, min_seq: int | None = None) -> m.ExperimentPage:  # fmt: skip
+                           latest: bool = False, failure_kind: str | None = None, host: str | None = None,
+                           limit: int = 100, offset: int = 0, min_seq: int | None = None) -> m.ExperimentPage:  # fmt: skip
     if not COLUMN.match(sort):
         raise BadRequest(f"cannot sort by `{sort}`; use score, n, or any column of the experiments table (e.g. mean_total_tps_per_gpu)")
     if order not in (None, "asc", "desc"):
@@ -26,6 +27,12 @@ async def list_experiments(nc, task: str, *, status: str | None = None, sort: st
     if status:
         where.append("status = ?")
         params.append(status)
+    if failure_kind:
+        where.append("failure_kind = ?")
+        params.append(failure_kind)
+    if host:
+        where.append("host = ?")
+        params.append(host)
     source = "experiments"
     if latest:
         source = "(SELECT * FROM experiments WHERE task = ? QUALIFY row_number() OVER (PARTITION BY n ORDER BY attempt DESC) = 1)"
@@ -109,3 +116,17 @@ async def experiment_detail(nc, task: str, n: int, *, attempt: int | None = None
     )  # fmt: skip
 
 
+
+
+async def log_excerpt(nc, task: str, n: int, attempt: int, *, lines: int = 200, min_seq: int | None = None) -> tuple[list[dict], int]:
+    """The attempt's last `lines` log lines ({seq, source, line}) and the AUTOTUNE_LOGS sequence the
+    projection holds them up to (a live tail goes on after it; 0 when it holds none)."""
+    got = await rows(
+        nc,
+        "SELECT seq, source, line FROM (SELECT seq, line_no, source, line FROM log_lines WHERE task = ? AND n = ? AND attempt = ? "
+        "ORDER BY seq DESC, line_no DESC LIMIT ?) ORDER BY seq, line_no",
+        [task, n, attempt, lines],
+        min_seq=min_seq,
+    )
+    last = await rows(nc, "SELECT coalesce(max(seq), 0) AS seq FROM log_lines WHERE task = ? AND n = ?", [task, n])
+    return got, last[0]["seq"]

@@ -36,7 +36,9 @@ def _task(row: dict) -> m.Task:
 
 
 async def list_tasks(nc, *, status: str | None = None, name: str | None = None, simulate: bool | None = None,
+                     model: str | None = None, engine: str | None = None,
                      limit: int = 50, offset: int = 0, min_seq: int | None = None) -> m.TaskPage:  # fmt: skip
+    """Newest first; `name` and `model` match substrings (any case), `engine` exactly."""
     where, params = [], []
     if status:
         where.append("status = ?")
@@ -44,6 +46,12 @@ async def list_tasks(nc, *, status: str | None = None, name: str | None = None, 
     if name:
         where.append("(name ILIKE ? OR id ILIKE ?)")
         params += [f"%{name}%", f"%{name}%"]
+    if model:
+        where.append("model ILIKE ?")
+        params.append(f"%{model}%")
+    if engine:
+        where.append("engine = ?")
+        params.append(engine)
     if simulate is not None:
         where.append("(coalesce(simulate, false) OR coalesce(deployment_mode = 'simulated', false)) = ?")
         params.append(simulate)

@@ -1,0 +1,203 @@
+"""What every page shares: the templates and their filters, the live streams a page opens, and
+errors as pages (a person who opens a wrong link reads what was wrong, not JSON)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import msgspec
+from jinja2 import Environment
+from litestar import Request
+from litestar.exceptions import HTTPException
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Template
+from litestar.template.config import TemplateConfig
+from nats.aio.client import Client as NATS
+
+from autotune import reads
+from autotune.reads import stream
+from autotune.schemas import subjects as subj
+from autotune.shared import query as q
+from autotune.shared.log import get_logger
+
+log = get_logger("dashboard")
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+PAGE_SIZE = 50
+STREAMS = {"events": subj.EVENTS_STREAM, "telemetry": subj.TELEMETRY_STREAM, "logs": subj.LOGS_STREAM}
+
+
+def nc(request: Request) -> NATS:
+    return request.app.state.nc
+
+
+# --- template filters ------------------------------------------------------------------------------------------
+
+
+def num(v: Any, digits: int = 4) -> str:
+    """A figure for people: integers with separators, floats to `digits` significant digits."""
+    if v is None or v == "":
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "–"
+        if v == int(v) and abs(v) < 1e9:
+            return f"{int(v):,}"
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def as_dt(v: Any) -> datetime | None:
+    if isinstance(v, datetime):
+        return v if v.tzinfo else v.replace(tzinfo=UTC)
+    if isinstance(v, str) and v:
+        try:
+            d = datetime.fromisoformat(v)
+        except ValueError:
+            return None
+        return d if d.tzinfo else d.replace(tzinfo=UTC)
+    return None
+
+
+def when(v: Any) -> str:
+    """A UTC time, short (the full one is the element's title)."""
+    d = as_dt(v)
+    return d.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if d else "–"
+
+
+def duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds):
+        return "–"
+    s = int(seconds)
+    if s < 120:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def since(v: Any) -> str:
+    d = as_dt(v)
+    return duration((datetime.now(UTC) - d).total_seconds()) + " ago" if d else "–"
+
+
+_json = msgspec.json.Encoder()
+
+
+def as_json(value: Any) -> str:
+    """JSON for a <script type="application/json"> block: `</` cannot end the script early."""
+    return _json.encode(msgspec.to_builtins(value)).decode().replace("</", "<\\/")
+
+
+def pct(part: Any, whole: Any) -> float | None:
+    if not isinstance(part, (int, float)) or not isinstance(whole, (int, float)) or not whole:
+        return None
+    return max(0.0, min(100.0, 100.0 * part / whole))
+
+
+def query(request: Request, **changes: Any) -> str:
+    """This page's query string with `changes` applied (None removes a key): links that keep the
+    user's filters and sorting."""
+    items = [(k, v) for k, v in request.query_params.multi_items() if k not in changes and k != "part"]
+    for k, v in changes.items():
+        if isinstance(v, (list, tuple)):
+            items += [(k, x) for x in v]
+        elif v is not None and v != "":
+            items.append((k, v))
+    return "?" + urlencode(items) if items else "?"
+
+
+def sparkline(values: list[Any], top: float = 100.0, width: int = 60, height: int = 16) -> str:
+    """SVG polyline points for values in [0, top], oldest first (None: a gap is bridged)."""
+    vals = [v for v in values if isinstance(v, (int, float))]
+    if len(vals) < 2:
+        return ""
+    step = width / (len(vals) - 1)
+    return " ".join(f"{i * step:.1f},{height - min(max(v, 0), top) / top * height:.1f}" for i, v in enumerate(vals))
+
+
+def _environment(env: Environment) -> None:
+    env.filters.update(num=num, when=when, duration=duration, since=since, json=as_json)
+    env.globals.update(pct=pct, sparkline=sparkline, query=query)
+    env.trim_blocks = env.lstrip_blocks = True
+
+
+def template_config() -> TemplateConfig:
+    return TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=_environment)
+
+
+# --- live streams ----------------------------------------------------------------------------------------------
+
+
+class Live(msgspec.Struct, kw_only=True):
+    """One SSE stream a page opens: the existing API endpoint and the sequence it goes on from."""
+
+    id: str
+    url: str
+    since_seq: int | None = None
+    until: list[str] = []  # event types after which the stream is done (a finished task's stream)
+
+
+def events_url(subject: str) -> str:
+    return "/api/events?" + urlencode({"subject": subject, "follow": "true"})
+
+
+async def positions(request: Request) -> dict[str, int]:
+    """Where this page's live streams go on (read before the page's data: nothing falls between)."""
+    return await stream.positions(nc(request))
+
+
+def page(template: str, request: Request, *, title: str, live: list[Live] = (), simulated: bool = False, **context: Any) -> Template:
+    return Template(
+        template_name=template,
+        context={"request": request, "title": title, "live": [msgspec.to_builtins(x) for x in live], "simulated": simulated, **context},
+    )
+
+
+def fragment(template: str, request: Request, **context: Any) -> Template:
+    """One section of a page, what a live refresh swaps in."""
+    return Template(template_name=f"parts/{template}.html", context={"request": request, **context})
+
+
+# --- errors as pages -------------------------------------------------------------------------------------------
+
+
+def _error_page(request: Request, status: int, message: str) -> Template:
+    return Template(template_name="error.html", status_code=status, context={"request": request, "title": f"{status}", "status": status,
+                                                                              "message": message, "live": [], "simulated": False})  # fmt: skip
+
+
+def _query_error(request: Request, exc: q.QueryError) -> Template:
+    unavailable = any(s in exc.message for s in ("no projector is answering", "did not answer within", "is behind", "no query slot"))
+    return _error_page(request, 503 if unavailable else 400, exc.message)
+
+
+def _http(request: Request, exc: HTTPException) -> Template:
+    detail = str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no page {request.url.path}; the overview (/) links every task and host"
+    return _error_page(request, exc.status_code, detail)
+
+
+def _internal(request: Request, exc: Exception) -> Template:
+    log.error("dashboard page failed", exc=True, path=request.url.path, error=repr(exc))
+    return _error_page(request, 500, f"internal error ({type(exc).__name__}); this is a bug in autotune, please report it with the URL")
+
+
+EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
+    reads.NotFound: lambda r, e: _error_page(r, 404, str(e)),
+    reads.BadRequest: lambda r, e: _error_page(r, 400, str(e)),
+    q.QueryError: _query_error,
+    HTTPException: _http,
+    Exception: _internal,
+}
