@@ -4,6 +4,7 @@ errors as pages (a person who opens a wrong link reads what was wrong, not JSON)
 from __future__ import annotations
 
 import math
+import typing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,12 @@ from litestar.exceptions import HTTPException
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Template
 from litestar.template.config import TemplateConfig
+from markupsafe import Markup
 from nats.aio.client import Client as NATS
 
 from autotune import reads
 from autotune.reads import stream
+from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.shared import query as q
 from autotune.shared.log import get_logger
@@ -35,6 +38,12 @@ STREAMS = {"events": subj.EVENTS_STREAM, "telemetry": subj.TELEMETRY_STREAM, "lo
 
 def nc(request: Request) -> NATS:
     return request.app.state.nc
+
+
+def written(request: Request) -> int | None:
+    """Read-your-writes: the sequence of the API process's own last publish (a page opened right
+    after a cancel or a submit from this dashboard shows it)."""
+    return getattr(request.app.state, "last_seq", 0) or None
 
 
 # --- template filters ------------------------------------------------------------------------------------------
@@ -94,9 +103,9 @@ def since(v: Any) -> str:
 _json = msgspec.json.Encoder()
 
 
-def as_json(value: Any) -> str:
+def as_json(value: Any) -> Markup:
     """JSON for a <script type="application/json"> block: `</` cannot end the script early."""
-    return _json.encode(msgspec.to_builtins(value)).decode().replace("</", "<\\/")
+    return Markup(_json.encode(msgspec.to_builtins(value)).decode().replace("</", "<\\/"))
 
 
 def pct(part: Any, whole: Any) -> float | None:
@@ -126,7 +135,8 @@ def sparkline(values: list[Any], top: float = 100.0, width: int = 60, height: in
     return " ".join(f"{i * step:.1f},{height - min(max(v, 0), top) / top * height:.1f}" for i, v in enumerate(vals))
 
 
-def _environment(env: Environment) -> None:
+def _environment(engine: JinjaTemplateEngine) -> None:
+    env: Environment = engine.engine
     env.filters.update(num=num, when=when, duration=duration, since=since, json=as_json)
     env.globals.update(pct=pct, sparkline=sparkline, query=query)
     env.trim_blocks = env.lstrip_blocks = True
@@ -154,14 +164,16 @@ def events_url(subject: str) -> str:
 
 async def positions(request: Request) -> dict[str, int]:
     """Where this page's live streams go on (read before the page's data: nothing falls between)."""
-    return await stream.positions(nc(request))
+    return await stream.positions(nc(request), min_seq=written(request))
+
+
+# What an SSE stream of the API may name: every event type of the log, and the log stream's own.
+EVENT_TYPES = sorted({ev.tag_of(t) for t in typing.get_args(ev.AnyEvent)} | {"log", "end", "error", "undecodable", "unknown"})
 
 
 def page(template: str, request: Request, *, title: str, live: list[Live] = (), simulated: bool = False, **context: Any) -> Template:
-    return Template(
-        template_name=template,
-        context={"request": request, "title": title, "live": [msgspec.to_builtins(x) for x in live], "simulated": simulated, **context},
-    )
+    config = {"streams": [msgspec.to_builtins(x) for x in live], "types": EVENT_TYPES}
+    return Template(template_name=template, context={"request": request, "title": title, "live": config, "simulated": simulated, **context})
 
 
 def fragment(template: str, request: Request, **context: Any) -> Template:
@@ -174,7 +186,7 @@ def fragment(template: str, request: Request, **context: Any) -> Template:
 
 def _error_page(request: Request, status: int, message: str) -> Template:
     return Template(template_name="error.html", status_code=status, context={"request": request, "title": f"{status}", "status": status,
-                                                                              "message": message, "live": [], "simulated": False})  # fmt: skip
+                                                                              "message": message, "live": {"streams": [], "types": []}, "simulated": False})  # fmt: skip
 
 
 def _query_error(request: Request, exc: q.QueryError) -> Template:

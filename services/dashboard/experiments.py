@@ -3,16 +3,15 @@ GPU telemetry over its lifetime, its log (live while it runs) and its failure.""
 
 from __future__ import annotations
 
-
 from typing import Annotated
 from urllib.parse import urlencode
 
 from litestar import Controller, Request, get
-from litestar.params import QueryParameter
+from litestar.params import PathParameter, QueryParameter
 from litestar.response import Template
 
 from autotune import reads
-from autotune.dashboard.common import Live, events_url, fragment, nc, page, positions
+from autotune.dashboard.common import Live, events_url, fragment, nc, page, positions, written
 from autotune.reads import results
 from autotune.reads.experiments import log_excerpt
 from autotune.schemas import subjects as subj
@@ -28,11 +27,11 @@ class ExperimentPages(Controller):
     include_in_schema = False
 
     @get("/tasks/{task_id:str}/experiments/{n:int}", name="experiment")
-    async def experiment(self, request: Request, task_id: str, n: int,
+    async def experiment(self, request: Request, task_id: Annotated[str, PathParameter(max_length=256)], n: Annotated[int, PathParameter(ge=0, le=2**53)],
                          attempt: Annotated[int | None, QueryParameter(ge=0, le=2**31)] = None, part: Part = None) -> Template:  # fmt: skip
         conn = nc(request)
         pos = None if part else await positions(request)
-        d = await reads.experiment_detail(conn, task_id, n, attempt=attempt, log_lines=0)
+        d = await reads.experiment_detail(conn, task_id, n, attempt=attempt, log_lines=0, min_seq=written(request))
         if part == "head":
             return fragment("experiment_head", request, d=d, run_columns=RUN_COLUMNS)
         dist = await results.latency_distributions(conn, task_id, n, d.attempt)

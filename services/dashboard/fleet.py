@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get
-from litestar.params import QueryParameter
+from litestar.params import PathParameter, QueryParameter
 from litestar.response import Template
 
 from autotune import reads
-from autotune.dashboard.common import Live, events_url, fragment, nc, page, positions
+from autotune.dashboard.common import Live, events_url, fragment, nc, page, positions, written
 from autotune.reads import timeline as tl
 from autotune.schemas import subjects as subj
 from autotune.schemas.status import TASK_ACTIVE
@@ -33,20 +33,20 @@ def by_node(hosts: list[Any]) -> list[tuple[str | None, list[Any]]]:
 
 async def _fleet(request: Request) -> dict[str, Any]:
     conn = nc(request)
-    hosts, sparks = await asyncio.gather(reads.list_hosts(conn, conn.jetstream()), tl.sparklines(conn))
+    hosts, sparks = await asyncio.gather(reads.list_hosts(conn, conn.jetstream(), min_seq=written(request)), tl.sparklines(conn))
     counts = Counter(h.status for h in hosts)
     return {"groups": by_node(hosts), "counts": {s: counts.get(s, 0) for s in STATUSES}, "sparks": sparks,
             "hosts_simulated": any(h.simulated for h in hosts), "host_count": len(hosts)}  # fmt: skip
 
 
 async def _running(request: Request) -> dict[str, Any]:
-    pages = await asyncio.gather(*(reads.list_tasks(nc(request), status=s, limit=100) for s in sorted(TASK_ACTIVE)))
+    pages = await asyncio.gather(*(reads.list_tasks(nc(request), status=s, limit=100, min_seq=written(request)) for s in sorted(TASK_ACTIVE)))
     tasks = sorted((t for p in pages for t in p.items), key=lambda t: t.submitted_at or "", reverse=True)
     return {"active": tasks, "active_total": sum(p.total for p in pages)}
 
 
 async def _timeline(request: Request, hours: float) -> dict[str, Any]:
-    return {"timeline": await tl.timeline(nc(request), hours=hours), "hours": hours}
+    return {"timeline": await tl.timeline(nc(request), hours=hours, min_seq=written(request)), "hours": hours}
 
 
 class FleetPages(Controller):
@@ -71,15 +71,15 @@ class FleetPages(Controller):
         return page("overview.html", request, title="overview", live=live, simulated=simulated, **fleet, **running, **timeline)
 
     @get("/hosts/{host_id:str}", name="host")
-    async def host(self, request: Request, host_id: str, hours: Annotated[float, QueryParameter(gt=0, le=24 * 30)] = 1.0,
+    async def host(self, request: Request, host_id: Annotated[str, PathParameter(max_length=256)], hours: Annotated[float, QueryParameter(gt=0, le=24 * 30)] = 1.0,
                    part: Part = None) -> Template:  # fmt: skip
         conn = nc(request)
         if part == "head":
-            return fragment("host_head", request, h=await reads.host_detail(conn, conn.jetstream(), host_id))
+            return fragment("host_head", request, h=await reads.host_detail(conn, conn.jetstream(), host_id, min_seq=written(request)))
         pos = await positions(request)
         now = datetime.now(UTC)
         detail, history = await asyncio.gather(
-            reads.host_detail(conn, conn.jetstream(), host_id, experiments=50),
+            reads.host_detail(conn, conn.jetstream(), host_id, experiments=50, min_seq=written(request)),
             reads.gpu_history(conn, host_id, since=now - timedelta(hours=hours), until=now + timedelta(seconds=1)),
         )
         live = [

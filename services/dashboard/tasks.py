@@ -9,11 +9,11 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, QueryParameter
+from litestar.params import Body, PathParameter, QueryParameter
 from litestar.response import Response, Template
 
 from autotune import reads
-from autotune.dashboard.common import PAGE_SIZE, Live, events_url, fragment, nc, page, positions
+from autotune.dashboard.common import PAGE_SIZE, Live, events_url, fragment, nc, page, positions, written
 from autotune.reads import results
 from autotune.schemas import subjects as subj
 from autotune.schemas.spec import SpecError, is_simulated
@@ -49,23 +49,24 @@ def waiting(detail: Any, planned: list[dict]) -> str | None:
 async def _head(request: Request, task_id: str) -> dict[str, Any]:
     conn = nc(request)
     detail, planned = await asyncio.gather(
-        reads.task_detail(conn, task_id), reads.list_experiments(conn, task_id, status=ExperimentStatus.PLANNED, limit=20)
+        reads.task_detail(conn, task_id, min_seq=written(request)),
+        reads.list_experiments(conn, task_id, status=ExperimentStatus.PLANNED, limit=20, min_seq=written(request)),
     )
     return {"t": detail, "waiting": waiting(detail, planned.items)}
 
 
-async def _best(request: Request, task_id: str, t: Any) -> dict[str, Any]:
+async def _best(request: Request, task_id: Annotated[str, PathParameter(max_length=256)], t: Any) -> dict[str, Any]:
     if t.best is None:
         return {"exports": {}}
     got = await asyncio.gather(*(reads.export(nc(request), task_id, fmt) for fmt in ("cmd", "docker", "k8s")))
     return {"exports": {e.format: e for e in got}}
 
 
-async def _experiments(request: Request, task_id: str, status: str | None, failure: str | None, host: str | None, sort: str,
+async def _experiments(request: Request, task_id: Annotated[str, PathParameter(max_length=256)], status: str | None, failure: str | None, host: str | None, sort: str,
                        order: str | None, page_no: int) -> dict[str, Any]:  # fmt: skip
     got = await reads.list_experiments(
         nc(request), task_id, status=status or None, failure_kind=failure or None, host=host or None, sort=sort, order=order,
-        limit=PAGE_SIZE, offset=(page_no - 1) * PAGE_SIZE,
+        limit=PAGE_SIZE, offset=(page_no - 1) * PAGE_SIZE, min_seq=written(request),
     )  # fmt: skip
     pages = max(1, -(-got.total // PAGE_SIZE))
     return {"exps": got, "page_no": page_no, "pages": pages, "sort": sort, "order": order or "asc", "columns": EXPERIMENT_COLUMNS,
@@ -83,7 +84,7 @@ class TaskPages(Controller):
             raise reads.BadRequest(f"status `{status}` is not one of {', '.join(TaskStatus)}")
         pos = None if part else await positions(request)
         got = await reads.list_tasks(nc(request), status=status or None, name=name or None, model=model or None, engine=engine or None,
-                                     limit=PAGE_SIZE, offset=(page_no - 1) * PAGE_SIZE)  # fmt: skip
+                                     limit=PAGE_SIZE, offset=(page_no - 1) * PAGE_SIZE, min_seq=written(request))  # fmt: skip
         ctx = {"tasks": got, "page_no": page_no, "pages": max(1, -(-got.total // PAGE_SIZE)), "statuses": list(TaskStatus), "engines": ENGINES,
                "f": {"status": status or "", "name": name or "", "model": model or "", "engine": engine or ""}}  # fmt: skip
         if part == "table":
@@ -93,7 +94,7 @@ class TaskPages(Controller):
 
     @get("/tasks/{task_id:str}", name="task")
     async def task(
-        self, request: Request, task_id: str, x: Metric = results.DEFAULT_X, y: Metric = results.DEFAULT_Y, status: Text = None,
+        self, request: Request, task_id: Annotated[str, PathParameter(max_length=256)], x: Metric = results.DEFAULT_X, y: Metric = results.DEFAULT_Y, status: Text = None,
         failure: Text = None, host: Text = None, sort: Metric = "n", order: Text = None,
         page_no: Annotated[int, QueryParameter(name="page", ge=1, le=10_000_000)] = 1, part: Part = None,
     ) -> Template:  # fmt: skip
@@ -112,7 +113,7 @@ class TaskPages(Controller):
         pos = await positions(request)
         head, exps, points = await asyncio.gather(
             _head(request, task_id), _experiments(request, task_id, status, failure, host, sort, order, page_no),
-            results.task_points(nc(request), task_id, x=x, y=y),
+            results.task_points(nc(request), task_id, x=x, y=y, min_seq=written(request)),
         )  # fmt: skip
         best = await _best(request, task_id, head["t"])
         t = head["t"]
@@ -122,7 +123,7 @@ class TaskPages(Controller):
                     metrics=results.METRICS, x=x, y=y, **head, **best, **exps)  # fmt: skip
 
     @get("/tasks/{task_id:str}/points.json", name="task-points")
-    async def points(self, request: Request, task_id: str, x: Metric = results.DEFAULT_X, y: Metric = results.DEFAULT_Y,
+    async def points(self, request: Request, task_id: Annotated[str, PathParameter(max_length=256)], x: Metric = results.DEFAULT_X, y: Metric = results.DEFAULT_Y,
                      n: Annotated[list[int] | None, QueryParameter(max_items=1000)] = None) -> Response:  # fmt: skip
         """The chart data of the task page (what a live chart appends): `n` limits it to those experiments."""
         got = await results.task_points(nc(request), task_id, x=x, y=y, ns=n)
@@ -136,7 +137,7 @@ class TaskPages(Controller):
         conn = nc(request)
         pos = await positions(request)
         recent, details, points = await asyncio.gather(
-            reads.list_tasks(conn, limit=200),
+            reads.list_tasks(conn, limit=200, min_seq=written(request)),
             asyncio.gather(*(reads.task_detail(conn, t) for t in chosen)),
             asyncio.gather(*(results.task_points(conn, t, x=x, y=y) for t in chosen)),
         )

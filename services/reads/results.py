@@ -8,6 +8,7 @@ wants arrays, and arrays are a fraction of the bytes of one object per row.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Literal, NamedTuple
 
 import msgspec
@@ -75,6 +76,7 @@ class Points(msgspec.Struct, kw_only=True):
     ys: list[float | None]
     parameters: dict[str, list[Any]]  # parameter name -> its value per point
     frontier: list[int] = []  # indices into the lists above, along the frontier
+    frontier_keys: list[list[int]] = []  # [n, attempt] of every frontier point of the whole task, along x
     x_bound: float | None = None  # the SLO's limit on x (feasible: x <= bound when x_better is min, else >=)
     y_bound: float | None = None
 
@@ -130,34 +132,37 @@ def frontier(xs: list[float | None], ys: list[float | None], x_better: str, y_be
 async def task_points(nc, task: str, *, x: str = DEFAULT_X, y: str = DEFAULT_Y, ns: list[int] | None = None,
                       min_seq: int | None = None) -> Points:  # fmt: skip
     """The task's finished attempts with metrics `x` and `y` (names in METRICS); only experiments
-    `ns` when given (what a live chart appends). The frontier is of those points."""
+    `ns` when given (what a live chart appends), with the frontier of the whole task all the same."""
     mx, my = check_metric(x, "x"), check_metric(y, "y")
     row = await task_row(nc, task, min_seq=min_seq)
     spec = row.get("spec") if isinstance(row.get("spec"), dict) else {}
-    where, params = ["task = ?", f"status IN {FINISHED!r}"], [task]
-    if ns is not None:
-        if not ns:
-            ns = [-1]
-        where.append(f"n IN ({', '.join('?' for _ in ns)})")
-        params += ns
-    got = await all_rows(
-        nc,
-        f"SELECT n, attempt, status, score, slo_met, coalesce(hard_fail, false) AS hard_fail, failure_kind, ({mx.sql}) AS x, ({my.sql}) AS y, "
-        f"parameters FROM experiments WHERE {' AND '.join(where)} ORDER BY coalesce(finished_at, planned_at), n, attempt",
-        params,
-    )
-    names = list((spec.get("parameters") or {}).keys()) if isinstance(spec.get("parameters"), dict) else []
+    cols = f"n, attempt, status, slo_met, coalesce(hard_fail, false) AS hard_fail, ({mx.sql}) AS x, ({my.sql}) AS y"
+    order = "ORDER BY coalesce(finished_at, planned_at), n, attempt"
+    where, params = f"task = ? AND status IN {FINISHED!r}", [task]
+    if ns is None:
+        got = everything = await all_rows(nc, f"SELECT {cols}, score, failure_kind, parameters FROM experiments WHERE {where} {order}", params)
+    else:
+        marks = ", ".join("?" for _ in ns) or "NULL"
+        got, everything = await asyncio.gather(
+            all_rows(nc, f"SELECT {cols}, score, failure_kind, parameters FROM experiments WHERE {where} AND n IN ({marks}) {order}", [*params, *ns]),
+            all_rows(nc, f"SELECT {cols} FROM experiments WHERE {where} {order}", params),
+        )
+    names = list(spec["parameters"]) if isinstance(spec.get("parameters"), dict) else []
     for r in got:
         p = r.get("parameters") if isinstance(r.get("parameters"), dict) else {}
         names += [k for k in p if k not in names]
-    xs, ys = [finite(r["x"]) for r in got], [finite(r["y"]) for r in got]
-    keep = [r["status"] == "completed" and not r["hard_fail"] for r in got]
+    keep = [r["status"] == "completed" and not r["hard_fail"] for r in everything]
+    front = frontier([finite(r["x"]) for r in everything], [finite(r["y"]) for r in everything], mx.better, my.better, keep)
+    keys = [(everything[i]["n"], everything[i]["attempt"]) for i in front]
+    at = {(r["n"], r["attempt"]): i for i, r in enumerate(got)}
     return Points(
         task=task, simulate=simulated(row), x=x, y=y, x_label=mx.label, y_label=my.label, x_better=mx.better, y_better=my.better,
         n=[r["n"] for r in got], attempt=[r["attempt"] for r in got], status=[r["status"] for r in got],
         score=[finite(r["score"]) for r in got], slo_met=[r["slo_met"] for r in got], failure_kind=[r["failure_kind"] for r in got],
-        xs=xs, ys=ys, parameters={k: [redact((r.get("parameters") or {}).get(k)) for r in got] for k in names},
-        frontier=frontier(xs, ys, mx.better, my.better, keep), x_bound=slo_bound(spec, mx), y_bound=slo_bound(spec, my),
+        xs=[finite(r["x"]) for r in got], ys=[finite(r["y"]) for r in got],
+        parameters={k: [redact((r.get("parameters") or {}).get(k)) for r in got] for k in names},
+        frontier=[at[k] for k in keys if k in at], frontier_keys=[list(k) for k in keys],
+        x_bound=slo_bound(spec, mx), y_bound=slo_bound(spec, my),
     )  # fmt: skip
 
 

@@ -222,14 +222,14 @@ async def logs(
 # --- where a live view goes on ------------------------------------------------------------------------------
 
 
-async def positions(nc) -> dict[str, int]:
+async def positions(nc, *, min_seq: int | None = None) -> dict[str, int]:
     """The sequences a page rendered from the projection goes on after, per stream: what the
     projection had applied of AUTOTUNE_EVENTS (ask before reading, so nothing falls between the
     page and its live stream), and the current ends of the telemetry and log streams."""
     from autotune.shared import query as q
 
     js = nc.jetstream()
-    out = {subj.EVENTS_STREAM: (await q.sql(nc, "SELECT 1 AS ok")).applied_seq}
+    out = {subj.EVENTS_STREAM: (await q.sql(nc, "SELECT 1 AS ok", min_seq=min_seq)).applied_seq}
     for stream in (subj.TELEMETRY_STREAM, subj.LOGS_STREAM):
         out[stream] = (await js.stream_info(stream)).state.last_seq
     return out
