@@ -41,9 +41,15 @@ def nc(request: Request) -> NATS:
 
 
 def written(request: Request) -> int | None:
-    """Read-your-writes: the sequence of the API process's own last publish (a page opened right
-    after a cancel or a submit from this dashboard shows it)."""
-    return getattr(request.app.state, "last_seq", 0) or None
+    """Read-your-writes: the projection must have applied the API process's own last publish (a page
+    opened right after a cancel from this dashboard shows it) and `after`, the sequence of the event
+    that made a live page re-render a section (the event comes straight from the log, ahead of the
+    projector)."""
+    seq = getattr(request.app.state, "last_seq", 0) or 0
+    after = request.query_params.get("after", "")
+    if after.isdigit() and len(after) < 17:
+        seq = max(seq, int(after))
+    return seq or None
 
 
 # --- template filters ------------------------------------------------------------------------------------------
@@ -117,7 +123,7 @@ def pct(part: Any, whole: Any) -> float | None:
 def query(request: Request, **changes: Any) -> str:
     """This page's query string with `changes` applied (None removes a key): links that keep the
     user's filters and sorting."""
-    items = [(k, v) for k, v in request.query_params.multi_items() if k not in changes and k != "part"]
+    items = [(k, v) for k, v in request.query_params.multi_items() if k not in changes and k not in ("part", "after")]
     for k, v in changes.items():
         if isinstance(v, (list, tuple)):
             items += [(k, x) for x in v]
@@ -155,6 +161,7 @@ class Live(msgspec.Struct, kw_only=True):
     id: str
     url: str
     since_seq: int | None = None
+    stream: str = subj.EVENTS_STREAM  # whose sequences these are (a section re-rendered after an event asks for at least its sequence)
     until: list[str] = []  # event types after which the stream is done (a finished task's stream)
 
 

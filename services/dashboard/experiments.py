@@ -41,10 +41,10 @@ class ExperimentPages(Controller):
         finished = d.status in EXPERIMENT_TERMINAL
         live = [Live(id="events", url=events_url(subj.experiment_all(task_id, n)), since_seq=pos[subj.EVENTS_STREAM] + 1)]
         live.append(Live(id="logs", url=f"/api/tasks/{task_id}/experiments/{n}/logs?" + urlencode({"follow": "true", "attempt": d.attempt}),
-                         since_seq=log_seq + 1, until=["end"]))  # fmt: skip
+                         since_seq=log_seq + 1, until=["end"], stream=subj.LOGS_STREAM))  # fmt: skip
         host = d.experiment.get("host")
         if host and not finished:
-            live.append(Live(id="telemetry", url=events_url(subj.gpu_all(host)), since_seq=pos[subj.TELEMETRY_STREAM] + 1))
+            live.append(Live(id="telemetry", url=events_url(subj.gpu_all(host)), since_seq=pos[subj.TELEMETRY_STREAM] + 1, stream=subj.TELEMETRY_STREAM))
         return page("experiment.html", request, title=f"{task_id} experiment {n}", live=live, simulated=d.simulate, d=d, dist=dist, log=log,
                     run_columns=RUN_COLUMNS, finished=finished, task_id=task_id)  # fmt: skip
 

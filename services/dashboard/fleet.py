@@ -65,7 +65,7 @@ class FleetPages(Controller):
         fleet, running, timeline = await asyncio.gather(_fleet(request), _running(request), _timeline(request, hours))
         live = [
             Live(id="events", url=events_url(subj.everything()), since_seq=pos[subj.EVENTS_STREAM] + 1),
-            Live(id="telemetry", url=events_url(subj.gpu_all()), since_seq=pos[subj.TELEMETRY_STREAM] + 1),
+            Live(id="telemetry", url=events_url(subj.gpu_all()), since_seq=pos[subj.TELEMETRY_STREAM] + 1, stream=subj.TELEMETRY_STREAM),
         ]
         simulated = fleet["hosts_simulated"] or any(t.simulate for t in running["active"])
         return page("overview.html", request, title="overview", live=live, simulated=simulated, **fleet, **running, **timeline)
@@ -84,6 +84,6 @@ class FleetPages(Controller):
         )
         live = [
             Live(id="events", url=events_url(subj.everything()), since_seq=pos[subj.EVENTS_STREAM] + 1),
-            Live(id="telemetry", url=events_url(subj.gpu_all(host_id)), since_seq=pos[subj.TELEMETRY_STREAM] + 1),
+            Live(id="telemetry", url=events_url(subj.gpu_all(host_id)), since_seq=pos[subj.TELEMETRY_STREAM] + 1, stream=subj.TELEMETRY_STREAM),
         ]
         return page("host.html", request, title=f"host {host_id}", live=live, simulated=detail.simulated, h=detail, history=history, hours=hours)

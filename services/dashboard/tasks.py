@@ -126,7 +126,7 @@ class TaskPages(Controller):
     async def points(self, request: Request, task_id: Annotated[str, PathParameter(max_length=256)], x: Metric = results.DEFAULT_X, y: Metric = results.DEFAULT_Y,
                      n: Annotated[list[int] | None, QueryParameter(max_items=1000)] = None) -> Response:  # fmt: skip
         """The chart data of the task page (what a live chart appends): `n` limits it to those experiments."""
-        got = await results.task_points(nc(request), task_id, x=x, y=y, ns=n)
+        got = await results.task_points(nc(request), task_id, x=x, y=y, ns=n, min_seq=written(request))
         return Response(content=msgspec.json.encode(got), media_type="application/json")
 
     @get("/compare", name="compare")

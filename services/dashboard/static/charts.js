@@ -14,14 +14,14 @@
   const width = (el) => Math.max(260, Math.floor(el.getBoundingClientRect().width || el.parentElement.getBoundingClientRect().width || 480));
   const fmt = (v) => (v == null ? "–" : Math.abs(v) >= 1000 || Number.isInteger(v) ? Math.round(v).toLocaleString() : Number(v.toPrecision(4)).toString());
 
-  function plot(el, opts, data) {
+  function plot(el, { legend = true, dragY = false, ...opts }, data) {
     el.textContent = "";
     const u = new uPlot(
       {
         width: width(el),
         height: opts.height || 260,
-        legend: { show: opts.legend !== false },
-        cursor: { drag: { x: true, y: !!opts.dragY, uni: 30 }, ...(opts.cursor || {}) },
+        legend: { show: legend },
+        cursor: { drag: { x: true, y: dragY, uni: 30 }, ...(opts.cursor || {}) },
         ...opts,
         hooks: {
           ...(opts.hooks || {}),
@@ -39,6 +39,12 @@
   }
   // new data; the scales stay where the user zoomed them, else they follow the data
   const update = (u, data) => u.setData(data, !u._zoomed);
+  // a little room around the data, so that points on the edge are whole
+  const padded = (u, min, max) => {
+    if (min == null || max == null) return [0, 1];
+    const span = max - min || Math.abs(max) || 1;
+    return [min - span * 0.06, max + span * 0.06];
+  };
   const scatter = (label, color, size = 5) => ({ label, stroke: color, fill: color, paths: () => null, points: { show: true, space: 0, size, fill: color, stroke: color } });
 
   // --- a task's finished experiments (history, Pareto, slices share one columnar store) ----------------
@@ -57,12 +63,12 @@
 
   function follow(st, task) {
     // a finished experiment: fetch its point (and the task's frontier now) and append it
-    let pending = new Set(), timer = null;
+    let pending = new Set(), timer = null, after = 0;
     const flush = async () => {
       timer = null;
       const ns = [...pending];
       pending = new Set();
-      const q = new URLSearchParams({ x: st.P.x, y: st.P.y });
+      const q = new URLSearchParams({ x: st.P.x, y: st.P.y, after }); // read once the projection has these results
       ns.forEach((n) => q.append("n", n));
       try {
         const r = await fetch(`/tasks/${encodeURIComponent(task)}/points.json?${q}`);
@@ -76,6 +82,7 @@
     window.AutotuneLive?.on("events", "experiment.", (d, type) => {
       if (type !== "experiment.completed" && type !== "experiment.failed") return;
       pending.add(d.event.n);
+      after = Math.max(after, d.seq || 0);
       if (!timer) timer = setTimeout(flush, 500);
     });
   }
@@ -120,7 +127,7 @@
       return;
     }
     u = plot(el, {
-      scales: { x: { time: false } },
+      scales: { x: { time: false, range: padded }, y: { range: padded } },
       axes: [{ label: "experiment" }, { label: "score", size: 70, values: (u, vs) => vs.map(fmt) }],
       series: [{ label: "experiment" }, scatter("score", FEASIBLE), { label: "best so far", stroke: FRONTIER, width: 2, paths: uPlot.paths.stepped({ align: 1 }), points: { show: false } }],
     }, d);
@@ -136,6 +143,8 @@
       idx = P.n.map((_, i) => i).filter((i) => done(P, i) && P.xs[i] != null && P.ys[i] != null).sort((a, b) => P.xs[a] - P.xs[b]);
       el.dataset.frontier = idx.filter((i) => front.has(`${P.n[i]}.${P.attempt[i]}`)).map((i) => P.n[i]).join(",");
       el.dataset.points = idx.length;
+      const count = document.querySelector(`[data-frontier-count="${el.dataset.source}"]`);
+      if (count) count.textContent = String(front.size);
       return [
         idx.map((i) => P.xs[i]),
         idx.map((i) => (P.slo_met[i] !== false ? P.ys[i] : null)),
@@ -185,7 +194,8 @@
     u = plot(el, {
       height: 320,
       dragY: true,
-      scales: { x: { time: false } },
+      legend: false,
+      scales: { x: { time: false, range: padded }, y: { range: padded } },
       axes: [{ label: P.x_label, values: (u, vs) => vs.map(fmt) }, { label: P.y_label, size: 70, values: (u, vs) => vs.map(fmt) }],
       series: [
         { label: P.x_label, value: (u, v) => fmt(v) },
@@ -244,7 +254,7 @@
           width: 260,
           height: 180,
           legend: false,
-          scales: { x: { time: false, range: numeric ? undefined : [-0.5, cats.length - 0.5] } },
+          scales: { x: { time: false, range: numeric ? padded : [-0.5, cats.length - 0.5] }, y: { range: padded } },
           axes: [{ values: numeric ? (u, vs) => vs.map(fmt) : (u, vs) => vs.map((v) => (Number.isInteger(v) ? cats[v] ?? "" : "")), splits: numeric ? undefined : () => cats.map((_, k) => k) },
             { size: 60, values: (u, vs) => vs.map(fmt) }],
           series: [{}, scatter("score", FEASIBLE, 4)],
@@ -278,7 +288,7 @@
     }
     const u = plot(el, {
       height: 200,
-      axes: [{}, { size: 55, values: (u, vs) => vs.map(fmt) }],
+      axes: [{}, { size: 70, values: (u, vs) => vs.map(fmt) }],
       series: [{}, ...gpus.map((g, k) => ({ label: `GPU ${g}`, stroke: COLORS[k % COLORS.length], width: 1.5, spanGaps: true }))],
     }, d);
     window.AutotuneLive?.on("telemetry", "gpu.sample", (msg) => {
@@ -337,7 +347,7 @@
     plot(el, {
       height: 360,
       dragY: true,
-      scales: { x: { time: false } },
+      scales: { x: { time: false, range: padded }, y: { range: padded } },
       axes: [{ label: list[0]?.x_label, values: (u, vs) => vs.map(fmt) }, { label: list[0]?.y_label, size: 70, values: (u, vs) => vs.map(fmt) }],
       series,
     }, data);
@@ -361,7 +371,9 @@
       canvas.style.width = W + "px"; canvas.style.height = H + "px";
       const ctx = canvas.getContext("2d");
       ctx.scale(dpr, dpr);
-      const now = Date.now() / 1000, t1 = Math.max(T.until, now), t0 = T.since;
+      // the window the user chose, narrowed to where the bars are (a young fleet is not a sliver)
+      const now = Date.now() / 1000, t1 = Math.max(T.until, now), first = Math.min(...T.start);
+      const t0 = Math.max(T.since, first - Math.max(60, (t1 - first) * 0.05));
       const x = (t) => labelW + ((t - t0) / (t1 - t0)) * (W - labelW - 4);
       ctx.font = "11px system-ui, sans-serif";
       ctx.fillStyle = "#495057";

@@ -92,7 +92,7 @@
 
   function dispatch(streamId, type, data) {
     document.querySelectorAll("[data-part][data-on]").forEach((el) => {
-      if (matches(el, streamId, type, data)) schedule(el.id);
+      if (matches(el, streamId, type, data)) schedule(el.id, streams[streamId].stream === "AUTOTUNE_EVENTS" ? data.seq : 0);
     });
     for (const h of handlers) {
       if (h.stream === streamId && type.startsWith(h.prefix)) {
@@ -106,8 +106,9 @@
   }
 
   const refreshing = {};
-  function schedule(id) {
-    const r = (refreshing[id] ||= { last: 0, timer: null, busy: false, again: false });
+  function schedule(id, seq) {
+    const r = (refreshing[id] ||= { last: 0, timer: null, busy: false, again: false, seq: 0 });
+    r.seq = Math.max(r.seq, Number(seq) || 0);
     if (r.busy) {
       r.again = true;
       return;
@@ -124,7 +125,9 @@
     r.busy = true;
     r.last = Date.now();
     try {
-      const url = location.pathname + (location.search ? location.search + "&" : "?") + "part=" + encodeURIComponent(el.dataset.part);
+      // `after`: the server renders once the projection has applied the event that asked for it
+      const url = location.pathname + (location.search ? location.search + "&" : "?") + "part=" + encodeURIComponent(el.dataset.part) +
+        (r.seq ? "&after=" + r.seq : "");
       const resp = await fetch(url, { headers: { Accept: "text/html" } });
       if (resp.ok) {
         const tpl = document.createElement("template");
