@@ -294,7 +294,8 @@ def asyncio_run_up(args, lifecycle) -> int:
             from autotune.shared import security
 
             print(f"  secure    a NATS user per role and host; passwords in {security.credentials_path(data)} (0600)")
-        print(f"  API       {api_url}   (OpenAPI: {api_url}/schema)")
+        print(f"  dashboard {api_url}/   (the fleet, tasks and results, live)")
+        print(f"  API       {api_url}/api   (OpenAPI: {api_url}/schema)")
         if token:
             print(f"  API token {token}   (send `Authorization: Bearer <token>` on POST)")
         print(f"  data      {data}   (logs in {data / 'logs'})")

@@ -55,12 +55,15 @@ def run_demo(args) -> int:
         try:
             if info:
                 url = info["nats_url"]
+                api_url = info.get("api_url")
                 print(f"using the running stack at {url}")
             else:
                 (data / "logs").mkdir(parents=True, exist_ok=True)
                 nats = sv.start_nats(data, -1)
                 url = nats.url
-                children = sv.build_children(url, data, api_port=_free_port(), hosts=2, simulate="2xH100", time_scale=args.time_scale, api_token=None)
+                api_port = _free_port()
+                api_url = f"http://127.0.0.1:{api_port}"
+                children = sv.build_children(url, data, api_port=api_port, hosts=2, simulate="2xH100", time_scale=args.time_scale, api_token=None)
                 sup = asyncio.create_task(sv.supervise(children, data / "logs", stop))
                 print(f"started NATS at {url}, a scheduler, a projector, an API and two simulated hosts (2xH100 each)")
             settings.nats_url = url
@@ -68,7 +71,10 @@ def run_demo(args) -> int:
             js = nc.jetstream()
             await bus.provision(js, settings)
             task = (await commands.submit_task(js, spec, submitted_by="demo")).task
-            print(f"submitted task {task}: {spec.description}\n")
+            print(f"submitted task {task}: {spec.description}")
+            if api_url:
+                print(f"follow it live in the dashboard: {api_url}/tasks/{task}   (open while the demo runs)")
+            print()
             result["code"] = await _watch_and_report(js, task, spec_dict=raw, simulated=True)
             await _show_sql(nc, task)
             print("\nlook further:")
@@ -76,7 +82,7 @@ def run_demo(args) -> int:
             print(f"  autotune experiments {task} --sort score")
             print(f'  autotune sql "select n, parameters, score from experiments where task = \'{task}\' order by score"')
             print("  nats sub 'autotune.>'             # every event, as JSON (any NATS client can read them)")
-            print("  http://127.0.0.1:8080/schema      # the HTTP API, once `autotune up` runs")
+            print("  http://127.0.0.1:8080/             # the dashboard (and the HTTP API at /api, /schema), once `autotune up` runs")
             await nc.close()
         finally:
             if sup is not None:
