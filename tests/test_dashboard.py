@@ -84,12 +84,13 @@ async def test_overview_shows_the_fleet_by_node_running_tasks_and_the_timeline(c
     assert "Kubernetes node <b>node-b</b>" in html and "hosts outside Kubernetes" in html, "grouped by Kubernetes node"
     busy = html[html.index('data-gpu="h1/1"'):]
     assert 'href="/tasks/ov/experiments/1?attempt=0"' in busy[:4000], "which experiment holds the GPU"
-    spark = re.search(r'data-gpu="h1/0".*?data-spark="util" data-values=\'(\[.*?\])\' points="([^"]*)"', html, re.S)
-    assert spark and json.loads(spark.group(1))[:3] == [0.0, 10.0, 20.0] and len(spark.group(2).split()) >= 6, "a sparkline from the samples"
+    spark = re.search(r'data-gpu="h1/0".*?data-spark="util" data-values="([^"]*)"', html, re.S)
+    assert spark and spark.group(1).split(",")[:3] == ["0", "10", "20"] and len(spark.group(1).split(",")) >= 6, "a sparkline from the samples"
     assert 'href="/tasks/ov"' in html, "the running task is listed"
     timeline = json.loads(re.search(r'data-chart="timeline"><script type="application/json" class="chart-data">(.*?)</script>', html, re.S).group(1))
     assert sorted(zip(timeline["n"], [timeline["lanes"][i] for i in timeline["lane"]], strict=True)) == [(0, "h1/0"), (1, "h1/1"), (2, "h1/0")]
     assert timeline["end"][timeline["n"].index(1)] is None, "experiment 1 still runs"
+    assert timeline["tasks"] == ["ov"] and {timeline["statuses"][s] for s in timeline["status"]} == {"completed", "running", "failed"}
     cfg = live_config(html)
     assert [s["id"] for s in cfg["streams"]] == ["events", "telemetry"]
     assert cfg["streams"][0]["url"].startswith("/api/events?subject=autotune.") and cfg["streams"][0]["since_seq"] > 1
@@ -131,7 +132,8 @@ async def test_task_page_best_configuration_experiments_and_charts(client, js, n
     assert rows == ["0", "1", "2"]
     failed = html[html.index('<tr data-n="2"'):]
     assert "<b>oom</b>" in failed[: failed.index("</tr>")], "a failed row names its failure kind"
-    points = script_json(html, "points")
+    assert 'data-url="/tasks/tp/points.json?x=tps_per_user&amp;y=mean_total_tps_per_gpu"' in html
+    points = (await client.get("/tasks/tp/points.json", params={"x": "tps_per_user", "y": "mean_total_tps_per_gpu"})).json()
     assert points["n"] == [0, 2] and points["status"] == ["completed", "failed"] and points["x"] == "tps_per_user"
     assert points["frontier_keys"] == [[0, 0]] and points["y_bound"] is None and points["x_bound"] == pytest.approx(50.0)
     assert set(points["parameters"]) == {"mem-fraction-static", "max-running-requests"}
@@ -145,7 +147,8 @@ async def test_task_page_best_configuration_experiments_and_charts(client, js, n
     assert re.findall(r'<tr data-n="(\d+)"', by_kind) == ["2"]
     assert (await client.get("/tasks/tp", params={"part": "head"})).text.lstrip().startswith('<section id="task-head"')
     other = (await client.get("/tasks/tp", params={"x": "mean_ttft", "y": "mean_total_tps"})).text
-    assert script_json(other, "points")["x_label"] == "mean TTFT (s)"
+    assert "points.json?x=mean_ttft&amp;y=mean_total_tps" in other
+    assert (await client.get("/tasks/tp/points.json", params={"x": "mean_ttft"})).json()["x_label"] == "mean TTFT (s)"
     bad = await client.get("/tasks/tp", params={"x": "vibes"})
     assert bad.status_code == 400 and "cannot plot `vibes`" in bad.text
 

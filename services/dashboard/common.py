@@ -132,19 +132,15 @@ def query(request: Request, **changes: Any) -> str:
     return "?" + urlencode(items) if items else "?"
 
 
-def sparkline(values: list[Any], top: float = 100.0, width: int = 60, height: int = 16) -> str:
-    """SVG polyline points for values in [0, top], oldest first (None: a gap is bridged)."""
-    vals = [v for v in values if isinstance(v, (int, float))]
-    if len(vals) < 2:
-        return ""
-    step = width / (len(vals) - 1)
-    return " ".join(f"{i * step:.1f},{height - min(max(v, 0), top) / top * height:.1f}" for i, v in enumerate(vals))
+def spark(values: list[Any]) -> str:
+    """Sparkline values for an attribute: integers, comma-separated (the page draws them)."""
+    return ",".join("" if v is None else str(round(v)) for v in values)
 
 
 def _environment(engine: JinjaTemplateEngine) -> None:
     env: Environment = engine.engine
-    env.filters.update(num=num, when=when, duration=duration, since=since, json=as_json)
-    env.globals.update(pct=pct, sparkline=sparkline, query=query)
+    env.filters.update(num=num, when=when, duration=duration, since=since, json=as_json, spark=spark)
+    env.globals.update(pct=pct, query=query)
     env.trim_blocks = env.lstrip_blocks = True
 
 

@@ -111,15 +111,13 @@ class TaskPages(Controller):
             return fragment("best", request, **head, **await _best(request, task_id, head["t"]))
         results.check_metric(x, "x"), results.check_metric(y, "y")
         pos = await positions(request)
-        head, exps, points = await asyncio.gather(
-            _head(request, task_id), _experiments(request, task_id, status, failure, host, sort, order, page_no),
-            results.task_points(nc(request), task_id, x=x, y=y, min_seq=written(request)),
-        )  # fmt: skip
+        # the charts' data (every finished experiment) is points.json, fetched by the page: the table is not held up by it
+        head, exps = await asyncio.gather(_head(request, task_id), _experiments(request, task_id, status, failure, host, sort, order, page_no))
         best = await _best(request, task_id, head["t"])
         t = head["t"]
         live = [Live(id="events", url=f"/api/tasks/{task_id}/events?follow=true", since_seq=pos[subj.EVENTS_STREAM] + 1,
                      until=["task.completed", "task.failed", "task.cancelled", "task.rejected"])]  # fmt: skip
-        return page("task.html", request, title=f"task {task_id}", live=live, simulated=t.simulate, task_id=task_id, points=points,
+        return page("task.html", request, title=f"task {task_id}", live=live, simulated=t.simulate, task_id=task_id,
                     metrics=results.METRICS, x=x, y=y, **head, **best, **exps)  # fmt: skip
 
     @get("/tasks/{task_id:str}/points.json", name="task-points")

@@ -116,7 +116,10 @@ async def list_hosts(nc, js, *, status: str | None = None, include_removed: bool
     host_rows = await rows(nc, "SELECT * FROM hosts ORDER BY host", min_seq=min_seq)
     live = await live_hosts(js, [r["host"] for r in host_rows])
     samples = await _latest_samples(nc, None)
-    hosts = [_host(r, live.get(r["host"]), samples) for r in host_rows]
+    per_host: dict[str, dict[tuple[str, int], dict]] = {}
+    for key, sample in samples.items():  # each host looks only at its own: a fleet of hundreds is not hosts x samples
+        per_host.setdefault(key[0], {})[key] = sample
+    hosts = [_host(r, live.get(r["host"]), per_host.get(r["host"], {})) for r in host_rows]
     _lease_gpus(hosts, await _leases(nc, [h.host for h in hosts if h.running]))
     if status:
         hosts = [h for h in hosts if h.status == status]

@@ -12,17 +12,20 @@ from autotune.reads.results import all_rows
 
 
 class Timeline(msgspec.Struct, kw_only=True):
-    """Bars of experiment attempts on GPU lanes ("host/gpu"), columnar; times in Unix seconds,
-    `end` None while the attempt runs."""
+    """Bars of experiment attempts on GPU lanes ("host/gpu"), columnar and compact (a fleet's hours
+    may hold tens of thousands): `task` and `status` index `tasks` and `statuses`; `start` and `end`
+    are seconds after `since` (Unix seconds), `end` None while the attempt runs."""
 
     since: float
     until: float
     lanes: list[str]
+    tasks: list[str]
+    statuses: list[str]
     lane: list[int]
-    task: list[str]
+    task: list[int]
     n: list[int]
     attempt: list[int]
-    status: list[str]
+    status: list[int]
     start: list[float]
     end: list[float | None]
 
@@ -37,25 +40,22 @@ async def timeline(nc, *, hours: float = 3.0, host: str | None = None, min_seq: 
         params.append(host)
     got = await all_rows(
         nc,
-        "SELECT host, gpu, task, n, attempt, status, t0, t1 FROM (SELECT host, unnest(gpu_indices) AS gpu, task, n, attempt, status, "
-        "epoch(coalesce(started_at, assigned_at)) AS t0, epoch(finished_at) AS t1 "
+        "SELECT host || '/' || gpu AS lane, task, n, attempt, status, round(t0 - ?, 1) AS t0, round(t1 - ?, 1) AS t1 FROM ("
+        "SELECT host, unnest(gpu_indices) AS gpu, task, n, attempt, status, epoch(coalesce(started_at, assigned_at)) AS t0, epoch(finished_at) AS t1 "
         f"FROM experiments WHERE {' AND '.join(where)}) ORDER BY host, gpu, t0, task, n, attempt",
-        params,
+        [since.timestamp(), since.timestamp(), *params],
         min_seq=min_seq,
     )
-    lanes: list[str] = []
-    index: dict[str, int] = {}
-    lane = []
-    for r in got:
-        key = f"{r['host']}/{r['gpu']}"
-        if key not in index:
-            index[key] = len(lanes)
-            lanes.append(key)
-        lane.append(index[key])
+    index: dict[str, dict[str, int]] = {"lane": {}, "task": {}, "status": {}}
+
+    def ix(kind: str, value: str) -> int:
+        return index[kind].setdefault(value, len(index[kind]))
+
     return Timeline(
-        since=since.timestamp(), until=until.timestamp(), lanes=lanes, lane=lane, task=[r["task"] for r in got], n=[r["n"] for r in got],
-        attempt=[r["attempt"] for r in got], status=[r["status"] for r in got], start=[round(r["t0"], 2) for r in got],
-        end=[None if r["t1"] is None else round(r["t1"], 2) for r in got],
+        since=since.timestamp(), until=until.timestamp(), lane=[ix("lane", r["lane"]) for r in got], task=[ix("task", r["task"]) for r in got],
+        status=[ix("status", r["status"]) for r in got], n=[r["n"] for r in got], attempt=[r["attempt"] for r in got],
+        start=[r["t0"] for r in got], end=[r["t1"] for r in got],
+        lanes=list(index["lane"]), tasks=list(index["task"]), statuses=list(index["status"]),
     )  # fmt: skip
 
 

@@ -201,8 +201,13 @@ async def main(a) -> dict:
                 await asyncio.sleep(0.1)
             counts = (await query.sql(nc, "SELECT (SELECT count(*) FROM experiments) AS e, (SELECT count(*) FROM gpu_samples) AS g, "
                                           "(SELECT count(*) FROM hosts) AS h, (SELECT count(*) FROM request_samples) AS s")).rows_as_dicts()[0]  # fmt: skip
+            if a.hold:  # for profiling by hand: the stack stays up until Ctrl-C
+                print(json.dumps({"nats": server.url, "api": base, "db": db}), file=sys.stderr, flush=True)
+                await asyncio.Event().wait()
             exp = a.experiments - RUNNING - 2
-            pages = {"overview": "/", "task": f"/tasks/{TASK}", "experiment": f"/tasks/{TASK}/experiments/{exp}"}
+            # the task page's charts fetch their data (every finished experiment) as points.json: measured on its own
+            pages = {"overview": "/", "task": f"/tasks/{TASK}", "task_points": f"/tasks/{TASK}/points.json",
+                     "experiment": f"/tasks/{TASK}/experiments/{exp}"}  # fmt: skip
             out = {name: await asyncio.to_thread(measure, base, path, a.requests) for name, path in pages.items()}
             stop.set()
             await beat
@@ -250,6 +255,7 @@ if __name__ == "__main__":
     p.add_argument("--gpu-interval-s", type=float, default=10.0, help="one GPU sample per GPU this often over the last 10 minutes")
     p.add_argument("--requests", type=int, default=40)
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--hold", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     setup_logging(os.environ.get("AUTOTUNE_LOG_LEVEL", "WARNING"))
     print(json.dumps(asyncio.run(main(a))))

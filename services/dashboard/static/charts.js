@@ -50,22 +50,44 @@
   // --- a task's finished experiments (history, Pareto, slices share one columnar store) ----------------
 
   const stores = {};
+  // the charts of one data set share it: embedded in the page, or fetched once from data-url
   function store(el) {
     const id = el.dataset.source;
-    if (!stores[id]) {
-      stores[id] = { P: source(el), charts: [] };
-      const task = el.dataset.task;
-      if (task) follow(stores[id], task);
+    let st = stores[id];
+    if (!st) {
+      st = stores[id] = { P: null, charts: [], waiting: [] };
+      const node = document.getElementById(id);
+      if (node) st.P = JSON.parse(node.textContent || "null");
+      else if (el.dataset.url) {
+        fetch(el.dataset.url)
+          .then((r) => (r.ok ? r.json() : Promise.reject(new Error(`HTTP ${r.status}`))))
+          .then((P) => {
+            st.P = P;
+            st.waiting.splice(0).forEach((f) => f());
+          })
+          .catch((err) => console.warn("chart data", err));
+      }
+      if (el.dataset.task) follow(st, el.dataset.task);
     }
-    stores[id].charts.push(el);
-    return stores[id];
+    if (!st.charts.includes(el)) st.charts.push(el);
+    return st;
   }
+  // build when the data is there
+  const whenLoaded = (st, el, build) => {
+    if (st.P) return false;
+    st.waiting.push(() => build(el));
+    return true;
+  };
 
   function follow(st, task) {
     // a finished experiment: fetch its point (and the task's frontier now) and append it
     let pending = new Set(), timer = null, after = 0;
     const flush = async () => {
       timer = null;
+      if (!st.P) {
+        timer = setTimeout(flush, 500); // the page's own fetch of the data is not back yet
+        return;
+      }
       const ns = [...pending];
       pending = new Set();
       const q = new URLSearchParams({ x: st.P.x, y: st.P.y, after }); // read once the projection has these results
@@ -111,6 +133,7 @@
 
   function history(el) {
     const st = store(el);
+    if (whenLoaded(st, el, history)) return;
     let u = null;
     const data = () => {
       const P = st.P;
@@ -136,6 +159,7 @@
 
   function pareto(el) {
     const st = store(el);
+    if (whenLoaded(st, el, pareto)) return;
     const task = el.dataset.task;
     let u = null, idx = [];
     const data = () => {
@@ -230,6 +254,7 @@
 
   function slices(el) {
     const st = store(el);
+    if (whenLoaded(st, el, slices)) return;
     const draw = () => {
       const P = st.P;
       el.textContent = "";
@@ -372,7 +397,7 @@
       const ctx = canvas.getContext("2d");
       ctx.scale(dpr, dpr);
       // the window the user chose, narrowed to where the bars are (a young fleet is not a sliver)
-      const now = Date.now() / 1000, t1 = Math.max(T.until, now), first = Math.min(...T.start);
+      const now = Date.now() / 1000, t1 = Math.max(T.until, now), first = T.since + Math.min(...T.start);
       const t0 = Math.max(T.since, first - Math.max(60, (t1 - first) * 0.05));
       const x = (t) => labelW + ((t - t0) / (t1 - t0)) * (W - labelW - 4);
       ctx.font = "11px system-ui, sans-serif";
@@ -387,9 +412,9 @@
       }
       bars.length = 0;
       T.lane.forEach((lane, i) => {
-        const a = x(Math.max(T.start[i], t0)), b = x(T.end[i] ?? now);
+        const a = x(Math.max(T.since + T.start[i], t0)), b = x(T.end[i] == null ? now : T.since + T.end[i]);
         const y = lane * laneH + 1, w = Math.max(1.5, b - a), h = laneH - 2;
-        ctx.fillStyle = STATUS_COLOR[T.status[i]] || "#1c7ed6";
+        ctx.fillStyle = STATUS_COLOR[T.statuses[T.status[i]]] || "#1c7ed6";
         ctx.fillRect(a, y, w, h);
         bars.push([a, y, w, h, i]);
       });
@@ -405,11 +430,11 @@
     canvas.addEventListener("mousemove", (ev) => {
       const i = hit(ev);
       canvas.style.cursor = i < 0 ? "default" : "pointer";
-      canvas.title = i < 0 ? "" : `${T.task[i]} experiment ${T.n[i]} (attempt ${T.attempt[i]}), ${T.status[i]} on ${T.lanes[T.lane[i]]}`;
+      canvas.title = i < 0 ? "" : `${T.tasks[T.task[i]]} experiment ${T.n[i]} (attempt ${T.attempt[i]}), ${T.statuses[T.status[i]]} on ${T.lanes[T.lane[i]]}`;
     });
     canvas.addEventListener("click", (ev) => {
       const i = hit(ev);
-      if (i >= 0) location.href = `/tasks/${encodeURIComponent(T.task[i])}/experiments/${T.n[i]}?attempt=${T.attempt[i]}`;
+      if (i >= 0) location.href = `/tasks/${encodeURIComponent(T.tasks[T.task[i]])}/experiments/${T.n[i]}?attempt=${T.attempt[i]}`;
     });
     el._redraw = draw;
     el.dataset.bars = T.n.length;
@@ -418,8 +443,9 @@
     el._clock = setInterval(() => (document.contains(el) ? draw() : clearInterval(el._clock)), 15000);
   }
 
+  const sparkValues = (line) => (line.dataset.values || "").split(",").filter((v) => v !== "").map(Number);
   function drawSpark(line) {
-    const vals = JSON.parse(line.dataset.values || "[]").filter((v) => typeof v === "number");
+    const vals = sparkValues(line);
     if (vals.length < 2) { line.setAttribute("points", ""); return; }
     const step = 60 / (vals.length - 1);
     line.setAttribute("points", vals.map((v, i) => `${(i * step).toFixed(1)},${(16 - (Math.min(Math.max(v, 0), 100) / 100) * 16).toFixed(1)}`).join(" "));
@@ -428,9 +454,7 @@
   function pushSpark(row, kind, value) {
     const line = row.querySelector(`polyline[data-spark="${kind}"]`);
     if (!line || value == null) return;
-    const vals = JSON.parse(line.dataset.values || "[]");
-    vals.push(Math.round(value));
-    line.dataset.values = JSON.stringify(vals.slice(-40));
+    line.dataset.values = [...sparkValues(line), Math.round(value)].slice(-40).join(",");
     drawSpark(line);
   }
 
@@ -452,6 +476,7 @@
 
   const builders = { history, pareto, slices, telemetry, cdf, compare, timeline };
   function init(root) {
+    root.querySelectorAll("polyline[data-spark]").forEach(drawSpark);
     root.querySelectorAll("[data-chart]").forEach((el) => {
       if (el._built) return;
       el._built = true;
