@@ -408,7 +408,9 @@
         const t = t0 + ((t1 - t0) * k) / 6, px = x(t);
         ctx.beginPath(); ctx.moveTo(px, 0); ctx.lineTo(px, lanes * laneH); ctx.stroke();
         const d = new Date(t * 1000);
-        ctx.fillText(`${String(d.getUTCHours()).padStart(2, "0")}:${String(d.getUTCMinutes()).padStart(2, "0")}Z`, Math.min(px, W - 40), lanes * laneH + 16);
+        const hm = `${String(d.getUTCHours()).padStart(2, "0")}:${String(d.getUTCMinutes()).padStart(2, "0")}`;
+        const label = t1 - t0 < 600 ? `${hm}:${String(d.getUTCSeconds()).padStart(2, "0")}Z` : `${hm}Z`;
+        ctx.fillText(label, Math.min(px, W - 56), lanes * laneH + 16);
       }
       bars.length = 0;
       T.lane.forEach((lane, i) => {
