@@ -71,7 +71,7 @@ def create_app(*, nc: NATS | None, settings: Settings, debug: bool = False) -> L
         build_server(fixed_link(lambda: app.state.nc), allow_fleet_changes=settings.mcp_allow_fleet_changes), token=settings.api_token
     )
 
-    @asgi("/mcp", is_mount=True, guards=[requires_token], include_in_schema=False)
+    @asgi("/mcp", is_mount=True, copy_scope=True, guards=[requires_token], include_in_schema=False)
     async def mcp_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         await mcp(scope, receive, send)
 
