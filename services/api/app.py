@@ -26,10 +26,12 @@ from autotune import __version__
 from autotune.api.common import BEARER, EXCEPTION_HANDLERS, requires_token
 from autotune.api.experiments import ExperimentController
 from autotune.api.hosts import GpuController, HostController
+from autotune.api.metrics import metrics
 from autotune.api.system import EventController, SystemController
 from autotune.api.tasks import TaskController
 from autotune.mcp import build_server, fixed_link
 from autotune.mcp.http import McpEndpoint
+from autotune.metrics import Metrics
 from autotune.schemas.spec import TaskSpec
 from autotune.shared import bus
 from autotune.shared.settings import Settings
@@ -48,7 +50,7 @@ def _spec_components() -> dict:
     return {f"Spec{name}": schema for name, schema in components.items()}
 
 
-def create_app(*, nc: NATS | None, settings: Settings, debug: bool = False) -> Litestar:
+def create_app(*, nc: NATS | None, settings: Settings, debug: bool = False, metrics_max_age_s: float = 5.0) -> Litestar:
     """The API over `nc`; with `nc=None` it connects (and provisions) in its own lifespan and drains
     the connection at shutdown — what a test client that runs the app in its own event loop needs."""
 
@@ -82,7 +84,7 @@ def create_app(*, nc: NATS | None, settings: Settings, debug: bool = False) -> L
 
     app = Litestar(
         lifespan=[nats_connection, mcp_sessions],
-        route_handlers=[TaskController, ExperimentController, HostController, GpuController, EventController, SystemController, mcp_endpoint],
+        route_handlers=[TaskController, ExperimentController, HostController, GpuController, EventController, SystemController, metrics, mcp_endpoint],
         openapi_config=OpenAPIConfig(
             title="autotune",
             version=__version__,
@@ -105,4 +107,5 @@ def create_app(*, nc: NATS | None, settings: Settings, debug: bool = False) -> L
     app.state.nc = nc
     app.state.settings = settings
     app.state.last_seq = 0
+    app.state.metrics = Metrics(max_age_s=metrics_max_age_s)
     return app

@@ -18,6 +18,9 @@ from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveHost
 from autotune.schemas.status import EXPERIMENT_ON_HOST, HostLifecycle, HostStatus, sql_list
 
+LIVE_GETS_AT_ONCE = 64  # key gets in flight at once: 1,000 hosts one after the other were ~1,000 round trips
+SAMPLE_WINDOW_S = 600  # a GPU's latest sample is its state only if it is this recent
+
 
 async def live_hosts(js, hosts: list[str]) -> dict[str, LiveHost]:
     """The liveness values of `hosts` (key gets only: every role may read them, none may list them)."""
@@ -27,18 +30,21 @@ async def live_hosts(js, hosts: list[str]) -> dict[str, LiveHost]:
     except (BucketNotFoundError, NotFoundError):
         return out
     decoder = msgspec.json.Decoder(LiveHost)
-    for h in hosts:
-        if not subj.TOKEN.match(h or ""):
-            continue
-        try:
-            entry = await kv.get(h)
-        except (KeyNotFoundError, KeyDeletedError, NotFoundError):
-            continue
+    gets = asyncio.Semaphore(LIVE_GETS_AT_ONCE)
+
+    async def one(h: str) -> None:
+        async with gets:
+            try:
+                entry = await kv.get(h)
+            except (KeyNotFoundError, KeyDeletedError, NotFoundError):
+                return
         if entry.value:
             try:
                 out[h] = decoder.decode(entry.value)
             except msgspec.MsgspecError:
-                continue
+                return
+
+    await asyncio.gather(*(one(h) for h in hosts if subj.TOKEN.match(h or "")))
     return out
 
 
@@ -53,8 +59,8 @@ def _host_status(row: dict, live: LiveHost | None) -> HostStatus:
     return HostStatus.BUSY if live.running else HostStatus.ONLINE
 
 
-async def _latest_samples(nc, hosts: list[str] | None) -> dict[tuple[str, int], dict]:
-    where, params = '"at" >= now() - INTERVAL 10 MINUTE', []
+async def _latest_samples(nc, hosts: list[str] | None, window_s: float = SAMPLE_WINDOW_S) -> dict[tuple[str, int], dict]:
+    where, params = f'"at" >= now() - to_seconds({float(window_s)})', []
     if hosts is not None:
         where += " AND host = ?"
         params = hosts[:1]
@@ -63,6 +69,7 @@ async def _latest_samples(nc, hosts: list[str] | None) -> dict[tuple[str, int], 
         'SELECT host, "index", name, uuid, memory_total_mib, memory_used_mib, util_gpu, util_memory, temperature_c, power_w, "at", node '
         f"FROM gpu_samples WHERE {where} QUALIFY row_number() OVER (PARTITION BY host, \"index\" ORDER BY seq DESC) = 1",
         params or None,
+        limit=1_000_000,
     )
     return {(r["host"], r["index"]): r for r in got}
 
@@ -109,10 +116,13 @@ def _host(row: dict, live: LiveHost | None, samples: dict[tuple[str, int], dict]
     return kind(**fields)
 
 
-async def list_hosts(nc, js, *, status: str | None = None, include_removed: bool = False, min_seq: int | None = None) -> list[m.Host]:
-    host_rows = await rows(nc, "SELECT * FROM hosts ORDER BY host", min_seq=min_seq)
+async def list_hosts(nc, js, *, status: str | None = None, include_removed: bool = False, min_seq: int | None = None,
+                     sample_window_s: float = SAMPLE_WINDOW_S) -> list[m.Host]:  # fmt: skip
+    """`sample_window_s`: how recent a GPU's latest sample must be to be shown (the metrics take a
+    short one: a scrape reports the present, and reads less)."""
+    host_rows = await rows(nc, "SELECT * FROM hosts ORDER BY host", min_seq=min_seq, limit=1_000_000)
     live = await live_hosts(js, [r["host"] for r in host_rows])
-    samples = await _latest_samples(nc, None)
+    samples = await _latest_samples(nc, None, sample_window_s)
     hosts = [_host(r, live.get(r["host"]), samples) for r in host_rows]
     _lease_gpus(hosts, await _leases(nc, [h.host for h in hosts if h.running]))
     if status:
@@ -127,7 +137,8 @@ async def _leases(nc, hosts: list[str]) -> list[dict]:
         return []
     marks = ", ".join("?" for _ in hosts)
     return await rows(
-        nc, f"SELECT task, n, attempt, host, gpu_indices FROM experiments WHERE host IN ({marks}) AND status IN {sql_list(EXPERIMENT_ON_HOST)}", hosts
+        nc, f"SELECT task, n, attempt, host, gpu_indices FROM experiments WHERE host IN ({marks}) AND status IN {sql_list(EXPERIMENT_ON_HOST)}", hosts,
+        limit=1_000_000,
     )
 
 
