@@ -185,3 +185,22 @@ async def test_fleet_changes_are_offered_only_when_allowed_and_http_needs_the_to
     finally:
         server.should_exit = True
         await serving
+
+
+async def test_get_task_says_why_its_experiments_wait(settings, nc, js, tmp_path):
+    """A planned experiment with no placement: get_task names the free GPUs it is waiting for."""
+    from tests.test_api import applied
+    from tests.test_metrics import known_state
+
+    svc = Services()
+    svc.start(lambda stop: projector_run(settings, stop=stop, db_path=str(tmp_path / "view.duckdb")), "projector")
+    try:
+        await answering(nc)
+        await applied(nc, await known_state(js))
+        async with Client(build_server(fixed_link(lambda: nc))) as client:
+            r = await client.call_tool("get_task", {"task": "m"})
+        t = r.structured_content
+        assert t["status"] == "running" and t["waiting"] == "1 experiment(s) planned and not placed, waiting for free GPUs of type H100 (1 free of 2 NVIDIA H100 80GB HBM3)", t["waiting"]
+        assert "; waiting: 1 experiment(s) planned" in r.content[0].text
+    finally:
+        await svc.stop_all()
