@@ -12,7 +12,7 @@ import msgspec
 from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError, NotFoundError
 
 from autotune.reads import models as m
-from autotune.reads.common import BadRequest, NotFound, clean, rows
+from autotune.reads.common import BadRequest, NotFound, all_rows, clean, rows
 from autotune.reads.experiments import TELEMETRY_COLUMNS, bucket_for, telemetry_points
 from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveHost
@@ -64,12 +64,11 @@ async def _latest_samples(nc, hosts: list[str] | None, window_s: float = SAMPLE_
     if hosts is not None:
         where += " AND host = ?"
         params = hosts[:1]
-    got = await rows(
+    got = await all_rows(
         nc,
         'SELECT host, "index", name, uuid, memory_total_mib, memory_used_mib, util_gpu, util_memory, temperature_c, power_w, "at", node '
-        f"FROM gpu_samples WHERE {where} QUALIFY row_number() OVER (PARTITION BY host, \"index\" ORDER BY seq DESC) = 1",
+        f"FROM gpu_samples WHERE {where} QUALIFY row_number() OVER (PARTITION BY host, \"index\" ORDER BY seq DESC) = 1 ORDER BY host, \"index\"",
         params or None,
-        limit=1_000_000,
     )
     return {(r["host"], r["index"]): r for r in got}
 
@@ -120,7 +119,7 @@ async def list_hosts(nc, js, *, status: str | None = None, include_removed: bool
                      sample_window_s: float = SAMPLE_WINDOW_S) -> list[m.Host]:  # fmt: skip
     """`sample_window_s`: how recent a GPU's latest sample must be to be shown (the metrics take a
     short one: a scrape reports the present, and reads less)."""
-    host_rows = await rows(nc, "SELECT * FROM hosts ORDER BY host", min_seq=min_seq, limit=1_000_000)
+    host_rows = await all_rows(nc, "SELECT * FROM hosts ORDER BY host", min_seq=min_seq)
     live = await live_hosts(js, [r["host"] for r in host_rows])
     samples = await _latest_samples(nc, None, sample_window_s)
     hosts = [_host(r, live.get(r["host"]), samples) for r in host_rows]
@@ -136,10 +135,10 @@ async def _leases(nc, hosts: list[str]) -> list[dict]:
     if not hosts:
         return []
     marks = ", ".join("?" for _ in hosts)
-    return await rows(
-        nc, f"SELECT task, n, attempt, host, gpu_indices FROM experiments WHERE host IN ({marks}) AND status IN {sql_list(EXPERIMENT_ON_HOST)}", hosts,
-        limit=1_000_000,
-    )
+    return await all_rows(
+        nc, f"SELECT task, n, attempt, host, gpu_indices FROM experiments WHERE host IN ({marks}) AND status IN {sql_list(EXPERIMENT_ON_HOST)} "
+        "ORDER BY host, task, n, attempt", hosts,
+    )  # fmt: skip
 
 
 def _lease_gpus(hosts: list[m.Host], leases: list[dict]) -> None:
