@@ -26,7 +26,7 @@ autotune *ARGS: setup
 test *ARGS: setup
     uv run --locked pytest -q {{ARGS}}
 
-# a benchmark: loadgen | tuning | projector | dashboard — prints one JSON line of figures at the end
+# a benchmark: loadgen | tuning | projector | dashboard | metrics — prints one JSON line of figures at the end
 bench NAME *ARGS: setup
     uv run --locked python tests/benchmarks/{{NAME}}.py {{ARGS}}
 

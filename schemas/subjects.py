@@ -19,6 +19,7 @@ LOGS_STREAM = "AUTOTUNE_LOGS"
 HOSTS_BUCKET = "autotune-hosts"
 LEASES_BUCKET = "autotune-leases"
 NAMES_BUCKET = "autotune-names"
+STATS_BUCKET = "autotune-stats"  # services' own figures for /metrics: one key per service instance (schemas/stats.py)
 
 QUERY_SQL = "autotune.query.sql"  # request/reply: read-only SQL on the projection
 QUERY_SNAPSHOT = "autotune.query.snapshot"  # request/reply: the projector writes a DuckDB snapshot file

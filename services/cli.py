@@ -17,7 +17,6 @@ import os
 import re
 import sys
 import textwrap
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -580,63 +579,31 @@ def cmd_cancel(args) -> int:
 
 
 async def _wait_cancelled(js, task: str, cancel_seq: int, timeout_s: float, *, as_json: bool) -> int:
-    """Follow the task's events until it ends, saying as each running experiment's engine is stopped.
-
-    A runner writes `experiment.cancelled` only once the engine is gone and its GPUs are free, so
-    when this returns 0 nothing of the task runs any more."""
-    from autotune.schemas import events as ev
-    from autotune.schemas import subjects as subj
-    from autotune.shared import bus
-
-    t0 = time.monotonic()
-    hosts: dict[tuple[int, int], str] = {}
-    active: set[tuple[int, int]] = set()
-    stopped: list[dict] = []
-    final: ev.Event | None = None
-    final_seq = 0
+    """Follow the task's events until it ends, saying as each running experiment's engine is stopped
+    (commands.wait_cancelled); 0 once nothing of the task runs any more."""
+    from autotune.shared import commands
 
     def say(line: str) -> None:
         if not as_json:
             print(line, flush=True)
 
+    def stopped(r: dict) -> None:
+        where = f" on {r['host']}" if r["host"] else ""
+        what = "engine stopped" if r["outcome"] == "experiment.cancelled" and r["host"] else r["outcome"].removeprefix("experiment.")
+        say(f"  experiment {r['n']} (attempt {r['attempt']}){where}: {what}")
+
     say(f"cancel requested for task {task}; waiting up to {timeout_s:.0f} s for its engines to stop")
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for d in bus.replay(js, subj.task_all(task)):
-                e = d.event
-                key = (getattr(e, "n", -1), getattr(e, "attempt", 0))
-                if isinstance(e, ev.ExperimentAssigned):
-                    hosts[key] = e.host
-                    active.add(key)
-                elif isinstance(e, ev.TERMINAL_EXPERIMENT):
-                    active.discard(key)
-                    if d.seq > cancel_seq:
-                        host = hosts.get(key) or e.host
-                        where = f" on {host}" if host else ""
-                        what = "engine stopped" if isinstance(e, ev.ExperimentCancelled) and host else ev.tag_of(type(e)).removeprefix("experiment.")
-                        stopped.append({"n": key[0], "attempt": key[1], "host": host, "outcome": ev.tag_of(type(e))})
-                        say(f"  experiment {key[0]} (attempt {key[1]}){where}: {what}")
-                elif isinstance(e, ev.TERMINAL_TASK):
-                    final, final_seq = e, d.seq
-                    break
-    except TimeoutError:
-        left = ", ".join(f"experiment {n} (attempt {a}) on {hosts.get((n, a), '?')}" for n, a in sorted(active))
+    out = await commands.wait_cancelled(js, task, cancel_seq, timeout_s, on_stopped=stopped)
+    if out.timed_out:
         if as_json:
-            print(json.dumps({"id": task, "seq": cancel_seq, "status": "cancelling", "stopped": stopped,
-                              "still_running": [{"n": n, "attempt": a, "host": hosts.get((n, a))} for n, a in sorted(active)]}))  # fmt: skip
-        why = (
-            f"not yet reported: {left}. A runner that is down is noticed once its liveness key expires (autotune hosts)"
-            if left else "none of its experiments is running, but no scheduler has ended it: is a scheduler running (autotune up)?"
-        )
-        return _err(f"task {task} is still stopping after {timeout_s:.0f} s; {why}; wait longer with --timeout, or look at autotune task {task}", EXIT_FAILED)
-    assert final is not None
-    status = ev.tag_of(type(final)).removeprefix("task.")
+            print(json.dumps({"id": task, "seq": cancel_seq, "status": "cancelling", "stopped": out.stopped, "still_running": out.still_running}))
+        return _err(f"task {task} is still stopping after {timeout_s:.0f} s; {out.why_waiting}; wait longer with --timeout, or look at autotune task {task}", EXIT_FAILED)
     if as_json:
-        print(json.dumps({"id": task, "seq": cancel_seq, "status": status, "stopped": stopped, "elapsed_s": round(time.monotonic() - t0, 3)}))
-    elif final_seq < cancel_seq:
-        print(f"task {task} had already ended ({status}); nothing was running")
+        print(json.dumps({"id": task, "seq": cancel_seq, "status": out.status, "stopped": out.stopped, "elapsed_s": out.elapsed_s}))
+    elif out.already_ended:
+        print(f"task {task} had already ended ({out.status}); nothing was running")
     else:
-        print(f"task {task} {status}: none of its engines is running ({time.monotonic() - t0:.2f} s after the request)")
+        print(f"task {task} {out.status}: none of its engines is running ({out.elapsed_s:.2f} s after the request)")
     return EXIT_OK
 
 
@@ -897,6 +864,12 @@ def cmd_snapshot(args) -> int:
 # --- commands: the rest ------------------------------------------------------------------------------------
 
 
+def cmd_mcp(args) -> int:
+    from autotune.mcp.stdio import serve
+
+    return serve(_settings(args), allow_fleet_changes=args.allow_fleet_changes)
+
+
 def cmd_demo(args) -> int:
     from autotune.demo import run_demo
 
@@ -1099,6 +1072,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--overwrite", action="store_true")
     _json(p)
+
+    p = _sub(sp, "mcp", "serve autotune's tools to an LLM agent over MCP (stdio): hosts, tasks, experiments, SQL",
+             "autotune mcp\nautotune mcp --allow-fleet-changes   # also drain_host, remove_host, cancel_task\n"
+             'claude mcp add autotune -- uv run --directory /path/to/autotune autotune mcp', cmd_mcp)  # fmt: skip
+    p.add_argument("--allow-fleet-changes", action="store_true", help="offer the tools that change the fleet or stop work (drain_host, remove_host, cancel_task)")
 
     # tools
     p = _sub(sp, "bench", "benchmark a running OpenAI-compatible server", "autotune bench --url http://127.0.0.1:30000 --model M --concurrency 1 8", cmd_bench, connects=False)

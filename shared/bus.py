@@ -179,6 +179,7 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
     await kv_bucket(js, subj.HOSTS_BUCKET, settings, ttl_markers=True)
     await kv_bucket(js, subj.LEASES_BUCKET, settings, ttl_markers=True)
     await kv_bucket(js, subj.NAMES_BUCKET, settings)
+    await kv_bucket(js, subj.STATS_BUCKET, settings, max_age=STATS_MAX_AGE_S, memory=True)
 
 
 TUNABLE = ("num_replicas", "max_age", "duplicate_window")  # what `autotune streams --apply` changes on a stream
@@ -207,7 +208,10 @@ async def apply_stream_settings(js: JetStreamContext, settings: Settings) -> lis
     return changes
 
 
-async def kv_bucket(js: JetStreamContext, name: str, settings: Settings, *, ttl_markers: bool = False):
+STATS_MAX_AGE_S = 60.0  # a service that stopped publishing its figures drops out of /metrics after this
+
+
+async def kv_bucket(js: JetStreamContext, name: str, settings: Settings, *, ttl_markers: bool = False, max_age: float | None = None, memory: bool = False):
     try:
         return await retry_transient(lambda: js.key_value(name))
     except (NotFoundError, APIError):
@@ -216,7 +220,8 @@ async def kv_bucket(js: JetStreamContext, name: str, settings: Settings, *, ttl_
         bucket=name,
         history=1,
         replicas=settings.replicas,
-        storage=jsapi.StorageType.FILE,
+        storage=jsapi.StorageType.MEMORY if memory else jsapi.StorageType.FILE,
+        ttl=max_age,
         # per-key TTLs with delete markers: an expired liveness key or lease is seen by watchers
         limit_marker_ttl=5.0 if ttl_markers else None,
     )

@@ -8,6 +8,7 @@ edited: re-running it is a new task cloned from its recorded spec, with `cloned_
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import math
@@ -21,6 +22,7 @@ from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.spec import SpecError, TaskSpec, is_simulated, parse_spec, spec_from_obj
 from autotune.shared import bus
+from autotune.shared.expand import ExpandError, SearchSpace, experiment_space
 
 
 class DuplicateTask(Exception):
@@ -87,6 +89,24 @@ def from_obj(raw: Any) -> TaskSpec:
 def _checked(spec: TaskSpec) -> TaskSpec:
     check_numbers(spec_to_dict(spec))
     return spec
+
+
+class Validated(NamedTuple):
+    """A task spec that would be accepted, and the search space the scheduler would expand it into."""
+
+    spec: TaskSpec
+    space: SearchSpace
+
+
+def validate(source: str | bytes | dict[str, Any], *, name: str = "") -> Validated:
+    """A task file (text, JSON or YAML) or an already parsed object, checked as submit checks it and
+    expanded as the scheduler will (quant and parallel presets into engine flags), so that what the
+    scheduler would reject at start is refused here too. Raises SpecError with path and line."""
+    spec = from_obj(source) if isinstance(source, dict) else parse(source, source=name)
+    try:
+        return Validated(spec, experiment_space(spec))
+    except ExpandError as e:
+        raise SpecError(e.message, e.path, source=name) from None
 
 
 def valid_token(value: str) -> bool:
@@ -236,3 +256,63 @@ async def remove_host(js, host: str, *, requested_by: str = "") -> int:
     """Take a host out of the fleet: the scheduler places nothing more on it, views list it as removed."""
     e = ev.HostRemoved(id=f"host.{host}.removed.{int(time.time())}", host=host, requested_by=requested_by)
     return (await bus.append(js, subj.host(host, "removed"), e)).seq
+
+
+class CancelOutcome(msgspec.Struct, kw_only=True):
+    """How a cancel ended (`wait_cancelled`): the task's final status, or `cancelling` when the
+    timeout passed first, with the experiments stopped meanwhile and those still running."""
+
+    id: str
+    seq: int
+    status: str
+    stopped: list[dict[str, Any]] = []  # {n, attempt, host, outcome}: experiments that ended after the request
+    still_running: list[dict[str, Any]] = []  # {n, attempt, host}: only when the timeout passed
+    elapsed_s: float = 0.0
+    already_ended: bool = False  # the task had ended before the request: nothing was running
+    timed_out: bool = False
+
+    @property
+    def why_waiting(self) -> str:
+        """For a timed-out wait: what has not reported, or that no scheduler is ending the task."""
+        if self.still_running:
+            left = ", ".join(f"experiment {r['n']} (attempt {r['attempt']}) on {r['host'] or '?'}" for r in self.still_running)
+            return f"not yet reported: {left}. A runner that is down is noticed once its liveness key expires (autotune hosts)"
+        return "none of its experiments is running, but no scheduler has ended it: is a scheduler running (autotune up)?"
+
+
+async def wait_cancelled(js, task: str, cancel_seq: int, timeout_s: float, *, on_stopped=None) -> CancelOutcome:
+    """Follow the task's events until it ends (or `timeout_s` passes), calling `on_stopped(record)` as
+    each running experiment ends after the request at `cancel_seq`.
+
+    A runner writes `experiment.cancelled` only once the engine is gone and its GPUs are free, so a
+    status other than `cancelling` means nothing of the task runs any more."""
+    t0 = time.monotonic()
+    hosts: dict[tuple[int, int], str] = {}
+    active: set[tuple[int, int]] = set()
+    stopped: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(timeout_s), contextlib.aclosing(bus.replay(js, subj.task_all(task))) as events:
+            async for d in events:
+                e = d.event
+                key = (getattr(e, "n", -1), getattr(e, "attempt", 0))
+                if isinstance(e, ev.ExperimentAssigned):
+                    hosts[key] = e.host
+                    active.add(key)
+                elif isinstance(e, ev.TERMINAL_EXPERIMENT):
+                    active.discard(key)
+                    if d.seq > cancel_seq:
+                        record = {"n": key[0], "attempt": key[1], "host": hosts.get(key) or e.host, "outcome": ev.tag_of(type(e))}
+                        stopped.append(record)
+                        if on_stopped is not None:
+                            on_stopped(record)
+                elif isinstance(e, ev.TERMINAL_TASK):
+                    return CancelOutcome(
+                        id=task, seq=cancel_seq, status=ev.tag_of(type(e)).removeprefix("task."), stopped=stopped,
+                        elapsed_s=round(time.monotonic() - t0, 3), already_ended=d.seq < cancel_seq,
+                    )  # fmt: skip
+    except TimeoutError:
+        pass
+    return CancelOutcome(
+        id=task, seq=cancel_seq, status="cancelling", stopped=stopped, timed_out=True, elapsed_s=round(time.monotonic() - t0, 3),
+        still_running=[{"n": n, "attempt": a, "host": hosts.get((n, a))} for n, a in sorted(active)],
+    )  # fmt: skip

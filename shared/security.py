@@ -4,16 +4,18 @@ Roles and what they may publish (everything else is refused by the server):
 
 - admin      everything (provisions streams and buckets, updates their configuration)
 - api        task `submitted` / `cancel_requested`, host `drain_requested` / `removed`, task names
-             (KV `autotune-names`), requests on `autotune.query.sql` / `.snapshot` (the CLI uses it too)
+             (KV `autotune-names`), requests on `autotune.query.sql` / `.snapshot` (the CLI uses it too);
+             it lists the services' figures (KV `autotune-stats`) for /metrics
 - scheduler  task started/rejected/completed/failed/cancelled, experiment planned / assigned.<host> /
-             cancel_requested.<host> / failed / cancelled, host `lost`, its lease (KV `autotune-leases`)
+             cancel_requested.<host> / failed / cancelled, host `lost`, its lease (KV `autotune-leases`),
+             its own figures (KV `autotune-stats`, keys `scheduler.*`)
 - runner-<h> its experiments' started/ready/progress/completed/failed/cancelled, log lines, host <h>
              registered / drained, its own liveness key `$KV.autotune-hosts.<h>`, its durable consumer
              `runner-<h>` (create, fetch, ack)
 - gpumon-<h> `autotune.gpu.<h>.*`
 - projector  no event at all; it reads the streams (ephemeral consumers, never the runners' durables)
              and answers `autotune.query.>` (sql, snapshot, reopen), replying only to the requests it
-             received (`allow_responses`)
+             received (`allow_responses`); its own figures (KV `autotune-stats`, keys `projector.*`)
 
 Every role may read (stream and consumer info, message get, ephemeral ordered consumers with their
 flow-control replies): the threat model is a compromised or buggy writer, not a reader. Per-host
@@ -44,8 +46,9 @@ CREDENTIALS_FILE = "nats-credentials.json"
 MAX_PAYLOAD = "8MB"  # = shared.bus.MAX_PAYLOAD: the events stream accepts messages that large
 
 STREAMS = (subj.EVENTS_STREAM, subj.TELEMETRY_STREAM, subj.LOGS_STREAM)
-BUCKETS = (subj.HOSTS_BUCKET, subj.LEASES_BUCKET, subj.NAMES_BUCKET)
+BUCKETS = (subj.HOSTS_BUCKET, subj.LEASES_BUCKET, subj.NAMES_BUCKET, subj.STATS_BUCKET)
 KV_STREAMS = tuple(f"KV_{b}" for b in BUCKETS)
+STATS_KEYS = f"$KV.{subj.STATS_BUCKET}"  # + .<service>.<instance>: each service writes only its own
 
 # Read-only JetStream API, granted to every role (nats-py 2.16 subjects: js/manager.py, js/kv.py).
 JS_READ = (
@@ -160,6 +163,7 @@ def role_permissions(role: str, host: str | None = None, *, hosts: list[str] | t
                 subj.QUERY_SQL, QUERY_SNAPSHOT,  # requests to the projector (the CLI uses this role too)
                 *JS_READ,
                 *ephemeral_consumers(*STREAMS),  # live views (SSE) replay from any sequence
+                *ephemeral_consumers(f"KV_{subj.STATS_BUCKET}"),  # /metrics lists the services' figures
             ],
             publish_deny=deny,
         )
@@ -171,6 +175,7 @@ def role_permissions(role: str, host: str | None = None, *, hosts: list[str] | t
                 f"{x}.assigned.*", f"{x}.cancel_requested.*",
                 f"{subj.PREFIX}.host.*.lost",
                 f"$KV.{subj.LEASES_BUCKET}.>",
+                f"{STATS_KEYS}.scheduler.>",
                 *JS_READ,
                 *ephemeral_consumers(*STREAMS, *KV_STREAMS),  # replays the log, watches liveness
             ],
@@ -180,9 +185,10 @@ def role_permissions(role: str, host: str | None = None, *, hosts: list[str] | t
         # Ephemeral pull consumers (random names) on every stream: create, pull, drop when re-created.
         pull = [f"$JS.API.CONSUMER.{op}.{s}.*" for s in STREAMS for op in ("MSG.NEXT", "DELETE")]
         return Permissions(
-            publish=[*JS_READ, *ephemeral_consumers(*STREAMS, *KV_STREAMS), *pull, QUERY_REOPEN],
+            publish=[*JS_READ, *ephemeral_consumers(*STREAMS, *KV_STREAMS), *pull, QUERY_REOPEN, f"{STATS_KEYS}.projector.>"],
             publish_deny=[d for d in deny if d != "$JS.API.CONSUMER.DELETE.>"] + runner_consumers(hosts) + [
-                f"{subj.PREFIX}.task.>", f"{subj.PREFIX}.host.>", f"{subj.PREFIX}.gpu.>", f"{subj.PREFIX}.log.>", "$KV.>",
+                f"{subj.PREFIX}.task.>", f"{subj.PREFIX}.host.>", f"{subj.PREFIX}.gpu.>", f"{subj.PREFIX}.log.>",
+                *(f"$KV.{b}.>" for b in BUCKETS if b != subj.STATS_BUCKET),
             ],
             subscribe=[*SUBSCRIBE_READ, QUERY_ALL],
             subscribe_deny=[],

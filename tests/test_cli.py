@@ -29,7 +29,7 @@ from tests.test_api import Background, alive, applied, golden, seed_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ("up", "run", "demo", "submit", "tasks", "task", "experiments", "experiment", "cancel", "clone", "best", "hosts", "host", "gpus",
-            "drain", "remove", "events", "logs", "sql", "streams", "snapshot", "bench", "projector")  # fmt: skip
+            "drain", "remove", "events", "logs", "sql", "streams", "snapshot", "mcp", "bench", "projector")  # fmt: skip
 
 
 # Each command is a fresh interpreter: let them share compiled bytecode (outside the work tree) even

@@ -18,6 +18,7 @@ import stat
 import subprocess
 from pathlib import Path
 
+import msgspec
 import nats
 import pytest
 from nats.aio.client import Client as NATS
@@ -518,3 +519,22 @@ async def test_only_admin_may_change_the_streams_retention(secure):
     assert as_admin.returncode == 0, as_admin.stderr
     assert "changed AUTOTUNE_TELEMETRY: max_age 604800.0 -> 86400.0" in as_admin.stdout
     assert (await secure.admin.js.stream_info(subj.TELEMETRY_STREAM)).config.max_age == 86400
+
+
+async def test_each_service_publishes_only_its_own_figures_and_the_api_reads_them_all(secure):
+    """/metrics: the scheduler and the projector each write their own keys of `autotune-stats`, never
+    another's (nor another bucket through it); the api role lists and reads them."""
+    from autotune.metrics.collect import service_stats
+    from autotune.shared.stats import Histogram, StatsPublisher
+
+    for role, other in (("scheduler", "projector"), ("projector", "scheduler")):
+        c = await secure.connect(role)
+        h = Histogram()
+        h.observe(0.002)
+        kv = await c.js.key_value(subj.STATS_BUCKET)
+        await kv.put(f"{role}.i1", msgspec.json.encode(StatsPublisher(role, "i1", seconds=h).record()))  # allowed: acked
+        await c.assert_denied(f"$KV.{subj.STATS_BUCKET}.{other}.i1", "$KV.autotune-hosts.gpu-1")
+    api = await secure.connect("api")
+    got = sorted((s.service, s.instance, s.histograms["seconds"].counts[-1]) for s in await service_stats(api.js))
+    assert got == [("projector", "i1", 1), ("scheduler", "i1", 1)]
+    await api.assert_denied(f"$KV.{subj.STATS_BUCKET}.scheduler.i1")

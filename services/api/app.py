@@ -14,19 +14,24 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import msgspec
-from litestar import Litestar
+from litestar import Litestar, asgi
 from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import Receive, Scope, Send
 from nats.aio.client import Client as NATS
 
 from autotune import __version__, dashboard
-from autotune.api.common import BEARER, EXCEPTION_HANDLERS
+from autotune.api.common import BEARER, EXCEPTION_HANDLERS, requires_token
 from autotune.api.experiments import ExperimentController
 from autotune.api.hosts import GpuController, HostController
+from autotune.api.metrics import metrics
 from autotune.api.system import EventController, SystemController
 from autotune.api.tasks import TaskController
+from autotune.mcp import build_server, fixed_link
+from autotune.mcp.http import McpEndpoint
+from autotune.metrics import Metrics
 from autotune.schemas.spec import TaskSpec
 from autotune.shared import bus
 from autotune.shared.settings import Settings
@@ -45,7 +50,7 @@ def _spec_components() -> dict:
     return {f"Spec{name}": schema for name, schema in components.items()}
 
 
-def create_app(*, nc: NATS | None, settings: Settings, debug: bool = False) -> Litestar:
+def create_app(*, nc: NATS | None, settings: Settings, debug: bool = False, metrics_max_age_s: float = 5.0) -> Litestar:
     """The API over `nc`; with `nc=None` it connects (and provisions) in its own lifespan and drains
     the connection at shutdown — what a test client that runs the app in its own event loop needs."""
 
@@ -63,9 +68,23 @@ def create_app(*, nc: NATS | None, settings: Settings, debug: bool = False) -> L
             app.state.nc = None
             await bus.close(conn)
 
+    # the MCP tools over streamable HTTP, on the API's own connection, behind its token
+    mcp = McpEndpoint(
+        build_server(fixed_link(lambda: app.state.nc), allow_fleet_changes=settings.mcp_allow_fleet_changes), token=settings.api_token
+    )
+
+    @asgi("/mcp", is_mount=True, copy_scope=True, guards=[requires_token], include_in_schema=False)
+    async def mcp_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await mcp(scope, receive, send)
+
+    @contextlib.asynccontextmanager
+    async def mcp_sessions(_: Litestar) -> AsyncIterator[None]:
+        async with mcp.running():
+            yield
+
     app = Litestar(
-        lifespan=[nats_connection],
-        route_handlers=[TaskController, ExperimentController, HostController, GpuController, EventController, SystemController,
+        lifespan=[nats_connection, mcp_sessions],
+        route_handlers=[TaskController, ExperimentController, HostController, GpuController, EventController, SystemController, metrics, mcp_endpoint,
                         *dashboard.route_handlers()],
         template_config=dashboard.template_config(),
         openapi_config=OpenAPIConfig(
@@ -90,4 +109,5 @@ def create_app(*, nc: NATS | None, settings: Settings, debug: bool = False) -> L
     app.state.nc = nc
     app.state.settings = settings
     app.state.last_seq = 0
+    app.state.metrics = Metrics(max_age_s=metrics_max_age_s)
     return app

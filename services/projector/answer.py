@@ -27,6 +27,7 @@ from autotune.projector.store import write_snapshot
 from autotune.schemas import subjects as subj
 from autotune.shared.log import get_logger
 from autotune.shared.query import QUERY_SNAPSHOT, QUERY_SQL, QUEUE_GROUP
+from autotune.shared.stats import Histogram, StatsPublisher
 
 log = get_logger("projector")
 REOPEN_PREFIX = subj.QUERY_REOPEN
@@ -74,6 +75,17 @@ class Answering:
 
     async def wait_applied(self, seq: int, timeout: float, lanes: tuple[str, ...] = ("state", "log")) -> bool:  # pragma: no cover - Projector's
         raise NotImplementedError
+
+    query_seconds: Histogram | None = None  # the SQL answers' latency, for /metrics
+
+    async def _publish_stats(self, stop: asyncio.Event) -> None:
+        instance = f"{socket.gethostname()}-{os.getpid()}"
+        await StatsPublisher("projector", instance, query_seconds=self._query_seconds()).run(self.nc.jetstream(), stop)
+
+    def _query_seconds(self) -> Histogram:
+        if self.query_seconds is None:
+            self.query_seconds = Histogram()
+        return self.query_seconds
 
     async def _serve(self) -> None:
         self._subs.append(await self.nc.subscribe(QUERY_SQL, queue=QUEUE_GROUP, cb=self._spawn(self._answer_query)))
@@ -137,7 +149,9 @@ class Answering:
         except TimeoutError:
             return _error(f"no query slot became free within the {budget:.3g} s timeout; retry shortly")
         result["applied_seq"] = result.pop("_applied_seq")
-        result["elapsed_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        elapsed = time.perf_counter() - t0
+        self._query_seconds().observe(elapsed)
+        result["elapsed_ms"] = round(elapsed * 1000, 3)
         return reader.encode_reply(result, self._max_reply())
 
     async def _read(self, fn: Callable[..., dict], *a: Any, lanes: tuple[str, ...] = ("state", "log")) -> dict:

@@ -266,15 +266,19 @@ class Projector(Answering):
         t0 = time.monotonic()
         self._burst = burst
         waker = asyncio.create_task(self._wake_on(stop))
+        stats: asyncio.Task | None = None
         try:
             self.wire = await wire.connect(self.nc, self.settings, self.cfg.lean_wire)
             await self._open_store()
             log.info("projecting", db=self.db_path, **{s: p.seq for lane in self.lanes for s, p in lane.state.positions.items()})
             if serve:
                 await self._serve()
+                stats = asyncio.create_task(self._publish_stats(stop))
             await self._ingest(stop, burst)
         finally:
             waker.cancel()
+            if stats is not None:
+                stats.cancel()
             await self._shutdown()
         return {**self.totals, "seconds": round(time.monotonic() - t0, 3), "applied_seq": self.applied_seq}
 

@@ -35,6 +35,17 @@ async def rows(nc, sql: str, params: list[Any] | None = None, *, min_seq: int | 
     return res.rows_as_dicts()
 
 
+async def all_rows(nc, sql: str, params: list[Any] | None = None, *, min_seq: int | None = None) -> list[dict]:
+    """Every row of `sql` (which must end in ORDER BY, so that pages follow each other), however many:
+    an answer larger than one NATS message comes back truncated, and the rest is asked for after it."""
+    out: list[dict] = []
+    while True:
+        res = await q.sql(nc, f"{sql} LIMIT 1000000 OFFSET {len(out)}", params, min_seq=min_seq or None, limit=1_000_000)
+        out += res.rows_as_dicts()
+        if not res.truncated or not res.row_count:
+            return out
+
+
 def redact(value: Any) -> Any:
     """A copy with secrets (the model's hf_token) replaced: responses never carry them."""
     if isinstance(value, dict):

@@ -12,11 +12,14 @@ import msgspec
 from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError, NotFoundError
 
 from autotune.reads import models as m
-from autotune.reads.common import BadRequest, NotFound, clean, rows
+from autotune.reads.common import BadRequest, NotFound, all_rows, clean, rows
 from autotune.reads.experiments import TELEMETRY_COLUMNS, bucket_for, telemetry_points
 from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveHost
 from autotune.schemas.status import EXPERIMENT_ON_HOST, HostLifecycle, HostStatus, sql_list
+
+LIVE_GETS_AT_ONCE = 64  # key gets in flight at once: 1,000 hosts one after the other were ~1,000 round trips
+SAMPLE_WINDOW_S = 600  # a GPU's latest sample is its state only if it is this recent
 
 
 async def live_hosts(js, hosts: list[str]) -> dict[str, LiveHost]:
@@ -27,10 +30,10 @@ async def live_hosts(js, hosts: list[str]) -> dict[str, LiveHost]:
     except (BucketNotFoundError, NotFoundError):
         return out
     decoder = msgspec.json.Decoder(LiveHost)
-    gate = asyncio.Semaphore(64)  # a fleet of hundreds: concurrent gets, not one round trip after another
+    gets = asyncio.Semaphore(LIVE_GETS_AT_ONCE)
 
-    async def get(h: str) -> None:
-        async with gate:
+    async def one(h: str) -> None:
+        async with gets:
             try:
                 entry = await kv.get(h)
             except (KeyNotFoundError, KeyDeletedError, NotFoundError):
@@ -41,8 +44,8 @@ async def live_hosts(js, hosts: list[str]) -> dict[str, LiveHost]:
             except msgspec.MsgspecError:
                 return
 
-    await asyncio.gather(*(get(h) for h in hosts if subj.TOKEN.match(h or "")))
-    return {h: out[h] for h in hosts if h in out}
+    await asyncio.gather(*(one(h) for h in hosts if subj.TOKEN.match(h or "")))
+    return out
 
 
 def _host_status(row: dict, live: LiveHost | None) -> HostStatus:
@@ -56,15 +59,15 @@ def _host_status(row: dict, live: LiveHost | None) -> HostStatus:
     return HostStatus.BUSY if live.running else HostStatus.ONLINE
 
 
-async def _latest_samples(nc, hosts: list[str] | None) -> dict[tuple[str, int], dict]:
-    where, params = '"at" >= now() - INTERVAL 10 MINUTE', []
+async def _latest_samples(nc, hosts: list[str] | None, window_s: float = SAMPLE_WINDOW_S) -> dict[tuple[str, int], dict]:
+    where, params = f'"at" >= now() - to_seconds({float(window_s)})', []
     if hosts is not None:
         where += " AND host = ?"
         params = hosts[:1]
-    got = await rows(
+    got = await all_rows(
         nc,
         'SELECT host, "index", name, uuid, memory_total_mib, memory_used_mib, util_gpu, util_memory, temperature_c, power_w, "at", node '
-        f"FROM gpu_samples WHERE {where} QUALIFY row_number() OVER (PARTITION BY host, \"index\" ORDER BY seq DESC) = 1",
+        f"FROM gpu_samples WHERE {where} QUALIFY row_number() OVER (PARTITION BY host, \"index\" ORDER BY seq DESC) = 1 ORDER BY host, \"index\"",
         params or None,
     )
     return {(r["host"], r["index"]): r for r in got}
@@ -112,10 +115,13 @@ def _host(row: dict, live: LiveHost | None, samples: dict[tuple[str, int], dict]
     return kind(**fields)
 
 
-async def list_hosts(nc, js, *, status: str | None = None, include_removed: bool = False, min_seq: int | None = None) -> list[m.Host]:
-    host_rows = await rows(nc, "SELECT * FROM hosts ORDER BY host", min_seq=min_seq)
+async def list_hosts(nc, js, *, status: str | None = None, include_removed: bool = False, min_seq: int | None = None,
+                     sample_window_s: float = SAMPLE_WINDOW_S) -> list[m.Host]:  # fmt: skip
+    """`sample_window_s`: how recent a GPU's latest sample must be to be shown (the metrics take a
+    short one: a scrape reports the present, and reads less)."""
+    host_rows = await all_rows(nc, "SELECT * FROM hosts ORDER BY host", min_seq=min_seq)
     live = await live_hosts(js, [r["host"] for r in host_rows])
-    samples = await _latest_samples(nc, None)
+    samples = await _latest_samples(nc, None, sample_window_s)
     per_host: dict[str, dict[tuple[str, int], dict]] = {}
     for key, sample in samples.items():  # each host looks only at its own: a fleet of hundreds is not hosts x samples
         per_host.setdefault(key[0], {})[key] = sample
@@ -132,9 +138,10 @@ async def _leases(nc, hosts: list[str]) -> list[dict]:
     if not hosts:
         return []
     marks = ", ".join("?" for _ in hosts)
-    return await rows(
-        nc, f"SELECT task, n, attempt, host, gpu_indices FROM experiments WHERE host IN ({marks}) AND status IN {sql_list(EXPERIMENT_ON_HOST)}", hosts
-    )
+    return await all_rows(
+        nc, f"SELECT task, n, attempt, host, gpu_indices FROM experiments WHERE host IN ({marks}) AND status IN {sql_list(EXPERIMENT_ON_HOST)} "
+        "ORDER BY host, task, n, attempt", hosts,
+    )  # fmt: skip
 
 
 def _lease_gpus(hosts: list[m.Host], leases: list[dict]) -> None:

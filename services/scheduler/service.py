@@ -27,6 +27,7 @@ from autotune.shared import bus
 from autotune.shared.lifecycle import wait_event
 from autotune.shared.log import get_logger
 from autotune.shared.settings import Settings
+from autotune.shared.stats import Histogram, StatsPublisher
 
 log = get_logger("scheduler")
 _gpu_decoder = msgspec.json.Decoder(ev.GpuSample)
@@ -48,6 +49,7 @@ class Scheduler:
         self.limits = limits or Limits(host_grace_s=max(2.0, settings.host_ttl_s))
         self.wake = asyncio.Event()
         self.gpu_samples: dict[tuple[str, int], tuple[float, bool]] = {}  # (host, index) -> (seen at, has processes)
+        self.decision_seconds = Histogram()  # how long each decide() takes, for /metrics
 
     async def run(self, stop: asyncio.Event, *, burst: bool = False) -> None:
         nc = await bus.connect(self.settings, "scheduler", stop=stop)
@@ -59,6 +61,7 @@ class Scheduler:
             asyncio.create_task(self._watch_fleet(js, stop), name="fleet"),
             asyncio.create_task(self._lease(js, stop), name="lease"),
             asyncio.create_task(self._decide_loop(js, stop, burst), name="decide"),
+            asyncio.create_task(StatsPublisher("scheduler", self.instance, decision_seconds=self.decision_seconds).run(js, stop), name="stats"),
         ]
         await nc.subscribe("autotune.gpu.>", cb=self._on_gpu_sample)
         log.info("scheduler started", instance=self.instance)
@@ -179,7 +182,9 @@ class Scheduler:
             self.wake.clear()
             if not self.leader:
                 continue
+            t0 = time.perf_counter()
             actions = decide(self.state, self.fleet, datetime.now(UTC), occupied=self.occupied(), limits=self.limits)
+            self.decision_seconds.observe(time.perf_counter() - t0)
             if actions:
                 await self._execute(js, actions)
             elif burst and self.state.tasks and all(t.finished for t in self.state.tasks.values()):
