@@ -21,6 +21,9 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 STRATEGIES = ("grid_search", "random", "bayesian", "multi_objective")
 OBJECTIVES = ("minimize_latency", "maximize_throughput", "minimize_ttft", "minimize_tpot")
 DEPLOYMENT_MODES = ("docker", "local", "ome", "kubernetes", "simulated")
+ENGINES = ("sglang", "vllm")
+CLUSTER_MODES = ("kubernetes", "ome")  # the modes that can mount a PersistentVolumeClaim
+DEFAULT_MOUNT_PATH = "/mnt/models"
 
 
 class SpecError(ValueError):
@@ -88,6 +91,9 @@ class Benchmark(_Spec, kw_only=True):
     max_time_per_iteration: float = 10.0  # MINUTES, per scenario x concurrency run
     max_requests_per_iteration: int = 50
     additional_params: dict[str, Any] = {}
+    # replay real prompts instead of synthetic ones (docs/task-file.md, shared/dataset.py)
+    dataset_url: str | None = None
+    dataset_deduplicate: bool = True
     # autotune extensions
     warmup_requests: int = 1
     driver: Literal["builtin", "genai-bench"] = "builtin"
@@ -140,6 +146,26 @@ class ParallelConfig(_Spec, kw_only=True):
     presets: list[str] | None = None
 
 
+class Storage(_Spec, kw_only=True):
+    """Serve the model from a PersistentVolumeClaim (Kubernetes and OME modes), mounted read-only."""
+
+    type: str = "pvc"  # the only kind there is; checked in schemas/runtime.py, so the refusal says so
+    pvc_name: str
+    pvc_subpath: str | None = None
+    mount_path: str = DEFAULT_MOUNT_PATH
+
+
+class OmeResource(_Spec, kw_only=True):
+    """An OME ClusterBaseModel or ClusterServingRuntime: `{preset}` or `{name, spec}` (shared/ome.py)."""
+
+    preset: str | None = None
+    name: str | None = None
+    spec: dict[str, Any] | None = None
+    overrides: dict[str, Any] = {}
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+
+
 class TaskSpec(_Spec, kw_only=True):
     task_name: str
     description: str = ""
@@ -154,10 +180,17 @@ class TaskSpec(_Spec, kw_only=True):
     slo: SLO | None = None
     quant_config: QuantConfig | None = None
     parallel_config: ParallelConfig | None = None
+    storage: Storage | None = None
+    clusterbasemodel_config: OmeResource | None = None
+    clusterservingruntime_config: OmeResource | None = None
+    # autotune extension: the engine, where base_runtime (an OME ClusterServingRuntime) does not tell
+    runtime_engine: Literal["sglang", "vllm"] | None = None
 
     @property
     def engine(self) -> str:
-        return "vllm" if self.base_runtime.lower().startswith("vllm") else "sglang"
+        from autotune.schemas.runtime import infer_engine
+
+        return infer_engine(self) or "sglang"
 
     @property
     def model_id(self) -> str:
@@ -257,11 +290,11 @@ def validate(spec: TaskSpec) -> None:
         raise SpecError("must be at most 128 characters", "$.task_name")
     if not spec.model_id.strip():
         raise SpecError("must name a model (HuggingFace id, a directory, or an absolute path)", "$.model.id_or_path")
-    rt = spec.base_runtime.lower()
-    if not (rt.startswith("sglang") or rt.startswith("vllm")):
-        raise SpecError(f"`{spec.base_runtime}` is not an engine; use sglang or vllm", "$.base_runtime")
     if spec.deployment_mode not in DEPLOYMENT_MODES:
         raise SpecError(f"`{spec.deployment_mode}` is not one of {', '.join(DEPLOYMENT_MODES)}", "$.deployment_mode")
+    from autotune.schemas.runtime import validate_runtime
+
+    validate_runtime(spec)
     opt = spec.optimization
     if opt.strategy not in STRATEGIES:
         raise SpecError(f"`{opt.strategy}` is not one of {', '.join(STRATEGIES)}", "$.optimization.strategy")
@@ -311,6 +344,13 @@ def validate(spec: TaskSpec) -> None:
                         path,
                     )
     bench = spec.benchmark
+    if bench.dataset_url is not None:
+        from autotune.shared.dataset import DatasetError, check_url
+
+        try:
+            check_url(bench.dataset_url)
+        except DatasetError as e:
+            raise SpecError(str(e), "$.benchmark.dataset_url") from None
     if not bench.traffic_scenarios:
         raise SpecError("needs at least one scenario, e.g. D(100,100)", "$.benchmark.traffic_scenarios")
     for i, s in enumerate(bench.traffic_scenarios):
@@ -343,11 +383,13 @@ def validate(spec: TaskSpec) -> None:
         if spec.slo.steepness <= 0:
             raise SpecError("must be positive", "$.slo.steepness")
     # presets and engine flags are checked where they expand, so the error names the preset
+    from autotune.shared.engine_params import TemplateParamError, check
     from autotune.shared.expand import ExpandError, experiment_space
 
     try:
         experiment_space(spec)
-    except ExpandError as e:
+        check(spec.engine, spec.parameters)
+    except (ExpandError, TemplateParamError) as e:
         raise SpecError(e.message, e.path) from None
 
 

@@ -267,6 +267,10 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "dcp": ("dcp", "dcp-size", "decode-context-parallel-size"),
     "enable-expert-parallel": ("enable-expert-parallel", "enable-ep-moe"),
     "enable-dp-attention": ("enable-dp-attention",),
+    # the earlier tool's template names (engine_params.py) meet the flags they become
+    "mem-fraction-static": ("mem-fraction-static", "mem-frac", "gpu-memory-utilization"),
+    "schedule-policy": ("schedule-policy", "scheduling-policy"),
+    "max-total-tokens": ("max-total-tokens", "num-gpu-blocks-override"),
 }
 _CANONICAL = {alias: canon for canon, aliases in _ALIASES.items() for alias in aliases}
 
@@ -748,13 +752,15 @@ def engine_command(
     host: str = "0.0.0.0",
     model_path: str | None = None,
 ) -> list[str]:
-    """The real engine argv for one configuration."""
+    """The real engine argv for one configuration (template parameter names become the engine's flags)."""
+    from autotune.shared.engine_params import engine_params
+
     model = model_path or spec.model_id
     if spec.engine == "vllm":
         head = ["vllm", "serve", model, "--host", host, "--port", str(port)]
     else:
         head = ["python3", "-m", "sglang.launch_server", "--model-path", model, "--host", host, "--port", str(port)]
-    return head + engine_flags(params)
+    return head + engine_flags(engine_params(spec.engine, params))
 
 
 def display_command(argv: list[str]) -> str:
