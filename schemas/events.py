@@ -41,6 +41,38 @@ class TaskSubmitted(Event, frozen=True, kw_only=True, tag="task.submitted"):
     cloned_from: str | None = None
 
 
+class DatasetRef(msgspec.Struct, frozen=True, kw_only=True):
+    """Which prompts a task replays: fetched from `url` (its bytes' sha256), `prompts` of them, stored
+    as object `object` (their sha256) in the autotune-datasets bucket."""
+
+    url: str
+    sha256: str
+    prompts: int
+    object: str
+
+
+class TaskDatasetFetched(Event, frozen=True, kw_only=True, tag="task.dataset_fetched"):
+    """The scheduler service fetched the task's replay dataset (benchmark.dataset_url) and stored its
+    prompts for the hosts, before the task started; every host replays exactly these."""
+
+    task: str
+    url: str
+    sha256: str  # of the file as fetched
+    prompts: int
+    object: str  # the prompt list's name in the autotune-datasets bucket (its sha256)
+    size: int = 0  # bytes fetched
+    member: str = ""  # the file the prompts came from (inside an archive: its path there)
+    format: str = ""  # csv | jsonl | json
+    rows: int = 0
+    skipped: int = 0  # rows that could not be read
+    duplicates: int = 0  # exact repeats dropped (dataset_deduplicate)
+    deduplicate: bool = True
+    cached: bool = False  # read from the scheduler's cache of this URL
+
+    def ref(self) -> DatasetRef:
+        return DatasetRef(url=self.url, sha256=self.sha256, prompts=self.prompts, object=self.object)
+
+
 class TaskStarted(Event, frozen=True, kw_only=True, tag="task.started"):
     """The scheduler accepted the task and began planning."""
 
@@ -123,6 +155,19 @@ class ExperimentAssigned(Event, frozen=True, kw_only=True, tag="experiment.assig
     timeout_s: float = 1800.0
     simulated: bool = False
     gpu_type: str = ""  # what the host's GPUs are (the simulator imitates it)
+    dataset: DatasetRef | None = None  # the prompts to replay (the task's `dataset_fetched`)
+
+
+class ExperimentWaiting(Event, frozen=True, kw_only=True, tag="experiment.waiting"):
+    """The scheduler could not place a planned attempt, and says why. Recorded when the reason
+    changes (a changed count at most every 30 s), not every round."""
+
+    task: str
+    n: int
+    attempt: int = 0
+    reason: str
+    fits: bool = True  # some live host could run it once it has room; False: none can (unplaceable after a grace)
+    gpus: int = 1
 
 
 class ExperimentCancelRequested(Event, frozen=True, kw_only=True, tag="experiment.cancel_requested"):
@@ -213,6 +258,7 @@ FAILURE_KINDS = (
     "host_lost",
     "slo_hard_fail",
     "launch_error",
+    "unplaceable",  # no live host could ever fit it (the scheduler, after a grace period)
 )
 RETRYABLE = frozenset({"gpus_busy", "runner_restarted", "host_lost", "launch_error"})
 
@@ -225,7 +271,7 @@ class ExperimentFailed(Event, frozen=True, kw_only=True, tag="experiment.failed"
     attempt: int = 0
     host: str = ""
     kind: str
-    stage: str = "benchmark"  # launch | startup | benchmark
+    stage: str = "benchmark"  # placement | launch | startup | benchmark
     retryable: bool = False  # an infrastructure failure: the scheduler re-plans it
     message: str = ""
     log_tail: list[str] = []
@@ -340,6 +386,7 @@ class LogLines(Event, frozen=True, kw_only=True, tag="log.lines"):
 
 AnyEvent = (
     TaskSubmitted
+    | TaskDatasetFetched
     | TaskStarted
     | TaskRejected
     | TaskCancelRequested
@@ -348,6 +395,7 @@ AnyEvent = (
     | TaskCancelled
     | ExperimentPlanned
     | ExperimentAssigned
+    | ExperimentWaiting
     | ExperimentCancelRequested
     | ExperimentStarted
     | ExperimentReady

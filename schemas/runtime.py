@@ -29,6 +29,18 @@ def infer_engine(spec: TaskSpec) -> str | None:
     return runtime_config_engine(spec) or _ome().engine_of_runtime(spec.base_runtime)
 
 
+def engine_of_recorded(raw: dict) -> str:
+    """The engine of a recorded spec (an event's plain JSON), without validating it again; for views."""
+    import msgspec
+
+    from autotune.schemas.spec import TaskSpec
+
+    try:
+        return infer_engine(msgspec.convert(raw, TaskSpec, strict=False)) or "sglang"
+    except (msgspec.ValidationError, TypeError, ValueError):
+        return "vllm" if str(raw.get("base_runtime") or "").lower().startswith("vllm") else "sglang"
+
+
 def runtime_config_engine(spec: TaskSpec) -> str | None:
     """The engine `clusterservingruntime_config` runs (its preset, or its spec's image and command)."""
     csr = spec.clusterservingruntime_config

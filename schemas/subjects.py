@@ -20,13 +20,14 @@ HOSTS_BUCKET = "autotune-hosts"
 LEASES_BUCKET = "autotune-leases"
 NAMES_BUCKET = "autotune-names"
 STATS_BUCKET = "autotune-stats"  # services' own figures for /metrics: one key per service instance (schemas/stats.py)
+DATASETS_BUCKET = "autotune-datasets"  # object store: replay prompts by their sha256 (shared/dataset_store.py)
 
 QUERY_SQL = "autotune.query.sql"  # request/reply: read-only SQL on the projection
 QUERY_SNAPSHOT = "autotune.query.snapshot"  # request/reply: the projector writes a DuckDB snapshot file
 QUERY_REOPEN = "autotune.query.reopen"  # .<key>: a rebuild asks the projector owning a file to swap it in
 
-TASK_EVENTS = ("submitted", "started", "rejected", "cancel_requested", "completed", "failed", "cancelled")
-EXP_EVENTS = ("planned", "started", "ready", "progress", "completed", "failed", "cancelled")
+TASK_EVENTS = ("submitted", "dataset_fetched", "started", "rejected", "cancel_requested", "completed", "failed", "cancelled")
+EXP_EVENTS = ("planned", "waiting", "started", "ready", "progress", "completed", "failed", "cancelled")
 EXP_ADDRESSED = ("assigned", "cancel_requested")
 HOST_EVENTS = ("registered", "drain_requested", "drained", "removed", "lost")
 

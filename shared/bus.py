@@ -180,6 +180,7 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
     await kv_bucket(js, subj.LEASES_BUCKET, settings, ttl_markers=True)
     await kv_bucket(js, subj.NAMES_BUCKET, settings)
     await kv_bucket(js, subj.STATS_BUCKET, settings, max_age=STATS_MAX_AGE_S, memory=True)
+    await object_bucket(js, subj.DATASETS_BUCKET, settings)
 
 
 TUNABLE = ("num_replicas", "max_age", "duplicate_window")  # what `autotune streams --apply` changes on a stream
@@ -229,6 +230,24 @@ async def kv_bucket(js: JetStreamContext, name: str, settings: Settings, *, ttl_
         return await js.create_key_value(cfg)
     except BadRequestError:  # created concurrently by another service
         return await js.key_value(name)
+
+
+async def object_bucket(js: JetStreamContext, name: str, settings: Settings):
+    """An Object Store bucket (replay datasets), created when missing (as admin, in secure mode)."""
+    try:
+        return await retry_transient(lambda: js.object_store(name))
+    except (NotFoundError, APIError):
+        pass
+    cfg = jsapi.ObjectStoreConfig(bucket=name, replicas=settings.replicas, storage=jsapi.StorageType.FILE,
+                                  description="autotune: replay prompts by their sha256")
+    try:
+        return await js.create_object_store(bucket=name, config=cfg)
+    except BadRequestError:  # created concurrently by another service
+        return await js.object_store(name)
+    except TimeoutError:
+        raise ProvisionError(
+            f"object store {name} is missing and this connection may not create it; provision as admin first (autotune up does)"
+        ) from None
 
 
 async def kv_claim(kv: Any, key: str, value: bytes, *, ttl: float | None = None) -> int | None:

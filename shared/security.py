@@ -6,12 +6,13 @@ Roles and what they may publish (everything else is refused by the server):
 - api        task `submitted` / `cancel_requested`, host `drain_requested` / `removed`, task names
              (KV `autotune-names`), requests on `autotune.query.sql` / `.snapshot` (the CLI uses it too);
              it lists the services' figures (KV `autotune-stats`) for /metrics
-- scheduler  task started/rejected/completed/failed/cancelled, experiment planned / assigned.<host> /
-             cancel_requested.<host> / failed / cancelled, host `lost`, its lease (KV `autotune-leases`),
-             its own figures (KV `autotune-stats`, keys `scheduler.*`)
+- scheduler  task dataset_fetched/started/rejected/completed/failed/cancelled, experiment planned /
+             waiting / assigned.<host> / cancel_requested.<host> / failed / cancelled, host `lost`, its
+             lease (KV `autotune-leases`), its own figures (KV `autotune-stats`, keys `scheduler.*`),
+             replay prompts (Object Store `autotune-datasets`)
 - runner-<h> its experiments' started/ready/progress/completed/failed/cancelled, log lines, host <h>
              registered / drained, its own liveness key `$KV.autotune-hosts.<h>`, its durable consumer
-             `runner-<h>` (create, fetch, ack)
+             `runner-<h>` (create, fetch, ack); it reads replay prompts from `autotune-datasets`
 - gpumon-<h> `autotune.gpu.<h>.*`
 - projector  no event at all; it reads the streams (ephemeral consumers, never the runners' durables)
              and answers `autotune.query.>` (sql, snapshot, reopen), replying only to the requests it
@@ -49,6 +50,7 @@ STREAMS = (subj.EVENTS_STREAM, subj.TELEMETRY_STREAM, subj.LOGS_STREAM)
 BUCKETS = (subj.HOSTS_BUCKET, subj.LEASES_BUCKET, subj.NAMES_BUCKET, subj.STATS_BUCKET)
 KV_STREAMS = tuple(f"KV_{b}" for b in BUCKETS)
 STATS_KEYS = f"$KV.{subj.STATS_BUCKET}"  # + .<service>.<instance>: each service writes only its own
+DATASETS_STREAM = f"OBJ_{subj.DATASETS_BUCKET}"  # the Object Store's stream (nats-py: OBJ_<bucket>)
 
 # Read-only JetStream API, granted to every role (nats-py 2.16 subjects: js/manager.py, js/kv.py).
 JS_READ = (
@@ -170,14 +172,15 @@ def role_permissions(role: str, host: str | None = None, *, hosts: list[str] | t
     if role == "scheduler":
         return Permissions(
             publish=[
-                *(f"{t}.{e}" for e in ("started", "rejected", "completed", "failed", "cancelled")),
-                *(f"{x}.{e}" for e in ("planned", "failed", "cancelled")),
+                *(f"{t}.{e}" for e in ("dataset_fetched", "started", "rejected", "completed", "failed", "cancelled")),
+                *(f"{x}.{e}" for e in ("planned", "waiting", "failed", "cancelled")),
                 f"{x}.assigned.*", f"{x}.cancel_requested.*",
                 f"{subj.PREFIX}.host.*.lost",
                 f"$KV.{subj.LEASES_BUCKET}.>",
                 f"{STATS_KEYS}.scheduler.>",
+                f"$O.{subj.DATASETS_BUCKET}.>",  # stores replay prompts (chunks and meta; never purges)
                 *JS_READ,
-                *ephemeral_consumers(*STREAMS, *KV_STREAMS),  # replays the log, watches liveness
+                *ephemeral_consumers(*STREAMS, *KV_STREAMS, DATASETS_STREAM),  # replays the log, watches liveness
             ],
             publish_deny=deny,
         )
@@ -188,7 +191,7 @@ def role_permissions(role: str, host: str | None = None, *, hosts: list[str] | t
             publish=[*JS_READ, *ephemeral_consumers(*STREAMS, *KV_STREAMS), *pull, QUERY_REOPEN, f"{STATS_KEYS}.projector.>"],
             publish_deny=[d for d in deny if d != "$JS.API.CONSUMER.DELETE.>"] + runner_consumers(hosts) + [
                 f"{subj.PREFIX}.task.>", f"{subj.PREFIX}.host.>", f"{subj.PREFIX}.gpu.>", f"{subj.PREFIX}.log.>",
-                *(f"$KV.{b}.>" for b in BUCKETS if b != subj.STATS_BUCKET),
+                *(f"$KV.{b}.>" for b in BUCKETS if b != subj.STATS_BUCKET), "$O.>",
             ],
             subscribe=[*SUBSCRIBE_READ, QUERY_ALL],
             subscribe_deny=[],
@@ -204,7 +207,7 @@ def role_permissions(role: str, host: str | None = None, *, hosts: list[str] | t
                 f"$KV.{subj.HOSTS_BUCKET}.{h}",
                 *JS_READ,
                 *durable_consumer(subj.EVENTS_STREAM, f"runner-{h}"),
-                *ephemeral_consumers(subj.EVENTS_STREAM),
+                *ephemeral_consumers(subj.EVENTS_STREAM, DATASETS_STREAM),  # DATASETS: reads an object's chunks
             ],
             publish_deny=deny,
         )

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from autotune.schemas.status import EXPERIMENT_ON_HOST, sql_list
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 ARROW = {
     "VARCHAR": pa.string(),
@@ -147,6 +147,7 @@ TASKS = Table(
         ("space_size", "BIGINT"), ("budget", "BIGINT"),
         ("verdict_n", "BIGINT"), ("verdict_attempt", "BIGINT"), ("verdict_score", "DOUBLE"), ("verdict_parameters", "JSON"),
         ("pareto", "JSON"), ("reason", "VARCHAR"), ("reason_path", "VARCHAR"), ("spec", "JSON"),
+        ("dataset", "JSON"),
         ("last_seq", "BIGINT"), ("last_event_at", "TIMESTAMPTZ"),
     ],
     key=("id",),
@@ -169,6 +170,7 @@ EXPERIMENTS = Table(
         ("planned_at", "TIMESTAMPTZ"), ("assigned_at", "TIMESTAMPTZ"), ("started_at", "TIMESTAMPTZ"),
         ("ready_at", "TIMESTAMPTZ"), ("cancel_requested_at", "TIMESTAMPTZ"), ("finished_at", "TIMESTAMPTZ"),
         ("requests", "BIGINT"), ("requests_completed", "BIGINT"),
+        ("waiting_reason", "VARCHAR"), ("waiting_fits", "BOOLEAN"), ("waiting_since", "TIMESTAMPTZ"),
         *[(h, "DOUBLE") for h in HEADLINE],
         ("telemetry_samples", "BIGINT"), *[(t, "DOUBLE") for t in TELEMETRY],
         ("last_seq", "BIGINT"), ("last_event_at", "TIMESTAMPTZ"),
@@ -326,7 +328,7 @@ SELECT {", ".join(f't."{c}"' for c in _TASK_HEAD)},
   CASE WHEN t.verdict_n IS NULL THEN c.best.parameters
     WHEN t.verdict_parameters IS NULL AND c.best.n = t.verdict_n AND c.best.attempt = t.verdict_attempt THEN c.best.parameters
     ELSE t.verdict_parameters END AS best_parameters,
-  t.pareto, t.reason, t.reason_path, t.spec,
+  t.pareto, t.reason, t.reason_path, t.spec, t.dataset,
   greatest(t.last_seq, c.last_seq) AS last_seq, greatest(t.last_event_at, c.last_event_at) AS last_event_at
 FROM {TASKS.name} t
 LEFT JOIN per_task c ON c.task = t.id""",

@@ -28,6 +28,7 @@ from autotune.projector import schema as sc
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.metrics import ExperimentMetrics
+from autotune.schemas.runtime import engine_of_recorded
 from autotune.schemas.status import EXPERIMENT_RANK, EXPERIMENT_TERMINAL, TASK_TERMINAL
 
 EVENTS = subj.EVENTS_STREAM
@@ -459,7 +460,7 @@ def _time(v: Any) -> datetime | None:
 
 
 _TASK_EVENTS = frozenset(
-    {ev.TaskSubmitted, ev.TaskStarted, ev.TaskRejected, ev.TaskCancelRequested, ev.TaskCompleted, ev.TaskFailed, ev.TaskCancelled}
+    {ev.TaskSubmitted, ev.TaskDatasetFetched, ev.TaskStarted, ev.TaskRejected, ev.TaskCancelRequested, ev.TaskCompleted, ev.TaskFailed, ev.TaskCancelled}
 )
 _HOST_EVENTS = frozenset({ev.HostRegistered, ev.HostDrainRequested, ev.HostDrained, ev.HostRemoved, ev.HostLost})
 
@@ -495,7 +496,6 @@ def _task_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
             spec = e.spec
             opt = spec.get("optimization") if isinstance(spec.get("optimization"), dict) else {}
             model = spec.get("model")
-            runtime = str(spec.get("base_runtime") or "sglang")
             row.update(
                 name=e.name,
                 spec=jsonstr(spec),
@@ -505,13 +505,15 @@ def _task_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
                 submitted_at=e.at,
                 strategy=row["strategy"] or opt.get("strategy") or "grid_search",
                 objective=opt.get("objective") or "minimize_latency",
-                engine="vllm" if runtime.lower().startswith("vllm") else "sglang",
+                engine=engine_of_recorded(spec),  # in OME mode base_runtime names a ClusterServingRuntime
                 model=model.get("id_or_path") if isinstance(model, dict) else model,
                 deployment_mode=spec.get("deployment_mode"),
                 gpu_type=spec.get("gpu_type"),
             )
             if row["status"] is None:
                 row["status"] = "submitted"
+        case ev.TaskDatasetFetched():
+            row["dataset"] = jsonstr({f: getattr(e, f) for f in e.__struct_fields__ if f not in ("type", "id", "at", "task")})
         case ev.TaskStarted():
             row.update(strategy=e.strategy, space_size=e.space_size, budget=e.budget)
             row["started_at"] = row["started_at"] or e.at
@@ -586,6 +588,9 @@ def _experiment_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None
             row["planned_at"] = row["planned_at"] or e.at
             row.update(parameters=jsonstr(e.parameters), gpus=e.gpus, retry_of=e.retry_of)
             _advance(row, "planned", None)
+        case ev.ExperimentWaiting():  # why it is not placed (shown while it is planned)
+            if row["status"] in (None, "planned"):
+                row.update(waiting_reason=e.reason, waiting_fits=e.fits, waiting_since=e.at)
         case ev.ExperimentAssigned():
             if _advance(row, "assigned", host):
                 row.update(
