@@ -90,6 +90,63 @@ async def test_ome_inference_service_against_api_standin_carries_the_tuned_flags
     assert by_flag(runner["args"])["--mem-fraction-static"] == "0.82" and isvc["spec"]["engine"]["minReplicas"] == 1
 
 
+OME_SPEC = {
+    "model": {"id_or_path": "llama-3-2-1b-instruct"}, "deployment_mode": "ome", "base_runtime": "sglang-llama-small",
+    "storage": {"type": "pvc", "pvc_name": "model-storage-pvc", "pvc_subpath": "meta/llama-3-2-1b-instruct", "mount_path": "/raid/models/llama-1b"},
+    "clusterbasemodel_config": {"preset": "llama-3-2-1b-instruct", "labels": {"team": "perf"}},
+    "clusterservingruntime_config": {"preset": "sglang-llama-small"},
+}  # fmt: skip
+
+
+async def test_ome_task_against_api_standin_gets_its_model_and_runtime_and_every_tuned_flag(settings, js):
+    """The earlier tool's OME mode dropped every tuned parameter but the GPU count; here the template
+    names reach the InferenceService's engine args as SGLang's flags, the claim is mounted where
+    --model-path points, and the ClusterBaseModel is created while the hand-applied runtime is left alone."""
+    async with KubeStandin() as k:
+        applied = {"apiVersion": "ome.io/v1beta1", "kind": "ClusterServingRuntime", "metadata": {"name": "sglang-llama-small"}, "spec": {"x": 1}}
+        k.objects[("ClusterServingRuntime", "", "sglang-llama-small")] = applied
+        rt = runtime(k)
+        params = {"tp_size": 1, "mem_frac": 0.8, "max_total_tokens": 40000, "schedule_policy": "lpm", "chunked-prefill-size": 2048}
+        ctx = context(js, "ome2", runtimes={"kubernetes": rt})
+        events = await run_one(js, ctx, spec("ome2", **OME_SPEC), mode="kubernetes", params=params, simulated=False)
+        await rt.close()
+        (cbm,) = k.created("ClusterBaseModel")
+        (isvc,) = k.created("InferenceService")
+        assert not k.created("ClusterServingRuntime") and k.objects[("ClusterServingRuntime", "", "sglang-llama-small")] is applied
+        gets = [p for m, p, _ in k.requests if m == "GET" and ("/clusterservingruntimes/" in p or "/clusterbasemodels/" in p)]
+        assert "/apis/ome.io/v1beta1/clusterservingruntimes/sglang-llama-small" in gets
+        assert ("ClusterBaseModel", "", "llama-3-2-1b-instruct") in k.objects  # cluster-scoped, kept after the experiment
+    assert isinstance(events[-1], ev.ExperimentCompleted), events[-1]
+    assert cbm["metadata"]["name"] == "llama-3-2-1b-instruct" and cbm["metadata"]["labels"]["team"] == "perf"
+    assert cbm["spec"]["storage"]["storageUri"] == "hf://meta-llama/Llama-3.2-1B-Instruct"
+    assert isvc["spec"]["model"] == {"name": "llama-3-2-1b-instruct"} and isvc["spec"]["runtime"] == {"name": "sglang-llama-small"}
+    eng = isvc["spec"]["engine"]
+    runner = eng["runner"]
+    f = by_flag(runner["args"])
+    assert (f["--tp-size"], f["--mem-fraction-static"], f["--max-total-tokens"], f["--schedule-policy"], f["--chunked-prefill-size"]) == (
+        "1", "0.8", "40000", "lpm", "2048")  # fmt: skip
+    assert f["--model-path"] == "/raid/models/llama-1b" and f["--served-model-name"] == "llama-3-2-1b-instruct"
+    assert "image" not in runner  # the runtime's image runs (no runtime_image_tag)
+    assert {"name": "model-storage", "mountPath": "/raid/models/llama-1b", "readOnly": True, "subPath": "meta/llama-3-2-1b-instruct"} in runner["volumeMounts"]
+    assert {"name": "model-storage", "persistentVolumeClaim": {"claimName": "model-storage-pvc", "readOnly": True}} in eng["volumes"]
+
+
+async def test_kubernetes_deployment_mounts_the_tasks_claim_read_only_where_the_model_path_points(settings, js):
+    async with KubeStandin() as k:
+        rt = runtime(k)
+        raw = spec("kpvc", deployment_mode="kubernetes", storage={"pvc_name": "models", "pvc_subpath": "llama-8b"})
+        events = await run_one(js, context(js, "kpvc", runtimes={"kubernetes": rt}), raw, mode="kubernetes", params={"mem_frac": 0.7})
+        await rt.close()
+        (dep,) = k.created("Deployment")
+    assert isinstance(events[-1], ev.ExperimentCompleted)
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    f = by_flag(c["args"])
+    assert f["--model-path"] == "/mnt/models" and f["--mem-fraction-static"] == "0.7" and f["--served-model-name"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert {"name": "model-storage", "mountPath": "/mnt/models", "readOnly": True, "subPath": "llama-8b"} in c["volumeMounts"]
+    assert {"name": "model-storage", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}} in pod["volumes"]
+
+
 async def test_kubernetes_runtime_against_api_standin_reaps_orphans_by_label():
     async with KubeStandin() as k:
         rt = runtime(k)

@@ -168,6 +168,7 @@ class AttemptRun:
         self.runner_lines: list[str] = []
         self.startup_s: float | None = None
         self.stage = "launch"
+        self.prompts: list[str] | None = None
 
     def note(self, line: str) -> None:
         self.runner_lines.append(f"{ev.now().isoformat(timespec='milliseconds')} {line}")
@@ -226,11 +227,14 @@ class AttemptRun:
         # Kubernetes' device plugin picks the GPUs and keeps them exclusive: NVML indices say nothing there
         if real and getattr(runtime, "leases_gpus_itself", False) is False and (busy := await _maybe_await(ctx.gpus_busy(list(a.gpu_indices)))):
             raise Failure("gpus_busy", f"GPUs {busy} are in use by processes autotune did not start", retryable=True)
+        from autotune.runner.launch import cluster_launch, replay_prompts
         from autotune.shared.expand import engine_command, image_for
 
+        self.prompts = await replay_prompts(ctx.js, a, spec, ctx.host, note=self.note)  # before any engine starts
         port = free_port()
         bind = getattr(runtime, "bind_host", None) or ctx.engine_host
-        argv = engine_command(spec, dict(a.parameters), port=port, host=bind)
+        cluster = cluster_launch(spec)  # storage claim, OME model and runtime; the model path they imply
+        argv = engine_command(spec, {**cluster.served_name, **dict(a.parameters)}, port=port, host=bind, model_path=cluster.model_path)
         env: dict[str, str] = {}
         if a.simulated or getattr(runtime, "always_simulate", False):
             env.update(
@@ -243,7 +247,8 @@ class AttemptRun:
             key=self.key, task=a.task, n=a.n, attempt=a.attempt, host=ctx.host, instance=ctx.instance, argv=argv, engine=spec.engine,
             image=image_for(spec), model=spec.model_id, hf_token=getattr(spec.model, "hf_token", None), port=port,
             gpu_indices=list(a.gpu_indices), gpu_uuids=list(a.gpu_uuids), real_gpus=real, simulated=a.simulated, env=env,
-            ome=spec.deployment_mode == "ome",
+            ome=spec.deployment_mode == "ome", image_pinned=spec.runtime_image_tag is not None, storage=cluster.storage,
+            ome_model=cluster.ome_model, ome_runtime=cluster.ome_runtime, ome_resources=cluster.ome_resources,
         )
         async with asyncio.timeout(a.timeout_s):
             self.note(f"launching on {runtime.name}: GPUs {list(a.gpu_indices)}, port {port}")  # type: ignore[attr-defined]
@@ -349,6 +354,7 @@ class AttemptRun:
             run_benchmark(
                 handle.base_url, model=spec.benchmark.model_name or spec.model_id, bench=spec.benchmark, slo=spec.slo,
                 gpus=max(1, len(a.gpu_indices)), time_scale=ctx.time_scale if a.simulated else 1.0, on_run=on_run, seed=a.n, stop=stop,
+                prompts=self.prompts,
             )
         )
         exited = asyncio.create_task(handle.exited.wait())

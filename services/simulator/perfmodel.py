@@ -220,6 +220,8 @@ def make_plan(cfg: EngineConfig, sim: SimSettings) -> Plan:
     if gw:
         warnings.append(gw)
     total_b, active_b, experts, mw = params_from_name(cfg.model)
+    if mw and cfg.served_model_name and params_from_name(cfg.served_model_name)[3] is None:
+        total_b, active_b, experts, mw = params_from_name(cfg.served_model_name)  # served from a mounted path: the name tells
     if sim.model_params_b:
         total_b = sim.model_params_b
         active_b = sim.model_active_params_b or (active_b * sim.model_params_b / total_b if experts else total_b)

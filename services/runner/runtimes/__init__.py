@@ -43,6 +43,12 @@ class Launch:
     simulated: bool = False  # run the engine simulator with this command line instead of the engine
     env: dict[str, str] = field(default_factory=dict)
     ome: bool = False  # Kubernetes: an OME InferenceService instead of a Deployment + Service
+    image_pinned: bool = False  # the task set runtime_image_tag (OME: else the ClusterServingRuntime's image runs)
+    # Kubernetes/OME: the task's `storage` claim, mounted read-only (pvc_name, pvc_subpath, mount_path)
+    storage: dict[str, str | None] | None = None
+    ome_model: str | None = None  # OME: the ClusterBaseModel the InferenceService names
+    ome_runtime: str | None = None  # OME: the ClusterServingRuntime it names
+    ome_resources: list[dict] = field(default_factory=list)  # OME: cluster-scoped objects created when absent
 
     @property
     def labels(self) -> dict[str, str]:

@@ -288,12 +288,23 @@ class KubernetesRuntime:
             c["resources"] = {"limits": {"nvidia.com/gpu": str(len(spec.gpu_indices))}}
         if self.models_pvc:
             c["volumeMounts"].append({"name": "models", "mountPath": "/models", "readOnly": True})
+        if spec.storage:  # the task's own claim: read-only, its subPath at mount_path, where --model-path points
+            mount = {"name": "model-storage", "mountPath": spec.storage["mount_path"], "readOnly": True}
+            if spec.storage.get("pvc_subpath"):
+                mount["subPath"] = spec.storage["pvc_subpath"]
+            c["volumeMounts"].append(mount)
         return c
 
-    def pod_spec(self, spec: Launch, name: str) -> dict:
+    def volumes(self, spec: Launch) -> list[dict]:
         volumes: list[dict] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": self.shm_size}}]
         if self.models_pvc:
             volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": self.models_pvc, "readOnly": True}})
+        if spec.storage:
+            volumes.append({"name": "model-storage", "persistentVolumeClaim": {"claimName": spec.storage["pvc_name"], "readOnly": True}})
+        return volumes
+
+    def pod_spec(self, spec: Launch, name: str) -> dict:
+        volumes = self.volumes(spec)
         pod: dict = {
             "containers": [self.container(spec, name)],
             "volumes": volumes,
@@ -325,20 +336,24 @@ class KubernetesRuntime:
         }
 
     def inference_service(self, spec: Launch, name: str) -> dict:
-        """OME: the engine component runs our container (image, tuned args, GPUs); OME makes the pods and Service."""
+        """OME: the engine component runs our container (tuned args, GPUs, the task's claim); OME makes the
+        pods and Service. It names the task's ClusterBaseModel and ClusterServingRuntime; the runtime's
+        image runs unless the task pinned one (runtime_image_tag) or no runtime is named."""
         labels = self.labels(spec, name)
         c = self.container(spec, name)
         c["name"] = "ome-container"
+        runtime = spec.ome_runtime or self.ome_runtime
+        if runtime and not spec.image_pinned and not (spec.simulated or self.always_simulate or self.image):
+            c.pop("image", None)
+        # the volumes its mounts name (OME merges them with the runtime's by name)
+        engine: dict = {"minReplicas": 1, "maxReplicas": 1, "labels": labels, "runner": c, "volumes": self.volumes(spec)}
         body: dict = {
             "apiVersion": f"{OME_GROUP}/{OME_VERSION}", "kind": "InferenceService",
             "metadata": {"name": name, "namespace": self.namespace, "labels": labels, "annotations": {A_KEY: spec.key}},
-            "spec": {
-                "model": {"name": spec.model.rsplit("/", 1)[-1].lower()},
-                "engine": {"minReplicas": 1, "maxReplicas": 1, "labels": labels, "runner": c},
-            },
+            "spec": {"model": {"name": spec.ome_model or spec.model.rsplit("/", 1)[-1].lower()}, "engine": engine},
         }
-        if self.ome_runtime:
-            body["spec"]["runtime"] = {"name": self.ome_runtime}
+        if runtime:
+            body["spec"]["runtime"] = {"name": runtime}
         return body
 
     def url_for(self, name: str, port: int) -> str:
@@ -352,6 +367,10 @@ class KubernetesRuntime:
         name = resource_name(spec)
         await self.delete_workload(name, "ome" if spec.ome else "deployment")  # a leftover of a crashed earlier try
         if spec.ome:
+            from autotune.runner.runtimes.ome import ensure
+
+            for manifest in spec.ome_resources:  # the task's ClusterBaseModel / ClusterServingRuntime, when absent
+                await ensure(self, manifest)
             await call(self.custom().create_namespaced_custom_object, OME_GROUP, OME_VERSION, self.namespace, OME_PLURAL, self.inference_service(spec, name))
             handle = KubeHandle(self, name, self.url_for(name, spec.port), "ome")
             handle.command = self.command(spec)
