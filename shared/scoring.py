@@ -234,7 +234,7 @@ def score_experiment(spec: TaskSpec, metrics: ExperimentMetrics) -> Score:
 
 # --- failed experiments ----------------------------------------------------------------------------
 
-STAGE_WEIGHTS = {"startup": 4.0, "ready": 2.0, "benchmark": 1.0}
+STAGE_WEIGHTS = {"placement": 4.0, "startup": 4.0, "ready": 2.0, "benchmark": 1.0}  # placement: no host could run it
 _STAGE_ALIASES = {
     "start": "startup",
     "launch": "startup",

@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 
 import msgspec
 
+from autotune.scheduler import waiting
+from autotune.scheduler.datasets import needs_dataset
 from autotune.scheduler.placement import place
 from autotune.scheduler.state import Attempt, State, Task
 from autotune.schemas import events as ev
@@ -33,6 +35,7 @@ class Action:
 class Limits:
     host_grace_s: float = 10.0  # an attempt's host must be missing this long before it counts as lost
     watchdog_grace_s: float = 30.0  # past the per-experiment timeout before the scheduler steps in
+    waiting: waiting.WaitLimits = waiting.WaitLimits()  # when a wait is explained, and when nothing can ever run it
 
 
 def decide(
@@ -54,6 +57,10 @@ def decide(
         if task.finished:
             continue
         if task.status == "submitted":
+            if needs_dataset(task):  # the service fetches it first (datasets.py), outside this pure core
+                if task.cancel_requested:
+                    actions.append(_task_event(task, ev.TaskCancelled(id=ev.task_event_id(task.id, "cancelled"), task=task.id)))
+                continue
             actions.append(_start_or_reject(task, now))
             continue
         touched = _experiment_actions(task, fleet, now, limits)
@@ -72,7 +79,7 @@ def decide(
             actions.append(plan)
         elif not task.active_attempts() and not touched and _retry_pending(task) == 0:
             actions.append(_finish_task(task, now))
-    actions += _placements(to_place, state, fleet, leased, foreign_busy, now)
+    actions += _placements(to_place, state, fleet, leased, foreign_busy, now, limits)
     # decisions are stamped with the decision's clock, so the pure core never reads the time
     return [Action(a.subject, msgspec.structs.replace(a.event, at=now), a.expect_seq, a.expect_filter) for a in actions]
 
@@ -250,9 +257,16 @@ def _placements(
     leased: dict[str, set[int]],
     foreign_busy: dict[str, set[int]],
     now: datetime,
+    limits: Limits = Limits(),
 ) -> list[Action]:
-    """Fair share: repeatedly give the next GPU block to the task with the fewest running attempts."""
+    """Fair share: repeatedly give the next GPU block to the task with the fewest running attempts.
+    An attempt that finds no room says why (waiting.py), and fails when nothing could ever run it."""
     running = {t.id: sum(1 for a in t.active_attempts() if a.status != "planned") for t in state.tasks.values()}
+    holders: dict[str, set[str]] = {}  # host -> tasks holding GPUs there (for the waiting reason)
+    for t in state.tasks.values():
+        for x in t.active_attempts():
+            if x.host and x.status in ("assigned", "running"):
+                holders.setdefault(x.host, set()).add(t.id)
     pending = sorted(queue, key=lambda ta: (ta[0].submitted_at, ta[1].n))
     out: list[Action] = []
     while pending:
@@ -265,14 +279,19 @@ def _placements(
             gpus_needed=a.gpus, engine=spec.engine, deployment_mode=spec.deployment_mode, gpu_type=spec.gpu_type,
             simulate=task.simulate, fleet=hosts, leased=leased, foreign_busy=foreign_busy,
         )
-        if p is None:
-            continue  # stays queued; never failed for lack of room
+        if p is None:  # stays queued while some host could run it; says why, fails once none can
+            noted = waiting.note(task, a, waiting.explain(task, a, state, fleet, holders), state, now, limits.waiting)
+            if noted is not None:
+                out.append(_exp_action(task, a.n, subj.experiment(task.id, a.n, _kind(noted)), noted))
+            continue
         leased.setdefault(p.host, set()).update(p.gpu_indices)
+        holders.setdefault(p.host, set()).add(task.id)
         running[task.id] = running.get(task.id, 0) + 1
         assigned = ev.ExperimentAssigned(
             id=ev.exp_id(task.id, a.n, a.attempt, "assigned"), task=task.id, n=a.n, attempt=a.attempt, host=p.host, instance=p.instance,
             gpu_indices=p.gpu_indices, gpu_uuids=p.gpu_uuids, parameters=a.parameters, spec=task.raw_spec,
             deployment_mode=p.deployment_mode, timeout_s=spec.optimization.timeout_per_iteration, simulated=p.simulated, gpu_type=p.gpu_type,
+            dataset=task.dataset.ref() if task.dataset else None,
         )
         out.append(_exp_action(task, a.n, subj.experiment(task.id, a.n, "assigned", p.host), assigned))
     return out

@@ -14,19 +14,22 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import msgspec
 from nats.js.errors import KeyWrongLastSequenceError
 
+from autotune.scheduler.datasets import DatasetFetcher
 from autotune.scheduler.decide import Action, Limits, decide
 from autotune.scheduler.state import State, evolve, saw
+from autotune.scheduler.waiting import WaitLimits
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveHost
 from autotune.shared import bus
 from autotune.shared.lifecycle import wait_event
 from autotune.shared.log import get_logger
-from autotune.shared.settings import Settings
+from autotune.shared.settings import Settings, default_data_dir
 from autotune.shared.stats import Histogram, StatsPublisher
 
 log = get_logger("scheduler")
@@ -46,7 +49,9 @@ class Scheduler:
         self.leader = False
         self.lease_ttl_s = lease_ttl_s
         self.tick_s = tick_s
-        self.limits = limits or Limits(host_grace_s=max(2.0, settings.host_ttl_s))
+        self.limits = limits or Limits(host_grace_s=max(2.0, settings.host_ttl_s), waiting=wait_limits_from_env())
+        data_dir = Path(settings.data_dir) if settings.data_dir else default_data_dir()
+        self.datasets = DatasetFetcher(data_dir / "datasets")
         self.wake = asyncio.Event()
         self.gpu_samples: dict[tuple[str, int], tuple[float, bool]] = {}  # (host, index) -> (seen at, has processes)
         self.decision_seconds = Histogram()  # how long each decide() takes, for /metrics
@@ -79,6 +84,7 @@ class Scheduler:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self.datasets.close()
             if self.leader:
                 with contextlib.suppress(Exception):
                     kv = await js.key_value(subj.LEASES_BUCKET)
@@ -185,6 +191,7 @@ class Scheduler:
             t0 = time.perf_counter()
             actions = decide(self.state, self.fleet, datetime.now(UTC), occupied=self.occupied(), limits=self.limits)
             self.decision_seconds.observe(time.perf_counter() - t0)
+            self.datasets.poll(js, self.state)  # the one effect besides appends (datasets.py says why)
             if actions:
                 await self._execute(js, actions)
             elif burst and self.state.tasks and all(t.finished for t in self.state.tasks.values()):
@@ -226,6 +233,13 @@ def ev_name(a: Action) -> str:
     from autotune.schemas import events as ev
 
     return ev.tag_of(type(a.event))
+
+
+def wait_limits_from_env() -> WaitLimits:
+    """AUTOTUNE_UNPLACEABLE_GRACE_S: how long nothing may be able to run an experiment before it fails as unplaceable."""
+    d = WaitLimits()
+    grace = os.environ.get("AUTOTUNE_UNPLACEABLE_GRACE_S")
+    return WaitLimits(unplaceable_grace_s=float(grace)) if grace else d
 
 
 async def run(settings: Settings, *, stop: asyncio.Event, burst: bool = False) -> None:

@@ -35,6 +35,8 @@ class Attempt:
     cancel_requested: bool = False
     failure: ev.ExperimentFailed | None = None
     score: float | None = None
+    waiting: ev.ExperimentWaiting | None = None  # the last reason recorded for not placing it
+    waitings: int = 0  # how many were recorded (their ids count on)
 
     @property
     def active(self) -> bool:
@@ -75,6 +77,7 @@ class Task:
     space: Any = None
     exhausted: bool = False
     cancel_requested: bool = False
+    dataset: ev.TaskDatasetFetched | None = None  # the replay prompts, fetched before it started
 
     @property
     def finished(self) -> bool:
@@ -90,6 +93,7 @@ class Host:
     instance: str = ""
     status: str = "registered"  # registered | draining | drained | removed | lost
     registered: ev.HostRegistered | None = None
+    gone_at: datetime | None = None  # when it stopped taking work (lost, removed, draining); None while it takes it
 
 
 @dataclass
@@ -147,6 +151,8 @@ def evolve(state: State, seq: int, subject: str, event: ev.AnyEvent) -> State:
             t = Task(event.task, event.name, event.spec, event.simulate, event.at, last_seq=seq, all_seq=seq)
             build_strategy(t)
             state.tasks[event.task] = t
+        case ev.TaskDatasetFetched() if task:
+            task.dataset = event
         case ev.TaskStarted() if task:
             task.status = "running"
             task.started_at = event.at
@@ -176,6 +182,9 @@ def evolve(state: State, seq: int, subject: str, event: ev.AnyEvent) -> State:
             a.instance = event.instance or None
             a.gpu_indices = list(event.gpu_indices)
             a.assigned_at = event.at
+        case ev.ExperimentWaiting() if task and (a := _attempt(task, event.n, event.attempt)):
+            a.waiting = event
+            a.waitings += 1
         case ev.ExperimentCancelRequested() if task and (a := _attempt(task, event.n, event.attempt)):
             a.cancel_requested = True
         case ev.ExperimentStarted() | ev.ExperimentReady() | ev.ExperimentProgress() if task and (
@@ -208,16 +217,20 @@ def evolve(state: State, seq: int, subject: str, event: ev.AnyEvent) -> State:
                 exp.outcome = "cancelled"
         case ev.HostRegistered():
             h = state.hosts.setdefault(event.host, Host(event.host))
-            h.instance, h.status, h.registered = event.instance, "registered", event
+            h.instance, h.status, h.registered, h.gone_at = event.instance, "registered", event, None
         case ev.HostDrainRequested() if event.host in state.hosts:
             state.hosts[event.host].status = "draining"
+            state.hosts[event.host].gone_at = state.hosts[event.host].gone_at or event.at
         case ev.HostDrained() if event.host in state.hosts:
             state.hosts[event.host].status = "drained"
+            state.hosts[event.host].gone_at = state.hosts[event.host].gone_at or event.at
         case ev.HostRemoved() if event.host in state.hosts:
             state.hosts[event.host].status = "removed"
+            state.hosts[event.host].gone_at = state.hosts[event.host].gone_at or event.at
         case ev.HostLost() if event.host in state.hosts:
             if state.hosts[event.host].instance == event.instance or not event.instance:
                 state.hosts[event.host].status = "lost"
+                state.hosts[event.host].gone_at = state.hosts[event.host].gone_at or event.at
         case _:
             pass
     return state
