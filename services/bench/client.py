@@ -20,6 +20,11 @@ for NATS (1 MB payloads) with long outputs.
 Requests carry `stream: true, stream_options: {include_usage: true}, max_tokens, ignore_eos: true` plus
 `bench.additional_params`, which may override anything but model, prompt/messages, stream and max_tokens
 (those define the scenario). Prompts are exactly the sampled number of words, the first one random.
+
+Replay (`prompts`, the task's dataset): each run sends the prompts in their order, from the first
+(warmup requests take the first ones, the measured requests go on from there; past the end they
+start over), as `prompt`, or as one user message for chat tasks. The scenario then gives only the
+output length (`max_tokens`); input tokens are what the server's usage reports for each prompt.
 """
 
 from __future__ import annotations
@@ -142,6 +147,7 @@ async def run_benchmark(
     seed: int = 0,
     keep_itl: bool = False,
     request_timeout: float | None = None,
+    prompts: list[str] | None = None,
 ) -> ExperimentMetrics:
     """Benchmark the server at `base_url` with every scenario x concurrency of `bench` (module docstring).
 
@@ -151,6 +157,8 @@ async def run_benchmark(
     scenarios = [parse_scenario(s) for s in bench.traffic_scenarios]
     if time_scale <= 0:
         raise ValueError(f"time_scale must be positive, got {time_scale}")
+    if prompts is not None and not prompts:
+        raise ValueError("an empty prompt list cannot be replayed")
     chat = is_chat(bench)
     path = "/v1/chat/completions" if chat else "/v1/completions"
     runs: list[RunMetrics] = []
@@ -163,7 +171,7 @@ async def run_benchmark(
                 rng = random.Random(f"{seed}/{si}/{concurrency}")
                 run, run_samples = await _one_run(
                     session, path, scenario, concurrency, index, bench=bench, model=model, chat=chat, slo=slo,
-                    scale=time_scale, rng=rng, stop=stop, keep_itl=keep_itl, request_timeout=request_timeout,
+                    scale=time_scale, rng=rng, stop=stop, keep_itl=keep_itl, request_timeout=request_timeout, prompts=prompts,
                 )
                 if run is None:
                     raise BenchmarkStopped(aggregate(runs, samples, gpus))
@@ -192,14 +200,21 @@ async def _one_run(
     stop: asyncio.Event,
     keep_itl: bool,
     request_timeout: float | None,
+    prompts: list[str] | None = None,
 ) -> tuple[RunMetrics | None, list[RequestSample]]:
     """One scenario x concurrency run; (None, []) when stopped."""
     loop = asyncio.get_running_loop()
     window = bench.max_time_per_iteration * 60.0 / scale
     concurrency = max(1, concurrency)
+    replayed = 0
 
     def next_payload() -> tuple[dict, int]:
+        nonlocal replayed
         n_in, n_out = scenario.sample(rng)
+        if prompts is not None:  # replay: the dataset's prompt, the scenario's output length
+            prompt = prompts[replayed % len(prompts)]
+            replayed += 1
+            return build_payload(bench, model, prompt, n_out, chat), len(prompt.split())
         return build_payload(bench, model, make_prompt(n_in, rng), n_out, chat), n_in
 
     sent = 0

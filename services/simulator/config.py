@@ -291,6 +291,7 @@ class SimSettings:
     prefix_share: float = 0.1  # fraction of prompt tokens a cache can reuse (system prompts, templates)
     eos_mean: float | None = None  # when set, requests without ignore_eos stop at an exponential length
     tick_ms: float = 1.0  # shortest wall-clock sleep of the scheduler loop
+    record_prompts: str | None = None  # append each accepted request's prompt (a JSON line) to this file
 
 
 def settings_from_env(env: dict[str, str] | None = None) -> SimSettings:
@@ -328,4 +329,5 @@ def settings_from_env(env: dict[str, str] | None = None) -> SimSettings:
         prefix_share=min(0.95, max(0.0, num("AUTOTUNE_SIM_PREFIX_SHARE", float, 0.1))),
         eos_mean=num("AUTOTUNE_SIM_EOS_MEAN", float, None),
         tick_ms=max(0.0, num("AUTOTUNE_SIM_TICK_MS", float, 1.0)),
+        record_prompts=env.get("AUTOTUNE_SIM_RECORD_PROMPTS", "").strip() or None,
     )

@@ -556,6 +556,17 @@ class SimServer:
         ]
         return "\n".join(lines) + "\n"
 
+    def record(self, body: dict, chat: bool) -> None:
+        """AUTOTUNE_SIM_RECORD_PROMPTS: one JSON line per accepted request (model, and prompt or messages),
+        so a test can check exactly what a benchmark sent. One write per line: lines never interleave."""
+        line = {"model": body.get("model"), "port": self.cfg.port}
+        line.update({"messages": body.get("messages")} if chat else {"prompt": body.get("prompt")})
+        try:
+            with open(self.sim.record_prompts, "a", encoding="utf-8") as f:  # type: ignore[arg-type]
+                f.write(json.dumps(line) + "\n")
+        except OSError as exc:
+            log("WARNING", f"cannot record the prompt in {self.sim.record_prompts}: {exc}")
+
     def generate(self, conn: Connection, raw: bytes, chat: bool) -> None:
         try:
             try:
@@ -601,6 +612,8 @@ class SimServer:
         stream = Stream(self, conn, chat, body, prompt, target, max_tokens)
         conn.active = stream
         self.received += 1
+        if self.sim.record_prompts:
+            self.record(body, chat)
         compute = max(1, int(round(prompt * (1.0 - self.plan.prefix_hit))))
         replica.submit(stream, prompt, compute)
 
@@ -613,7 +626,7 @@ USAGE = """usage: python3 -m autotune.simulator {sglang,vllm} ENGINE-ARGS...
 A SIMULATED engine: no GPU is used; speeds follow a performance model (see the package README).
 Environment: AUTOTUNE_SIM_GPU_TYPE (H100), AUTOTUNE_SIM_GPU_COUNT, AUTOTUNE_SIM_TIME_SCALE (1.0),
 AUTOTUNE_SIM_STARTUP_SCALE (= time scale), AUTOTUNE_SIM_SEED (0), AUTOTUNE_SIM_MODEL_PARAMS_B, AUTOTUNE_SIM_MAX_CONTEXT, AUTOTUNE_SIM_PREFIX_SHARE,
-AUTOTUNE_SIM_EOS_MEAN, AUTOTUNE_SIM_TICK_MS."""
+AUTOTUNE_SIM_EOS_MEAN, AUTOTUNE_SIM_TICK_MS, AUTOTUNE_SIM_RECORD_PROMPTS."""
 
 
 def main(argv: list[str] | None = None) -> int:
