@@ -339,9 +339,10 @@ def cmd_submit(args) -> int:
 
     async def main(nc, js, settings) -> int:
         await _ensure_provisioned(js, settings)
+        unfit = await _unfit_warning(nc, js, spec, simulate=args.simulate, quiet=args.json)
         task, seq, _, simulated = await commands.submit_task(js, spec, simulate=args.simulate, submitted_by="cli")
         if args.json and not args.watch:
-            print(json.dumps({"id": task, "seq": seq, "simulate": simulated}))
+            print(json.dumps({"id": task, "seq": seq, "simulate": simulated, "unfit": unfit}))
             return EXIT_OK
         if not args.json:
             print(f"submitted task {task}" + (f"  {SIMULATED} (a rehearsal: figures are not real hardware)" if simulated else ""))
@@ -351,6 +352,29 @@ def cmd_submit(args) -> int:
         return await _watch_and_report(js, task, spec_dict=None, simulated=simulated, as_json=args.json)
 
     return _with_nats(args, main)
+
+
+async def _unfit_warning(nc, js, spec, *, simulate: bool, quiet: bool) -> list[dict]:
+    """Warn (stderr) about the configurations the live fleet could never run; never refuses (a host that fits may
+    join). Says nothing when the fleet cannot be read (no projector yet)."""
+    import msgspec
+
+    from autotune import reads
+
+    try:
+        fitness = await reads.fleet_fit(nc, js, spec, simulate=simulate)
+    except Exception:  # the warning is a courtesy: a fleet that cannot be read must not stop a submit
+        return []
+    groups = [msgspec.to_builtins(g) for g in fitness.unfit]
+    if groups and not quiet:
+        count = sum(g.configurations or 0 for g in fitness.unfit)
+        some = f"{count} of {fitness.space_size}" if fitness.space_size and all(g.configurations for g in fitness.unfit) else "some"
+        sys.stderr.write(f"autotune: warning: the live fleet ({fitness.hosts} host{'s' if fitness.hosts != 1 else ''}) cannot run {some} "
+                         "configurations of this task; unless a host that fits joins, they will fail as unplaceable:\n")  # fmt: skip
+        for g in fitness.unfit:
+            n = f"{g.configurations} configuration{'s' if g.configurations != 1 else ''}" if g.configurations else "configurations"
+            sys.stderr.write(f"  {g.gpus} GPU{'s' if g.gpus != 1 else ''}, {n} (e.g. {'; '.join(g.examples)}): {g.reason}\n")
+    return groups
 
 
 async def _watch_and_report(js, task: str, *, spec_dict: dict | None, simulated: bool, as_json: bool = False) -> int:
@@ -431,6 +455,13 @@ def cmd_task(args) -> int:
         c.print(f"  progress   {bar}{p.done}/{p.budget or '?'} done: {p.completed} completed, {p.failed} failed, {p.running} running, "
                 f"{p.retried} retried, {p.cancelled} cancelled" + (f"  ({p.elapsed_s:.0f}s" + (f" of {p.time_budget_s:.0f}s" if p.time_budget_s else "") + ")" if p.elapsed_s else ""))  # fmt: skip
         c.print(f"  submitted  {t.submitted_at}" + (f" by {t.submitted_by}" if t.submitted_by else "") + (f"; finished {t.finished_at}" if t.finished_at else ""))
+        if t.dataset:
+            d = t.dataset
+            c.print(f"  dataset    {d.get('url')}: {d.get('prompts')} prompts (sha256 {str(d.get('sha256'))[:12]}, {d.get('rows')} rows, "
+                    f"{d.get('skipped')} unreadable, {d.get('duplicates')} duplicates dropped)", soft_wrap=True)  # fmt: skip
+        for w in t.waiting:
+            c.print(f"  [yellow]waiting[/yellow]    experiment {w.n} ({w.gpus} GPU{'s' if w.gpus != 1 else ''}): {w.reason}"
+                    + ("" if w.fits else "  (no host can run it: it fails as unplaceable unless one joins)"), soft_wrap=True)  # fmt: skip
         if t.best:
             b = t.best
             c.print(f"  best       experiment {b.n} (attempt {b.attempt}), score {_cell(b.score)}: {_cell(b.parameters)}")
@@ -447,7 +478,7 @@ def cmd_task(args) -> int:
 
 EXP_COLUMNS = [("n", "n"), ("attempt", "try"), ("status", "status"), ("host", "host"), ("parameters", "parameters"), ("score", "score"),
                ("mean_total_tps_per_gpu", "tok/s/GPU"), ("mean_ttft", "TTFT s"), ("mean_tpot", "TPOT s"), ("mean_e2e_latency", "e2e s"),
-               ("slo_met", "SLO met"), ("failure_kind", "failure")]  # fmt: skip
+               ("slo_met", "SLO met"), ("failure_kind", "failure / waiting")]  # fmt: skip
 
 
 def cmd_experiments(args) -> int:
@@ -460,11 +491,18 @@ def cmd_experiments(args) -> int:
             _dump(page.items)
             return EXIT_OK
         title = f"experiments of {args.id} ({len(page.items)} of {page.total}, by {args.sort})" + (f"  {SIMULATED}" if page.simulate else "")
-        rows = [[r.get(c) for c, _ in EXP_COLUMNS] for r in page.items]
+        rows = [[r.get(c) for c, _ in EXP_COLUMNS[:-1]] + [_why(r)] for r in page.items]
         _console().print(_table(title, [h for _, h in EXP_COLUMNS], rows))
         return EXIT_OK
 
     return _with_nats(args, main)
+
+
+def _why(row: dict) -> str | None:
+    """An experiment's failure kind, or while it is planned the reason it waits."""
+    if row.get("status") == "planned" and row.get("waiting_reason"):
+        return row["waiting_reason"]
+    return row.get("failure_kind")
 
 
 def cmd_experiment(args) -> int:

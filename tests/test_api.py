@@ -345,7 +345,8 @@ async def test_cancel_and_clone_never_edit_the_source(client, js):
 
     r = await client.post("/api/tasks/src/clone", json={"task_name": "src-big", "overrides": {"optimization": {"max_iterations": 20}}}, headers=AUTH)
     assert r.status_code == 201, r.text
-    assert r.json() == {"id": "src-big", "seq": r.json()["seq"], "url": "/api/tasks/src-big", "simulate": True, "cloned_from": "src"}
+    created = {k: v for k, v in r.json().items() if k != "unfit"}  # unfit: the fleet-fit warning (no live host here)
+    assert created == {"id": "src-big", "seq": r.json()["seq"], "url": "/api/tasks/src-big", "simulate": True, "cloned_from": "src"}
     clone = (await client.get("/api/tasks/src-big")).json()
     assert clone["cloned_from"] == "src" and clone["spec"]["optimization"]["max_iterations"] == 20
     assert clone["spec"]["optimization"]["max_parallel"] == 2, "overrides merge into the recorded spec"

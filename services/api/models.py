@@ -38,6 +38,7 @@ class TaskCreated(msgspec.Struct, kw_only=True):
     url: str
     simulate: bool = False
     cloned_from: str | None = None
+    unfit: list[UnfitGroup] = []  # noqa: F405 - a warning: configurations the live fleet could never run (they fail as unplaceable)
 
 
 class CloneRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

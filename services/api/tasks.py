@@ -60,14 +60,17 @@ class TaskController(Controller):
     async def submit(
         self, request: Request, simulate: Annotated[bool, QueryParameter(description="rehearse on simulated engines and GPUs, whatever deployment_mode says")] = False
     ) -> m.TaskCreated:
-        """201 with the task id; 400 with the field path and line; 409 when the name is taken."""
+        """201 with the task id (and `unfit`: the configurations the live fleet could never run); 400 with the field
+        path and line; 409 when the name is taken."""
         body = await request.body()
         ctype = request.headers.get("content-type", "").lower()
         fmt = "json" if "json" in ctype else None  # YAML or unlabelled: sniffed (JSON is YAML too)
         spec = commands.parse(body, source="request body", fmt=fmt)
-        task, seq, _, simulated = await commands.submit_task(_nc(request).jetstream(), spec, simulate=simulate, submitted_by="api")
+        nc = _nc(request)
+        unfit = await _unfit(nc, spec, simulate)
+        task, seq, _, simulated = await commands.submit_task(nc.jetstream(), spec, simulate=simulate, submitted_by="api")
         wrote(request, seq)
-        return m.TaskCreated(id=task, seq=seq, url=f"/api/tasks/{task}", simulate=simulated)
+        return m.TaskCreated(id=task, seq=seq, url=f"/api/tasks/{task}", simulate=simulated, unfit=unfit)
 
     @get("/", operation_id="listTasks", summary="List tasks")
     async def list_tasks(
@@ -97,11 +100,12 @@ class TaskController(Controller):
     async def clone(self, request: Request, task_id: TaskId, data: JSONBody[m.CloneRequest | None] = None) -> m.TaskCreated:
         """The source is never edited: the clone is a new task whose `cloned_from` names it."""
         data = data or m.CloneRequest()
-        task, seq, _, simulated = await commands.clone_task(
+        task, seq, spec, simulated = await commands.clone_task(
             _nc(request).jetstream(), task_id, name=data.task_name, overrides=data.overrides, simulate=data.simulate, submitted_by="api"
         )
         wrote(request, seq)
-        return m.TaskCreated(id=task, seq=seq, url=f"/api/tasks/{task}", simulate=simulated, cloned_from=task_id)
+        unfit = await _unfit(_nc(request), spec, simulated)
+        return m.TaskCreated(id=task, seq=seq, url=f"/api/tasks/{task}", simulate=simulated, cloned_from=task_id, unfit=unfit)
 
     @get("/{task_id:str}/export", operation_id="exportTask", summary="The best configuration as a command line, docker run or Kubernetes manifest")
     async def export(
@@ -124,6 +128,15 @@ class TaskController(Controller):
         await commands.submitted(_nc(request).jetstream(), task_id)  # 404 for an unknown task
         since_seq = resume_from(request, since_seq)
         return sse(_events(request, subj.task_all(task_id), since_seq, since_time, follow, limit, stream.TASK_FINISHED))
+
+
+async def _unfit(nc: NATS, spec, simulate: bool) -> list:
+    """The configurations the live fleet could never run: a warning only, so a fleet that cannot be read
+    (no projector yet) never stops a submit."""
+    try:
+        return (await reads.fleet_fit(nc, nc.jetstream(), spec, simulate=simulate)).unfit
+    except Exception:
+        return []
 
 
 def resume_from(request: Request, since_seq: int | None) -> int | None:

@@ -75,6 +75,17 @@ class TaskPage(msgspec.Struct, kw_only=True):
     offset: int
 
 
+class Waiting(msgspec.Struct, kw_only=True):
+    """A planned experiment that found no room, and why (the scheduler's last `experiment.waiting`)."""
+
+    n: int
+    attempt: int
+    gpus: int | None = None
+    reason: str
+    fits: bool = True  # some live host could run it once it has room; False: none can (it fails as unplaceable after the grace)
+    since: str | None = None  # when this reason was recorded
+
+
 class TaskDetail(Task, kw_only=True):
     reason_path: str | None = None
     cancel_requested_at: str | None = None
@@ -84,6 +95,8 @@ class TaskDetail(Task, kw_only=True):
     pareto: list[ParetoPoint] = []
     spec: dict[str, Any] = {}  # the recorded task spec (secrets redacted)
     links: dict[str, str] = {}
+    waiting: list[Waiting] = []  # planned experiments that found no room, and why
+    dataset: dict[str, Any] | None = None  # the replay dataset as fetched: url, sha256, prompts, rows, skipped, duplicates, ...
 
 
 class Export(msgspec.Struct, kw_only=True):
@@ -209,3 +222,21 @@ class GpuSummary(msgspec.Struct, kw_only=True):
     fleet: list[GpuModelSummary]
     kubernetes: list[dict[str, Any]] | None = None
     kubernetes_error: str | None = None
+
+
+# --- the fleet against a task --------------------------------------------------------------------------
+
+
+class UnfitGroup(msgspec.Struct, kw_only=True):
+    gpus: int  # what these configurations need on one host
+    configurations: int | None  # how many there are (None: a continuous range is involved)
+    examples: list[str]  # a few of their GPU-relevant settings, e.g. "tp=4,dp=2"
+    reason: str  # what the fleet lacks
+
+
+class FleetFit(msgspec.Struct, kw_only=True):
+    """Which configurations of a task's search space the live fleet could never run (autotune submit warns)."""
+
+    hosts: int  # live hosts that take work
+    space_size: int | None
+    unfit: list[UnfitGroup] = []

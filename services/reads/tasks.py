@@ -117,10 +117,18 @@ async def task_detail(nc, task: str, *, min_seq: int | None = None, port: int | 
                           parameters=c.get("parameters") or {})
             for c in chosen
         ]  # fmt: skip
+    waiting = await rows(
+        nc,
+        "SELECT n, attempt, gpus, waiting_reason AS reason, waiting_fits AS fits, waiting_since AS since FROM experiments "
+        "WHERE task = ? AND status = 'planned' AND waiting_reason IS NOT NULL ORDER BY n, attempt",
+        [task],
+    )
     base = _task(row)
     return m.TaskDetail(
         **msgspec.structs.asdict(base), reason_path=row.get("reason_path"), cancel_requested_at=row.get("cancel_requested_at"),
         objectives=objectives, progress=progress, best=best, pareto=pareto, spec=redact(spec),
+        waiting=[msgspec.convert(w, m.Waiting, strict=False) for w in waiting],
+        dataset=row.get("dataset") if isinstance(row.get("dataset"), dict) else None,
         links={
             "experiments": f"/api/tasks/{task}/experiments", "events": f"/api/tasks/{task}/events",
             "export": f"/api/tasks/{task}/export?format=cmd", "clone": f"/api/tasks/{task}/clone", "cancel": f"/api/tasks/{task}/cancel",

@@ -11,8 +11,9 @@ from __future__ import annotations
 import msgspec
 
 from autotune.schemas.liveness import LiveGpu, LiveHost
+from autotune.shared.fit import effective_mode  # one rule with the waiting reasons and `autotune submit`'s warning
 
-__all__ = ["LiveGpu", "LiveHost", "Placement", "place"]
+__all__ = ["LiveGpu", "LiveHost", "Placement", "effective_mode", "place"]
 
 
 class Placement(msgspec.Struct, frozen=True):
@@ -23,14 +24,6 @@ class Placement(msgspec.Struct, frozen=True):
     gpu_type: str
     deployment_mode: str
     simulated: bool
-
-
-def effective_mode(deployment_mode: str, host: LiveHost, simulate: bool) -> str | None:
-    """The runtime the host would use for a task's deployment mode, or None if it cannot."""
-    if simulate or host.simulated:
-        return "simulated" if "simulated" in host.runtimes else None
-    mode = "kubernetes" if deployment_mode == "ome" else deployment_mode
-    return mode if mode in host.runtimes else None
 
 
 def place(

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from autotune.scheduler.placement import effective_mode
 from autotune.scheduler.state import Attempt, State, Task
 from autotune.schemas import events as ev
 from autotune.schemas.liveness import LiveGpu, LiveHost
+from autotune.shared.fit import capacity, fit
 
 UNAVAILABLE = ("removed", "draining", "drained")
 
@@ -34,23 +34,10 @@ class Why:
     fits: bool  # some live host could run it once it has room
 
 
-def _gpus(n: int, gpu_type: str | None) -> str:
-    what = "GPU" if n == 1 else "GPUs"
-    return f"{n} {what} of type {gpu_type}" if gpu_type else f"{n} {what}"
-
-
-def _matching(gpus: list[Any], wanted: str | None) -> int:
-    return sum(1 for g in gpus if not wanted or wanted.lower() in g.name.lower())
-
-
-def _capacity(host: LiveHost, task: Task) -> int | None:
-    """How many GPUs of the task's type this host offers for its deployment mode and engine (None: it cannot run it)."""
+def _kw(task: Task) -> dict[str, Any]:
     spec = task.spec
     assert spec is not None
-    mode = effective_mode(spec.deployment_mode, host, task.simulate)
-    if mode is None or (host.engines and spec.engine not in host.engines and mode != "simulated"):
-        return None
-    return _matching(host.gpus, None if mode == "simulated" else spec.gpu_type)
+    return dict(engine=spec.engine, deployment_mode=spec.deployment_mode, gpu_type=spec.gpu_type, simulate=task.simulate)
 
 
 def available_hosts(state: State, fleet: dict[str, LiveHost]) -> dict[str, LiveHost]:
@@ -63,33 +50,14 @@ def available_hosts(state: State, fleet: dict[str, LiveHost]) -> dict[str, LiveH
 
 def explain(task: Task, a: Attempt, state: State, fleet: dict[str, LiveHost], holders: dict[str, set[str]]) -> Why:
     """Why attempt `a` of `task` found no room. `holders`: host -> tasks holding leases on it."""
-    spec = task.spec
-    assert spec is not None
-    need = a.gpus
-    hosts = available_hosts(state, fleet)
-    simulated = task.simulate or spec.deployment_mode == "simulated"
-    if not hosts:
-        return Why("no live host takes work (start one: autotune up, or autotune deploy)", False)
-    caps = {h: c for h, v in hosts.items() if (c := _capacity(v, task)) is not None}
-    if not caps:
-        if simulated:
-            return Why("no live host runs simulated engines", False)
-        offered = sorted({r for v in hosts.values() for r in v.runtimes})
-        mode = "kubernetes (OME)" if spec.deployment_mode == "ome" else spec.deployment_mode
-        return Why(f"no live host runs {spec.engine} in {mode} mode (the live hosts offer: {', '.join(offered) or 'nothing'})", False)
-    gpu_type = None if simulated else spec.gpu_type
-    largest = max(caps.values())
-    if largest < need:
-        if largest == 0 and gpu_type:
-            names = sorted({g.name for h in caps for g in hosts[h].gpus})
-            return Why(f"needs {_gpus(need, gpu_type)} on one host; no live host has that type (they have: {', '.join(names) or 'no GPUs'})", False)
-        return Why(f"needs {_gpus(need, gpu_type)} on one host; the largest matching host has {largest}", False)
-    able = sorted(h for h, c in caps.items() if c >= need)
-    others = set().union(*(holders.get(h, set()) for h in able)) - {task.id}
+    f = fit(a.gpus, available_hosts(state, fleet), **_kw(task))
+    if not f.fits:
+        return Why(f.reason, False)
+    others = set().union(*(holders.get(h, set()) for h in f.able)) - {task.id}
     whose = "other tasks" if others else "this task's other experiments"
-    if not any(holders.get(h) for h in able):
+    if not any(holders.get(h) for h in f.able):
         whose = "processes autotune did not start"
-    return Why(f"waiting: {len(able)} matching host{'s' if len(able) != 1 else ''}, all busy with {whose}", True)
+    return Why(f"waiting: {len(f.able)} matching host{'s' if len(f.able) != 1 else ''}, all busy with {whose}", True)
 
 
 def _could_run(task: Task, reg: ev.HostRegistered, need: int) -> bool:
@@ -98,7 +66,7 @@ def _could_run(task: Task, reg: ev.HostRegistered, need: int) -> bool:
         host=reg.host, instance=reg.instance, gpus=[LiveGpu(index=g.index, uuid=g.uuid, name=g.name) for g in reg.gpus],
         runtimes=list(reg.runtimes), engines=list(reg.engines), simulated=reg.simulated,
     )
-    cap = _capacity(host, task)
+    cap = capacity(host, **_kw(task))
     return cap is not None and cap >= need
 
 
