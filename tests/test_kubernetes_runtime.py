@@ -228,3 +228,50 @@ async def test_a_runner_in_a_pod_without_nvml_takes_its_gpus_from_the_node_again
             await svc.stop_all()
     assert not reg.simulated and reg.runtimes == ["kubernetes"] and reg.node == "gpu-node-9"
     assert [g.name for g in reg.gpus] == ["NVIDIA H100 80GB HBM3"] * 4 and reg.gpus[0].memory_total_mib == 81559
+
+
+async def test_an_earlier_ome_task_file_runs_end_to_end_on_simulated_hosts_against_api_standin(settings, js, tmp_path):
+    """The earlier tool's OME task file, every field it had (template names, storage, dataset, both OME
+    configs), submitted unchanged: the stand-in API receives the ClusterBaseModel, the
+    ClusterServingRuntime and InferenceServices whose engine args carry the tuned flags; the engines
+    (simulated, in the stand-in's pods) receive exactly the dataset's prompts."""
+    import gzip
+    import json
+
+    from tests.test_dataset_replay import JSONL, JSONL_PROMPTS, Files
+    from tests.test_task_fields import OME_FILE
+
+    record = tmp_path / "received.jsonl"
+    async with Files() as srv, KubeStandin(image_env={"AUTOTUNE_SIM_RECORD_PROMPTS": str(record)}) as k:
+        srv.files["/prompts.jsonl.gz"] = gzip.compress(JSONL.encode())
+        raw = json.loads(OME_FILE)
+        raw["benchmark"].update(dataset_url=srv.url + "/prompts.jsonl.gz", dataset_deduplicate=True, max_requests_per_iteration=3,
+                                warmup_requests=0, max_time_per_iteration=1)  # fmt: skip
+        raw["parameters"] = {"tp_size": [1, 2], "mem_frac": 0.8, "max_total_tokens": 60000, "schedule_policy": "lpm"}
+        rs = RunnerSettings(host="omehost", simulate="2xH100", time_scale=50, simulated_runtime="kubernetes", k8s_api_url=k.url,
+                            k8s_namespace="tuning", k8s_service_url="http://127.0.0.1:{port}", k8s_poll_s=0.1)  # fmt: skip
+        svc = Services()
+        svc.start(lambda stop: scheduler_run(settings, stop=stop), "scheduler")
+        svc.start(lambda stop: runner_run(settings, stop=stop, runner=rs), "runner")
+        try:
+            from autotune.shared import commands
+
+            task = (await commands.submit_task(js, commands.parse(json.dumps(raw), source="ome.json"))).task
+            final = await task_finished(js, task, timeout=120)
+        finally:
+            await svc.stop_all()
+        cbms, csrs, isvcs = k.created("ClusterBaseModel"), k.created("ClusterServingRuntime"), k.created("InferenceService")
+        assert not k.pods
+    assert isinstance(final, ev.TaskCompleted) and final.experiments == 2, final
+    assert [c["metadata"]["name"] for c in cbms] == ["llama-3-2-1b-instruct"]  # once: it exists from then on
+    assert [c["metadata"]["name"] for c in csrs] == ["sglang-llama-small"]
+    assert len(isvcs) == 2
+    for isvc, tp in zip(isvcs, ("1", "2"), strict=True):
+        assert isvc["spec"]["runtime"] == {"name": "sglang-llama-small"} and isvc["spec"]["model"] == {"name": "llama-3-2-1b-instruct"}
+        f = by_flag(isvc["spec"]["engine"]["runner"]["args"])
+        assert (f["--tp-size"], f["--mem-fraction-static"], f["--max-total-tokens"], f["--schedule-policy"]) == (tp, "0.8", "60000", "lpm")
+        assert f["--model-path"] == "/raid/models/meta/llama-3-2-1b-instruct"
+    received = [json.loads(line)["prompt"] for line in record.read_text().splitlines()]
+    assert received == JSONL_PROMPTS * 2  # each experiment replayed exactly the deduplicated prompts
+    history = [e for _, e in await events_of(js, subj.task_all(task))]
+    assert all(e.simulated for e in history if isinstance(e, ev.ExperimentAssigned))  # labelled: simulated hosts
