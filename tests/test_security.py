@@ -271,6 +271,38 @@ async def test_services_run_a_task_with_their_own_credentials(secure, tmp_path):
     assert [line for line in secure.server.lines if "Violation" in line] == []
 
 
+async def test_replay_datasets_in_secure_mode_the_scheduler_stores_the_prompts_and_runners_read_them(secure, tmp_path):
+    """A task with a dataset, run by the scheduler and a runner with their own credentials: the scheduler
+    fetches it and writes the prompts to the autotune-datasets Object Store, the runner reads them there.
+    Only the scheduler may write that bucket; the server refused none of them anything."""
+    from autotune.shared.dataset_store import get_prompts, put_prompts
+
+    data = tmp_path / "prompts.csv"
+    data.write_text("prompt\nsecure one\nsecure two\nsecure one\n")
+    svc = Services()
+    svc.start(lambda stop: scheduler_run(secure.settings("scheduler"), stop=stop), "scheduler")
+    rs = RunnerSettings(host="gpu-1", simulate="2xH100", time_scale=50)
+    svc.start(lambda stop: runner_run(secure.settings("runner-gpu-1"), stop=stop, runner=rs), "runner")
+    try:
+        api = await secure.connect("api")
+        spec = small_spec("secure-ds", optimization={"max_iterations": 1}, benchmark={"dataset_url": f"file://{data}", "warmup_requests": 0})
+        task = (await commands.submit_task(api.js, spec_from_obj(spec))).task
+        final = await task_finished(api.js, task, timeout=60)
+    finally:
+        await svc.stop_all()
+    assert isinstance(final, ev.TaskCompleted), final
+    (fetched,) = [e for _, e in await events_of(secure.admin.js, subj.task_all(task)) if isinstance(e, ev.TaskDatasetFetched)]
+    runner = await secure.connect("runner-gpu-2")
+    assert await get_prompts(runner.js, fetched.object) == ["secure one", "secure two"]
+    assert [line for line in secure.server.lines if "Violation" in line] == []
+    for role in ("runner-gpu-1", "api", "projector", "gpumon-gpu-1"):
+        client = await secure.connect(role)
+        await client.assert_denied(f"$O.{subj.DATASETS_BUCKET}.C.forged", f"$O.{subj.DATASETS_BUCKET}.M.Zm9yZ2Vk")
+    sched = await secure.connect("scheduler")
+    name, _ = await put_prompts(sched.js, ["written by the scheduler"])
+    assert await get_prompts(runner.js, name) == ["written by the scheduler"]
+
+
 # --- denied -------------------------------------------------------------------------------------------
 
 
