@@ -128,3 +128,20 @@ def test_a_task_with_a_dataset_starts_only_once_its_dataset_is_recorded_and_assi
     cancelled.add(*submitted("dc", benchmark={"dataset_url": "https://example.com/p.jsonl"}))
     cancelled.add(subj.task("dc", "cancel_requested"), ev.TaskCancelRequested(id="dc.cancel_requested", task="dc", at=T0))
     assert of(run(cancelled, fleet, 1), ev.TaskCancelled)
+
+
+def test_submit_warning_groups_the_configurations_no_live_host_could_run_by_gpu_count():
+    from autotune.schemas.spec import spec_from_obj
+    from autotune.shared.expand import experiment_space
+    from autotune.shared.fit import unfit_configurations
+
+    spec = spec_from_obj({"task_name": "big", "model": "meta-llama/Llama-3.1-70B-Instruct", "deployment_mode": "docker", "gpu_type": "H100",
+                          "parallel_config": {"tp": [2, 4], "dp": [1, 2]}, "parameters": {"mem-fraction-static": [0.8, 0.9]}})  # fmt: skip
+    kw = dict(engine="sglang", deployment_mode="docker", gpu_type="H100", simulate=False)
+    size, unfit = unfit_configurations(experiment_space(spec), {"a": real("a", 2), "b": real("b", 2)}, **kw)
+    assert size == 8
+    assert [(u.gpus, u.configurations, u.examples) for u in unfit] == [(4, 4, ("tp=2,dp=2", "tp=4,dp=1")), (8, 2, ("tp=4,dp=2",))]
+    assert unfit[0].reason == "needs 4 GPUs of type H100 on one host; the largest matching host has 2"
+    assert unfit_configurations(experiment_space(spec), {"c": real("c", 8)}, **kw) == (8, [])
+    _, none = unfit_configurations(experiment_space(spec), {}, **kw)
+    assert [(u.gpus, u.reason) for u in none][0] == (2, "no live host takes work (start one: autotune up, or autotune deploy)")
