@@ -121,3 +121,17 @@ def test_a_kubernetes_task_with_storage_may_be_rehearsed_and_deep_merge_keeps_wh
         "llama-3-2-1b-instruct", "llama-3-2-3b-instruct", "llama-3-1-70b-instruct", "llama-3-3-70b-instruct", "mistral-7b-instruct",
         "mixtral-8x7b-instruct", "deepseek-v3",
     }  # fmt: skip
+
+
+def test_the_exported_kubernetes_manifest_of_a_storage_task_mounts_its_claim():
+    import yaml
+
+    from autotune.reads.export import kubernetes
+
+    spec = make(deployment_mode="kubernetes", storage={"pvc_name": "models", "pvc_subpath": "llama"})
+    dep = next(yaml.safe_load_all(kubernetes(spec, {"mem_frac": 0.8})))
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert flags(c["args"])["--model-path"] == "/mnt/models" and flags(c["args"])["--mem-fraction-static"] == "0.8"
+    assert {"name": "model-storage", "mountPath": "/mnt/models", "readOnly": True, "subPath": "llama"} in c["volumeMounts"]
+    assert {"name": "model-storage", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}} in pod["volumes"]

@@ -74,7 +74,12 @@ def container_name(task: str) -> str:
 
 def kubernetes(spec: TaskSpec, params: dict[str, Any], *, port: int | None = None, note: str | None = None) -> str:
     p = port_for(spec, port)
-    argv = command_argv(spec, params, port=p)
+    st = spec.storage
+    if st is not None:  # the task's claim, read-only at mount_path, where the model path points (as its experiments ran)
+        served = {"served-model-name": spec.benchmark.model_name or spec.model_id}
+        argv = engine_command(spec, {**served, **params}, port=p, model_path=st.mount_path)
+    else:
+        argv = command_argv(spec, params, port=p)
     command, args = _split_entrypoint(spec, argv)
     gpus = gpus_for(params)
     name = container_name(spec.task_id)
@@ -91,6 +96,11 @@ def kubernetes(spec: TaskSpec, params: dict[str, Any], *, port: int | None = Non
     }
     if not isinstance(spec.model, str) and spec.model.hf_token:
         container["env"] = [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token", "optional": True}}}]
+    volumes: list[dict[str, Any]] = [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}]
+    if st is not None:
+        mount = {"name": "model-storage", "mountPath": st.mount_path, "readOnly": True, **({"subPath": st.pvc_subpath} if st.pvc_subpath else {})}
+        container["volumeMounts"].append(mount)
+        volumes.append({"name": "model-storage", "persistentVolumeClaim": {"claimName": st.pvc_name, "readOnly": True}})
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -100,10 +110,7 @@ def kubernetes(spec: TaskSpec, params: dict[str, Any], *, port: int | None = Non
             "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [container],
-                    "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}],
-                },
+                "spec": {"containers": [container], "volumes": volumes},
             },
         },
     }
