@@ -34,7 +34,7 @@ async def until(check, timeout: float = 30.0):
 
 
 async def test_an_unplaceable_experiment_says_why_then_fails_and_the_task_finishes(settings, js, nc, cli, tmp_path, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("AUTOTUNE_UNPLACEABLE_GRACE_S", "12")
+    monkeypatch.setenv("AUTOTUNE_UNPLACEABLE_GRACE_S", "10")
     svc = Services()
     svc.start(lambda stop: scheduler_run(settings, stop=stop), "scheduler")
     svc.start(lambda stop: runner_run(settings, stop=stop, runner=RunnerSettings(host="two", simulate="2xH100", time_scale=50)), "runner")
