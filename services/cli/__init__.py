@@ -14,197 +14,97 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import sys
-import textwrap
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from autotune import __version__
+from autotune.cli.connection import (
+    EXIT_FAILED,
+    EXIT_INPUT,
+    EXIT_OK,
+    EXIT_UNREACHABLE,  # noqa: F401
+    Failed,
+    nats_command,
+)
+from autotune.cli.connection import (
+    err as _err,
+)
+from autotune.cli.connection import (
+    lean_imports as _lean_imports,
+)
+from autotune.cli.connection import (
+    run_async as _run_async,
+)
+from autotune.cli.connection import (
+    stack_settings as _settings,
+)
+from autotune.cli.options import add_command as _sub
+from autotune.cli.options import json_option as _json
+from autotune.cli.render import SIMULATED
+from autotune.cli.render import ago as _ago
+from autotune.cli.render import cell as _cell
+from autotune.cli.render import console as _console
+from autotune.cli.render import dump as _dump
+from autotune.cli.render import print_rows as _print_rows
+from autotune.cli.render import span as _span
+from autotune.cli.render import table as _table
+from autotune.cli.render import when as _when
 
-EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
-SIMULATED = "[SIMULATED engines and GPUs]"
+
+def _with_nats(args, fn) -> int:  # the old skeleton, until every command uses @nats_command
+    @nats_command
+    async def run(args, conn):
+        return await fn(conn.nc, conn.js, conn.settings)
+
+    return run(args)
 
 
-def _settings(args: argparse.Namespace):
-    from autotune.shared.settings import Settings
-    from autotune.supervisor import read_stack_info
-
-    s = Settings.from_env()
-    if getattr(args, "data_dir", None):
-        s.data_dir = args.data_dir
-    if getattr(args, "nats", None):
-        s.nats_url = args.nats
-    elif not os.environ.get("AUTOTUNE_NATS_URL") and (info := read_stack_info(Path(s.data_dir))):
-        s.nats_url = info["nats_url"]
-        if info.get("secure"):  # the CLI acts as the api role of a secure local stack
-            from autotune.shared import security
-
-            creds = json.loads(security.credentials_path(s.data_dir).read_text())
-            s.nats_url = security.nats_url(info["nats_url"], "api", creds["api"])
-    return s
-
-
-def _err(msg: str, code: int = EXIT_INPUT) -> int:
-    sys.stderr.write(f"autotune: {msg}\n")
-    return code
-
-
-async def _connect(args):
+async def _ensure_provisioned(js, settings) -> None:
     from autotune.shared import bus
 
-    s = _settings(args)
-
-    async def quiet(_: Exception) -> None:  # the one message below says it better
+    try:
+        await bus.provision(js, settings)
+    except Exception:
         pass
 
-    try:
-        nc = await bus.connect(s, "cli", connect_timeout=3, max_reconnect_attempts=1, allow_reconnect=False, error_cb=quiet)
-    except Exception:
-        raise Unreachable(f"cannot reach NATS at {s.nats_url}; start autotune with `autotune up` (or pass --nats URL)") from None
-    return nc, s
 
 
-class Unreachable(Exception):
-    pass
 
 
-class Failed(Exception):
-    """The command ran and what it asked for failed (exit 1)."""
+
+
+
+
+
+
 
 
 # --- running a command: connect, map errors to exit codes -------------------------------------------------
 
 
-def _run_async(coro) -> int:
-    try:
-        return asyncio.run(coro)
-    except Unreachable as e:
-        return _err(str(e), EXIT_UNREACHABLE)
-    except KeyboardInterrupt:
-        return 130
 
 
-def _lean_imports(args) -> None:
-    """nats-py imports aiohttp (for ws:// servers) whenever it is installed: half a second, most of a
-    short command's time. A command talking plain NATS does not need it, so it is kept out."""
-    url = getattr(args, "nats", None) or os.environ.get("AUTOTUNE_NATS_URL", "")
-    if "ws://" not in url and "wss://" not in url:
-        sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]  # `import aiohttp` now raises ImportError
 
 
-def _with_nats(args, fn) -> int:
-    """Run `fn(nc, js, settings)` on a fresh connection; domain errors become messages and exit codes."""
-    _lean_imports(args)
-    from autotune.reads import BadRequest, NotFound
-    from autotune.reads.stream import BadSubject
-    from autotune.schemas.spec import SpecError
-    from autotune.shared import commands
-    from autotune.shared import query as q
-
-    async def main() -> int:
-        nc, settings = await _connect(args)
-        try:
-            return await fn(nc, nc.jetstream(), settings) or EXIT_OK
-        except (NotFound, BadRequest, BadSubject, commands.UnknownTask, commands.UnknownHost, commands.DuplicateTask) as e:
-            return _err(str(e), EXIT_INPUT)
-        except SpecError as e:
-            return _err(f"invalid task spec: {e}", EXIT_INPUT)
-        except q.QueryError as e:
-            unreachable = any(s in e.message for s in ("no projector is answering", "did not answer within", "is behind"))
-            return _err(e.message, EXIT_UNREACHABLE if unreachable else EXIT_FAILED)
-        except Failed as e:
-            return _err(str(e), EXIT_FAILED)
-        except (TimeoutError, ConnectionError) as e:
-            return _err(f"NATS did not answer ({type(e).__name__}); is autotune up?", EXIT_UNREACHABLE)
-        finally:
-            await nc.close()
-
-    return _run_async(main())
 
 
-async def _ensure_provisioned(js, settings) -> None:
-    """A stack that just started may not have created its buckets yet: create what is missing."""
-    from autotune.shared import bus
-
-    try:
-        await bus.provision(js, settings)
-    except Exception:  # a role that may not create them: the services will
-        pass
 
 
 # --- output -------------------------------------------------------------------------------------------------
 
 
-def _console():
-    from rich.console import Console
-
-    return Console(width=max(120, os.get_terminal_size().columns if sys.stdout.isatty() else 200), highlight=False)
 
 
-def _dump(value: Any) -> None:
-    import msgspec
-
-    print(json.dumps(msgspec.to_builtins(value), default=str))
 
 
-def _cell(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:,.0f}" if abs(v) >= 10_000 else f"{v:.{digits}g}"
-    if isinstance(v, dict):
-        return " ".join(f"{k}={x}" for k, x in v.items() if not str(k).startswith("__"))
-    if isinstance(v, list):
-        return ",".join(str(x) for x in v)
-    return str(v)
 
 
-def _table(title: str | None, columns: list[str], rows: list[list[Any]]):
-    from rich.table import Table
-
-    t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c, overflow="fold")
-    for r in rows:
-        t.add_row(*[_cell(v) for v in r])
-    return t
 
 
-def _print_rows(res, as_json: bool, title: str | None = None) -> None:
-    rows = res.rows_as_dicts()
-    if as_json:
-        print(json.dumps(rows, default=str))
-        return
-    _console().print(_table(title, res.columns, res.rows))
 
 
-def _ago(ts: str | None) -> str:
-    if not ts:
-        return ""
-    try:
-        t = datetime.fromisoformat(ts)
-    except ValueError:
-        return ts
-    s = (datetime.now(UTC) - t).total_seconds()
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s / size:.0f}{unit} ago"
-    return f"{max(s, 0):.0f}s ago"
 
 
-def _when(text: str) -> datetime:
-    """`10m`, `2h`, `1d`, `30s` ago, or an ISO 8601 time."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
-    if m:
-        size = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        return datetime.now(UTC) - timedelta(seconds=float(m.group(1)) * size)
-    try:
-        t = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"`{text}` is neither a duration (10m, 2h, 1d) nor an ISO 8601 time") from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 # --- commands: services ---------------------------------------------------------------------------------
@@ -548,13 +448,6 @@ def cmd_experiment(args) -> int:
     return _with_nats(args, main)
 
 
-def _span(seconds: float | None) -> str:
-    if not seconds:
-        return "none"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:g}s"
 
 
 def cmd_streams(args) -> int:
@@ -930,20 +823,8 @@ def cmd_projector(args) -> int:
 # --- parser --------------------------------------------------------------------------------------------
 
 
-def _sub(sp, name: str, help_: str, examples: str, func, *, connects: bool = True) -> argparse.ArgumentParser:
-    p = sp.add_parser(
-        name, help=help_, description=help_, epilog="examples:\n" + textwrap.indent(examples.strip(), "  "),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.set_defaults(func=func)
-    if connects:
-        p.add_argument("--nats", help="NATS URL (default: the stack `autotune up` started, else $AUTOTUNE_NATS_URL)")
-        p.add_argument("--data-dir", help="data directory (default: ~/.local/share/autotune)")
-    return p
 
 
-def _json(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print JSON (the HTTP API's shapes) instead of tables")
 
 
 def parser() -> argparse.ArgumentParser:
