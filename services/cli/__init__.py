@@ -249,7 +249,9 @@ def cmd_submit(args) -> int:
         if not args.watch:
             print(f"  follow it: autotune task {task}   |   autotune events --follow autotune.task.{task}.>   |   nats sub 'autotune.task.{task}.>'")
             return EXIT_OK
-        return await _watch_and_report(js, task, spec_dict=None, simulated=simulated, as_json=args.json)
+        from autotune.cli.watch import watch_and_report
+
+        return await watch_and_report(js, task, spec_dict=None, simulated=simulated, as_json=args.json)
 
     return _with_nats(args, main)
 
@@ -275,41 +277,6 @@ async def _unfit_warning(nc, js, spec, *, simulate: bool, quiet: bool) -> list[d
             n = f"{g.configurations} configuration{'s' if g.configurations != 1 else ''}" if g.configurations else "configurations"
             sys.stderr.write(f"  {g.gpus} GPU{'s' if g.gpus != 1 else ''}, {n} (e.g. {'; '.join(g.examples)}): {g.reason}\n")
     return groups
-
-
-async def _watch_and_report(js, task: str, *, spec_dict: dict | None, simulated: bool, as_json: bool = False) -> int:
-    from autotune.schemas import events as ev
-    from autotune.watch import best_command, watch_task
-
-    view = await watch_task(js, task, simulated=simulated, live=not as_json)
-    final = view.final
-    if isinstance(final, ev.TaskCompleted):
-        if spec_dict is None:
-            from autotune.shared import commands
-
-            spec_dict = (await commands.submitted(js, task)).spec
-        cmd = best_command(spec_dict or {}, final.best_parameters or {}) if final.best_parameters is not None else None
-        if as_json:
-            print(json.dumps({"task": task, "status": "completed", "simulate": view.simulated, "reason": final.reason,
-                              "best_experiment": final.best_experiment, "best_score": final.best_score,
-                              "best_parameters": final.best_parameters, "pareto": final.pareto, "command": cmd}))  # fmt: skip
-        elif final.best_experiment is None:
-            print(f"\ntask {task} completed ({final.reason}) without a successful experiment")
-        else:
-            print(f"\nbest configuration: experiment {final.best_experiment}, score {final.best_score:.4f} ({final.reason})")
-            print(f"  {cmd}")
-            if view.simulated:
-                print("  (measured on SIMULATED engines and GPUs: rehearse here, confirm on real hardware)")
-            print(f"  as docker run / Kubernetes: autotune best {task} --format docker | k8s")
-        return EXIT_OK
-    if isinstance(final, ev.TaskRejected):
-        return _err(f"task rejected: {final.path}: {final.reason}")
-    reason = getattr(final, "reason", "cancelled")
-    if as_json:
-        print(json.dumps({"task": task, "status": type(final).__name__.removeprefix("Task").lower(), "reason": reason, "simulate": view.simulated}))
-    else:
-        print(f"task {task} ended: {type(final).__name__} {reason}")
-    return EXIT_FAILED
 
 
 def cmd_tasks(args) -> int:
@@ -558,7 +525,9 @@ def cmd_clone(args) -> int:
         if not args.watch:
             print(f"  follow it: autotune task {task}")
             return EXIT_OK
-        return await _watch_and_report(js, task, spec_dict=None, simulated=simulated, as_json=args.json)
+        from autotune.cli.watch import watch_and_report
+
+        return await watch_and_report(js, task, spec_dict=None, simulated=simulated, as_json=args.json)
 
     return _with_nats(args, main)
 
@@ -802,7 +771,7 @@ def cmd_mcp(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from autotune.demo import run_demo
+    from autotune.cli.demo import run_demo
 
     return run_demo(args)
 

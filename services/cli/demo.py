@@ -19,13 +19,13 @@ from autotune.schemas.spec import SpecError, load_spec_file, spec_from_obj
 def _demo_file(args) -> Path:
     if args.task_file:
         return Path(args.task_file)
-    here = Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"
+    here = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"  # the repository's, beside services/
     return here if here.exists() else Path("examples/demo.yaml")
 
 
 def run_demo(args) -> int:
     from autotune import supervisor as sv
-    from autotune.cli import EXIT_INPUT, _settings
+    from autotune.cli.connection import EXIT_INPUT, stack_settings
     from autotune.shared import lifecycle
     from autotune.shared.log import setup_logging
 
@@ -38,12 +38,12 @@ def run_demo(args) -> int:
     raw = json.loads(json.dumps(__import__("msgspec").to_builtins(spec)))
     raw["task_name"] = f"{spec.task_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     spec = spec_from_obj(raw)
-    settings = _settings(args)
+    settings = stack_settings(args)
     data = Path(settings.data_dir)
     result = {"code": 1}
 
     async def main(stop: asyncio.Event) -> None:
-        from autotune.cli import _watch_and_report
+        from autotune.cli.watch import watch_and_report
         from autotune.shared import bus, commands
 
         info = sv.read_stack_info(data)
@@ -75,7 +75,7 @@ def run_demo(args) -> int:
             if api_url:
                 print(f"follow it live in the dashboard: {api_url}/tasks/{task}   (open while the demo runs)")
             print()
-            result["code"] = await _watch_and_report(js, task, spec_dict=raw, simulated=True)
+            result["code"] = await watch_and_report(js, task, spec_dict=raw, simulated=True)
             await _show_sql(nc, task)
             print("\nlook further:")
             print("  autotune up                       # keep the stack running (the log is on disk: this task is still there)")

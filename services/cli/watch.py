@@ -4,6 +4,7 @@ its experiments (finished ones with their figures; running ones with where and h
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 
@@ -12,6 +13,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from autotune.cli.connection import EXIT_FAILED, EXIT_OK, err
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.spec import is_simulated
@@ -142,3 +144,37 @@ def best_command(spec_dict: dict, params: dict) -> str:
 
     spec = spec_from_obj(spec_dict)
     return shlex.join(engine_command(spec, params, port=30000))
+
+
+async def watch_and_report(js, task: str, *, spec_dict: dict | None, simulated: bool, as_json: bool = False) -> int:
+    """Follow the task live until it ends, then say how: the best configuration as a command line (exit 0),
+    or why it did not complete (exit 2 rejected, 1 failed or cancelled)."""
+    view = await watch_task(js, task, simulated=simulated, live=not as_json)
+    final = view.final
+    if isinstance(final, ev.TaskCompleted):
+        if spec_dict is None:
+            from autotune.shared import commands
+
+            spec_dict = (await commands.submitted(js, task)).spec
+        cmd = best_command(spec_dict or {}, final.best_parameters or {}) if final.best_parameters is not None else None
+        if as_json:
+            print(json.dumps({"task": task, "status": "completed", "simulate": view.simulated, "reason": final.reason,
+                              "best_experiment": final.best_experiment, "best_score": final.best_score,
+                              "best_parameters": final.best_parameters, "pareto": final.pareto, "command": cmd}))  # fmt: skip
+        elif final.best_experiment is None:
+            print(f"\ntask {task} completed ({final.reason}) without a successful experiment")
+        else:
+            print(f"\nbest configuration: experiment {final.best_experiment}, score {final.best_score:.4f} ({final.reason})")
+            print(f"  {cmd}")
+            if view.simulated:
+                print("  (measured on SIMULATED engines and GPUs: rehearse here, confirm on real hardware)")
+            print(f"  as docker run / Kubernetes: autotune best {task} --format docker | k8s")
+        return EXIT_OK
+    if isinstance(final, ev.TaskRejected):
+        return err(f"task rejected: {final.path}: {final.reason}")
+    reason = getattr(final, "reason", "cancelled")
+    if as_json:
+        print(json.dumps({"task": task, "status": type(final).__name__.removeprefix("Task").lower(), "reason": reason, "simulate": view.simulated}))
+    else:
+        print(f"task {task} ended: {type(final).__name__} {reason}")
+    return EXIT_FAILED
