@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from autotune import __version__
-from autotune.cli import tasks
+from autotune.cli import experiments, tasks
 from autotune.cli.connection import (
     EXIT_FAILED,
     EXIT_INPUT,
@@ -41,7 +41,6 @@ from autotune.cli.connection import (
 )
 from autotune.cli.options import add_command as _sub
 from autotune.cli.options import json_option as _json
-from autotune.cli.render import SIMULATED
 from autotune.cli.render import ago as _ago
 from autotune.cli.render import cell as _cell
 from autotune.cli.render import console as _console
@@ -222,80 +221,6 @@ def asyncio_run_up(args, lifecycle) -> int:
 
 
 # --- commands: tasks ------------------------------------------------------------------------------------------
-
-
-EXP_COLUMNS = [("n", "n"), ("attempt", "try"), ("status", "status"), ("host", "host"), ("parameters", "parameters"), ("score", "score"),
-               ("mean_total_tps_per_gpu", "tok/s/GPU"), ("mean_ttft", "TTFT s"), ("mean_tpot", "TPOT s"), ("mean_e2e_latency", "e2e s"),
-               ("slo_met", "SLO met"), ("failure_kind", "failure / waiting")]  # fmt: skip
-
-
-def cmd_experiments(args) -> int:
-    from autotune import reads
-
-    async def main(nc, js, settings) -> int:
-        page = await reads.list_experiments(nc, args.id, status=args.status, sort=args.sort, order="desc" if args.desc else None,
-                                            latest=args.latest, limit=args.limit)  # fmt: skip
-        if args.json:
-            _dump(page.items)
-            return EXIT_OK
-        title = f"experiments of {args.id} ({len(page.items)} of {page.total}, by {args.sort})" + (f"  {SIMULATED}" if page.simulate else "")
-        rows = [[r.get(c) for c, _ in EXP_COLUMNS[:-1]] + [_why(r)] for r in page.items]
-        _console().print(_table(title, [h for _, h in EXP_COLUMNS], rows))
-        return EXIT_OK
-
-    return _with_nats(args, main)
-
-
-def _why(row: dict) -> str | None:
-    """An experiment's failure kind, or while it is planned the reason it waits."""
-    if row.get("status") == "planned" and row.get("waiting_reason"):
-        return row["waiting_reason"]
-    return row.get("failure_kind")
-
-
-def cmd_experiment(args) -> int:
-    from autotune import reads
-
-    async def main(nc, js, settings) -> int:
-        d = await reads.experiment_detail(nc, args.id, args.n, attempt=args.attempt, log_lines=args.log_lines)
-        if args.json:
-            _dump(d)
-            return EXIT_OK
-        c = _console()
-        e = d.experiment
-        c.print(f"[bold]experiment {d.n} of task {d.task}[/bold] (attempt {d.attempt})" + (f"  [bold yellow]{SIMULATED}[/bold yellow]" if d.simulate else ""))
-        c.print(f"  status      {d.status}" + (f"  score {_cell(e.get('score'))}" if e.get("score") is not None else "")
-                + (f"  SLO {'met' if e.get('slo_met') else 'violated'}" if e.get("slo_met") is not None else ""))  # fmt: skip
-        c.print(f"  placed on   {e.get('host') or '-'} GPUs {_cell(e.get('gpu_indices')) or '-'} ({e.get('gpu_type') or '?'}), runtime {e.get('runtime') or '-'}")
-        c.print(f"  parameters  {_cell(d.parameters)}")
-        if d.command:
-            c.print(f"  command     {d.command}", soft_wrap=True)
-        c.print(f"  timing      startup {_cell(e.get('startup_s')) or '-'} s, total {_cell(e.get('duration_s')) or '-'} s, started {e.get('started_at') or '-'}")
-        if d.failure:
-            f = d.failure
-            c.print(f"  [red]failed[/red]      {f['kind']} at {f['stage']}" + (" (retried)" if f.get("retryable") else "") + f": {f.get('message') or ''}")
-            for line in f.get("log_tail") or []:
-                c.print(f"    | {line}", soft_wrap=True)
-        if d.runs:
-            cols = ["run", "scenario", "concurrency", "requests", "errors", "requests_per_s", "output_tps", "total_tps", "ttft_p50", "ttft_p99",
-                    "tpot_p50", "e2e_latency_p50", "e2e_latency_p99"]  # fmt: skip
-            c.print(_table("runs", cols, [[r.get(k) for k in cols] for r in d.runs]))
-        if d.telemetry:
-            by_gpu: dict[int, list] = {}
-            for pt in d.telemetry:
-                by_gpu.setdefault(pt.gpu, []).append(pt)
-            rows = [[g, len(pts), sum(p.samples for p in pts), max((p.util_gpu_max or 0) for p in pts),
-                     max((p.memory_used_mib or 0) for p in pts), max((p.temperature_c or 0) for p in pts)] for g, pts in sorted(by_gpu.items())]  # fmt: skip
-            c.print(_table(f"GPU telemetry while it ran ({d.telemetry_bucket_s} s buckets)", ["gpu", "points", "samples", "max util %", "max mem MiB", "max temp C"], rows))
-        if d.log_excerpt:
-            c.print(f"  log (last {len(d.log_excerpt)} lines; all of it: autotune logs {d.task} {d.n})")
-            for line in d.log_excerpt:
-                c.print(f"    | {line}", soft_wrap=True, markup=False)
-        return EXIT_OK
-
-    return _with_nats(args, main)
-
-
 
 
 def cmd_streams(args) -> int:
@@ -496,29 +421,6 @@ def cmd_events(args) -> int:
     return _with_nats(args, main)
 
 
-def cmd_logs(args) -> int:
-    from autotune.reads import stream
-    from autotune.shared import commands
-
-    async def main(nc, js, settings) -> int:
-        await commands.submitted(js, args.id)
-        end: dict = {}
-        async for kind, data in stream.logs(js, args.id, args.n, attempt=args.attempt, follow=args.follow):
-            if kind == "end":
-                end = data
-                break
-            if args.json:
-                print(json.dumps(data), flush=True)
-            else:
-                for line in data["lines"]:
-                    print(line, flush=True)
-        if end and not args.json:
-            sys.stderr.write(f"# experiment {args.n} of {args.id}, attempt {end.get('attempt')}: {end.get('status')}\n")
-        return EXIT_OK
-
-    return _with_nats(args, main)
-
-
 def cmd_sql(args) -> int:
     from autotune.shared import query as q
 
@@ -622,24 +524,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--time-scale", type=float, default=10.0, help="simulated engines run this much faster than real time")
 
     # tasks
-    p = _sub(sp, "experiments", "list a task's experiments, sorted by score or any metric",
-             "autotune experiments quickstart --sort score\nautotune experiments quickstart --sort mean_total_tps_per_gpu --desc\nautotune experiments quickstart --status failed", cmd_experiments)  # fmt: skip
-    p.add_argument("id")
-    p.add_argument("--sort", default="n", help="n | score | any column of the experiments table (see `autotune sql 'describe experiments'`)")
-    p.add_argument("--desc", action="store_true", help="largest first")
-    p.add_argument("--status", help="planned | assigned | running | ready | cancelling | completed | failed | cancelled")
-    p.add_argument("--latest", action="store_true", help="only the latest attempt of each experiment")
-    p.add_argument("--limit", type=int, default=1000)
-    _json(p)
-
-    p = _sub(sp, "experiment", "show one experiment: parameters, command, runs, GPU telemetry, failure and log excerpt",
-             "autotune experiment quickstart 3\nautotune experiment quickstart 3 --attempt 0 --json", cmd_experiment)  # fmt: skip
-    p.add_argument("id")
-    p.add_argument("n", type=int)
-    p.add_argument("--attempt", type=int, help="default: the latest")
-    p.add_argument("--log-lines", type=int, default=20)
-    _json(p)
-
     # hosts
     p = _sub(sp, "hosts", "list hosts: online / busy / draining / offline, GPUs with model, memory, utilization, temperature, node",
              "autotune hosts\nautotune hosts --status busy --json", cmd_hosts)  # fmt: skip
@@ -681,14 +565,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="stop after this many events")
     _json(p)
 
-    p = _sub(sp, "logs", "print an experiment's engine and runner log; --follow tails it until the experiment ends",
-             "autotune logs quickstart 3\nautotune logs quickstart 3 --follow", cmd_logs)  # fmt: skip
-    p.add_argument("id")
-    p.add_argument("n", type=int)
-    p.add_argument("--attempt", type=int, help="default: every attempt")
-    p.add_argument("--follow", "-f", action="store_true")
-    _json(p)
-
     p = _sub(sp, "sql", "run a read-only SQL query on the projection (DuckDB)",
              'autotune sql "select id, status, best_score from tasks"\nautotune sql "describe experiments"\n'
              "autotune sql \"select n, parameters, score from experiments where task='quickstart' order by score limit 3\" --json", cmd_sql)  # fmt: skip
@@ -719,6 +595,7 @@ def parser() -> argparse.ArgumentParser:
     p = _sub(sp, "projector", "projector maintenance (rebuild the read model from the log, snapshot, checksum)", "autotune projector rebuild\nautotune projector snapshot /tmp/x.duckdb", cmd_projector, connects=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     tasks.register(sp)
+    experiments.register(sp)
     return ap
 
 
