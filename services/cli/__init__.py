@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from autotune import __version__
-from autotune.cli import experiments, tasks
+from autotune.cli import experiments, hosts, tasks
 from autotune.cli.connection import (
     EXIT_FAILED,
     EXIT_INPUT,
@@ -41,10 +41,7 @@ from autotune.cli.connection import (
 )
 from autotune.cli.options import add_command as _sub
 from autotune.cli.options import json_option as _json
-from autotune.cli.render import ago as _ago
-from autotune.cli.render import cell as _cell
 from autotune.cli.render import console as _console
-from autotune.cli.render import dump as _dump
 from autotune.cli.render import print_rows as _print_rows
 from autotune.cli.render import span as _span
 from autotune.cli.render import table as _table
@@ -269,123 +266,6 @@ def cmd_streams(args) -> int:
 # --- commands: hosts ------------------------------------------------------------------------------------------
 
 
-def _gpu_summary(h) -> str:
-    names: dict[str, int] = {}
-    for g in h.gpus:
-        names[g.name or "?"] = names.get(g.name or "?", 0) + 1
-    return ", ".join(f"{k}x {n}" for n, k in names.items())
-
-
-def cmd_hosts(args) -> int:
-    from autotune import reads
-
-    async def main(nc, js, settings) -> int:
-        hosts = await reads.list_hosts(nc, js, status=args.status, include_removed=args.all)
-        if args.json:
-            _dump(hosts)
-            return EXIT_OK
-        rows = []
-        for h in hosts:
-            util = [g.util_gpu for g in h.gpus if g.util_gpu is not None]
-            mem = [(g.memory_used_mib or 0, g.memory_total_mib or 0) for g in h.gpus if g.memory_used_mib is not None]
-            temp = [g.temperature_c for g in h.gpus if g.temperature_c is not None]
-            rows.append([
-                h.host + (" (simulated)" if h.simulated else ""), h.status, _gpu_summary(h),
-                f"{sum(util) / len(util):.0f}%" if util else "", f"{sum(u for u, _ in mem) / 1024:.0f}/{sum(t for _, t in mem) / 1024:.0f} GiB" if mem else "",
-                f"{max(temp):.0f} C" if temp else "", len(h.running), h.node, _ago(h.last_heartbeat),
-            ])  # fmt: skip
-        _console().print(_table(f"hosts ({len(hosts)})", ["host", "status", "GPUs", "util", "memory", "temp", "running", "node", "heartbeat"], rows))
-        return EXIT_OK
-
-    return _with_nats(args, main)
-
-
-def cmd_host(args) -> int:
-    from autotune import reads
-
-    async def main(nc, js, settings) -> int:
-        d = await reads.host_detail(nc, js, args.id)
-        history = None
-        if args.history:
-            history = await reads.gpu_history(nc, args.id, since=_when(args.history), bucket_s=args.bucket)
-        if args.json:
-            out = json.loads(json.dumps(__import__("msgspec").to_builtins(d)))
-            if history is not None:
-                out["history"] = __import__("msgspec").to_builtins(history)
-            print(json.dumps(out))
-            return EXIT_OK
-        c = _console()
-        c.print(f"[bold]host {d.host}[/bold]  {d.status}" + ("  [bold yellow][SIMULATED GPUs][/bold yellow]" if d.simulated else ""))
-        c.print(f"  instance   {d.instance or '-'} on {d.hostname or '-'}" + (f", node {d.node}" if d.node else "") + f", version {d.version or '-'}")
-        c.print(f"  offers     runtimes {', '.join(d.runtimes) or '-'}; engines {', '.join(d.engines) or '-'}")
-        c.print(f"  lifecycle  {d.lifecycle or '-'}; registered {d.registered_at or '-'}; heartbeat {_ago(d.last_heartbeat) or 'none (offline)'}"
-                + "".join(f"; {k} {v}" for k, v in (("drain requested", d.drain_requested_at), ("drained", d.drained_at),
-                                                     ("lost", d.lost_at), ("removed", d.removed_at)) if v))  # fmt: skip
-        cols = ["gpu", "model", "memory MiB", "util %", "temp C", "power W", "running"]
-        c.print(_table("GPUs", cols, [[g.index, g.name, f"{_cell(g.memory_used_mib)}/{_cell(g.memory_total_mib)}", g.util_gpu, g.temperature_c, g.power_w, g.leased_by] for g in d.gpus]))
-        if d.experiments:
-            cols = ["task", "n", "attempt", "status", "gpu_indices", "score", "failure_kind", "started_at"]
-            c.print(_table("latest experiments here", cols, [[e.get(k) for k in cols] for e in d.experiments]))
-        if history is not None:
-            cols = ["t", "gpu", "samples", "util_gpu", "util_gpu_max", "memory_used_mib", "temperature_c", "power_w"]
-            c.print(_table(f"GPU history since {history.since} ({history.bucket_s} s buckets)", cols,
-                           [[getattr(p, k) for k in cols] for p in history.points]))  # fmt: skip
-        return EXIT_OK
-
-    return _with_nats(args, main)
-
-
-def cmd_gpus(args) -> int:
-    from autotune import reads
-
-    async def main(nc, js, settings) -> int:
-        out = await reads.gpu_summary(nc, js, kubernetes=True if args.kubernetes else None)
-        if args.json:
-            _dump(out)
-            return EXIT_OK
-        c = _console()
-        c.print(_table("the fleet's GPUs", ["model", "total", "busy", "free", "offline", "hosts"],
-                       [[g.name, g.total, g.busy, g.free, g.offline, ", ".join(g.hosts)] for g in out.fleet]))  # fmt: skip
-        if out.kubernetes is not None:
-            cols = ["node", "product", "memory_mib", "allocatable", "requested", "free", "ready", "schedulable"]
-            c.print(_table("Kubernetes GPU nodes", cols, [[n.get(k) for k in cols] for n in out.kubernetes]))
-        if out.kubernetes_error:
-            sys.stderr.write(f"autotune: {out.kubernetes_error}\n")
-        return EXIT_OK
-
-    return _with_nats(args, main)
-
-
-def _host_command(args, what: str) -> int:
-    from autotune import reads
-    from autotune.shared import commands
-
-    async def main(nc, js, settings) -> int:
-        if not await commands.host_known(js, args.host) and not await reads.live_hosts(js, [args.host]):
-            raise commands.UnknownHost(args.host)
-        if what == "drain":
-            seq = await commands.drain_host(js, args.host, requested_by="cli")
-            message = f"drain requested for host {args.host}: it takes no new experiments; running ones finish"
-        else:
-            live = (await reads.live_hosts(js, [args.host])).get(args.host)
-            if live is not None and live.running and not args.force:
-                return _err(f"host {args.host} is running {', '.join(live.running)}; drain it first (autotune drain {args.host}) or pass --force")
-            seq = await commands.remove_host(js, args.host, requested_by="cli")
-            message = f"host {args.host} removed from the fleet" + ("; its runner is still alive: stop it there" if live is not None else "")
-        print(json.dumps({"id": args.host, "seq": seq, "status": "drain_requested" if what == "drain" else "removed"}) if args.json else message)
-        return EXIT_OK
-
-    return _with_nats(args, main)
-
-
-def cmd_drain(args) -> int:
-    return _host_command(args, "drain")
-
-
-def cmd_remove(args) -> int:
-    return _host_command(args, "remove")
-
-
 # --- commands: live views, SQL, snapshot ------------------------------------------------------------------
 
 
@@ -525,33 +405,6 @@ def parser() -> argparse.ArgumentParser:
 
     # tasks
     # hosts
-    p = _sub(sp, "hosts", "list hosts: online / busy / draining / offline, GPUs with model, memory, utilization, temperature, node",
-             "autotune hosts\nautotune hosts --status busy --json", cmd_hosts)  # fmt: skip
-    p.add_argument("--status", help="online | busy | draining | offline | removed")
-    p.add_argument("--all", action="store_true", help="include removed hosts")
-    _json(p)
-
-    p = _sub(sp, "host", "show one host: its GPUs, running and recent experiments, and GPU history",
-             "autotune host local\nautotune host gpu-node-7 --history 1h --bucket 60", cmd_host)  # fmt: skip
-    p.add_argument("id")
-    p.add_argument("--history", metavar="SINCE", help="GPU history since SINCE (10m, 2h, 1d or an ISO time), downsampled")
-    p.add_argument("--bucket", type=int, help="history bucket in seconds (default: ~200 points)")
-    _json(p)
-
-    p = _sub(sp, "gpus", "the fleet's GPUs by model (total, busy, free, offline) and the Kubernetes cluster's GPU nodes",
-             "autotune gpus\nautotune gpus --kubernetes   # also allocatable vs requested nvidia.com/gpu per node", cmd_gpus)  # fmt: skip
-    p.add_argument("--kubernetes", action="store_true", help="read the cluster's GPU nodes (needs a kubeconfig or in-cluster credentials)")
-    _json(p)
-
-    p = _sub(sp, "drain", "take no new experiments on a host; running ones finish", "autotune drain gpu-node-7", cmd_drain)
-    p.add_argument("host")
-    _json(p)
-
-    p = _sub(sp, "remove", "remove a host from the fleet", "autotune remove gpu-node-7\nautotune remove gpu-node-7 --force   # even while it runs experiments", cmd_remove)
-    p.add_argument("host")
-    p.add_argument("--force", action="store_true", help="remove it even while it runs experiments")
-    _json(p)
-
     # live views and data
     p = _sub(sp, "events", "print events from the log (any subject filter), from a sequence or a time, then live with --follow",
              "autotune events --task quickstart\nautotune events --follow 'autotune.task.quickstart.>'\nautotune events autotune.host.> --since 1h\n"
@@ -596,6 +449,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     tasks.register(sp)
     experiments.register(sp)
+    hosts.register(sp)
     return ap
 
 
