@@ -18,34 +18,15 @@ import sys
 from pathlib import Path
 
 from autotune import __version__
-from autotune.cli import experiments, hosts, tasks
-from autotune.cli.connection import (
-    EXIT_FAILED,
-    EXIT_INPUT,
-    EXIT_OK,
-    EXIT_UNREACHABLE,  # noqa: F401
-    Failed,
-    nats_command,
-)
-from autotune.cli.connection import (
-    err as _err,
-)
-from autotune.cli.connection import (
-    lean_imports as _lean_imports,
-)
-from autotune.cli.connection import (
-    run_async as _run_async,
-)
-from autotune.cli.connection import (
-    stack_settings as _settings,
-)
+from autotune.cli import experiments, hosts, inspect, tasks
+from autotune.cli.connection import EXIT_INPUT, EXIT_OK, Failed, nats_command
+from autotune.cli.connection import err as _err
+from autotune.cli.connection import stack_settings as _settings
 from autotune.cli.options import add_command as _sub
 from autotune.cli.options import json_option as _json
 from autotune.cli.render import console as _console
-from autotune.cli.render import print_rows as _print_rows
 from autotune.cli.render import span as _span
 from autotune.cli.render import table as _table
-from autotune.cli.render import when as _when
 
 
 def _with_nats(args, fn) -> int:  # the old skeleton, until every command uses @nats_command
@@ -65,43 +46,10 @@ async def _ensure_provisioned(js, settings) -> None:
         pass
 
 
-
-
-
-
-
-
-
-
-
-
-
 # --- running a command: connect, map errors to exit codes -------------------------------------------------
 
 
-
-
-
-
-
-
-
-
 # --- output -------------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # --- commands: services ---------------------------------------------------------------------------------
@@ -215,8 +163,6 @@ def asyncio_run_up(args, lifecycle) -> int:
     return code
 
 
-
-
 # --- commands: tasks ------------------------------------------------------------------------------------------
 
 
@@ -269,72 +215,6 @@ def cmd_streams(args) -> int:
 # --- commands: live views, SQL, snapshot ------------------------------------------------------------------
 
 
-def _summary(env: dict) -> str:
-    e = env.get("event") or {}
-    keys = ("task", "n", "attempt", "host", "status", "kind", "stage", "score", "reason", "strategy", "budget", "message")
-    parts = [f"{k}={e[k]}" for k in keys if e.get(k) not in (None, "", [])]
-    if env["type"] == "gpu.sample":
-        parts = [f"host={e.get('host')}", f"gpu={e.get('index')}", f"util={e.get('util_gpu')}%", f"mem={e.get('memory_used_mib')}MiB", f"temp={e.get('temperature_c')}C"]
-    elif env["type"] == "log.lines":
-        parts = [f"task={e.get('task')}", f"n={e.get('n')}", f"lines={len(e.get('lines') or [])}"]
-    return " ".join(parts)
-
-
-def cmd_events(args) -> int:
-    from autotune.reads import stream
-
-    subject = args.subject or (f"autotune.task.{args.task}.>" if args.task else "autotune.>")
-
-    async def main(nc, js, settings) -> int:
-        stream.route(subject)
-        until = stream.TASK_FINISHED if args.task and not args.subject else frozenset()  # a task's events end with the task
-        async for env in stream.events(js, subject, since_seq=args.since_seq, since_time=args.since, follow=args.follow, limit=args.limit, until=until):
-            if env is None:
-                continue
-            if args.json:
-                print(json.dumps(env), flush=True)
-            else:
-                at = env["stored_at"][11:23]
-                print(f"{env['seq']:>8}  {at}  {env['type']:<26} {_summary(env)}", flush=True)
-        return EXIT_OK
-
-    return _with_nats(args, main)
-
-
-def cmd_sql(args) -> int:
-    from autotune.shared import query as q
-
-    async def main(nc, js, settings) -> int:
-        res = await q.sql(nc, args.query, None, limit=args.limit)
-        _print_rows(res, args.json)
-        if res.truncated and not args.json:
-            sys.stderr.write(f"autotune: only the first {res.row_count} rows; pass --limit N for more\n")
-        return EXIT_OK
-
-    return _with_nats(args, main)
-
-
-def cmd_snapshot(args) -> int:
-    _lean_imports(args)
-    from autotune.projector.cli import snapshot
-    from autotune.shared import query as q
-
-    async def main() -> int:
-        try:
-            out = await snapshot(_settings(args), args.file, overwrite=args.overwrite)
-        except SystemExit as e:
-            return _err(str(e.code), EXIT_FAILED)
-        except q.QueryError as e:
-            return _err(e.message, EXIT_FAILED)
-        if args.json:
-            print(json.dumps(out, default=str))
-        else:
-            print(f"wrote {out['path']} ({out.get('bytes', 0) / 1e6:.1f} MB, via the {out.get('via')}); open it with: duckdb {out['path']}")
-        return EXIT_OK
-
-    return _run_async(main())
-
-
 # --- commands: the rest ------------------------------------------------------------------------------------
 
 
@@ -364,10 +244,6 @@ def cmd_projector(args) -> int:
 
 
 # --- parser --------------------------------------------------------------------------------------------
-
-
-
-
 
 
 def parser() -> argparse.ArgumentParser:
@@ -406,34 +282,10 @@ def parser() -> argparse.ArgumentParser:
     # tasks
     # hosts
     # live views and data
-    p = _sub(sp, "events", "print events from the log (any subject filter), from a sequence or a time, then live with --follow",
-             "autotune events --task quickstart\nautotune events --follow 'autotune.task.quickstart.>'\nautotune events autotune.host.> --since 1h\n"
-             "autotune events 'autotune.gpu.local.*' --since-seq 1000 --limit 20 --json", cmd_events)  # fmt: skip
-    p.add_argument("subject", nargs="?", help="subject filter (default: autotune.> — every task and host event)")
-    p.add_argument("--task", help="shorthand for autotune.task.<TASK>.> (with --follow: until the task finishes)")
-    p.add_argument("--follow", "-f", action="store_true", help="keep printing live events (Ctrl-C stops)")
-    start = p.add_mutually_exclusive_group()
-    start.add_argument("--since-seq", type=int, help="start at this stream sequence")
-    start.add_argument("--since", type=_when, help="start at this time: 10m, 2h, 1d ago, or an ISO 8601 time")
-    p.add_argument("--limit", type=int, help="stop after this many events")
-    _json(p)
-
-    p = _sub(sp, "sql", "run a read-only SQL query on the projection (DuckDB)",
-             'autotune sql "select id, status, best_score from tasks"\nautotune sql "describe experiments"\n'
-             "autotune sql \"select n, parameters, score from experiments where task='quickstart' order by score limit 3\" --json", cmd_sql)  # fmt: skip
-    p.add_argument("query")
-    p.add_argument("--limit", type=int)
-    _json(p)
-
     p = _sub(sp, "streams", "the JetStream streams: replicas, max age, size; --apply gives them this environment's settings",
              "autotune streams\nAUTOTUNE_TELEMETRY_MAX_AGE_S=86400 AUTOTUNE_LOGS_MAX_AGE_S=2592000 autotune streams --apply", cmd_streams)
     p.add_argument("--apply", action="store_true",
                    help="create what is missing and set replicas (AUTOTUNE_REPLICAS) and max ages (AUTOTUNE_TELEMETRY_MAX_AGE_S, AUTOTUNE_LOGS_MAX_AGE_S); admin only")
-    _json(p)
-
-    p = _sub(sp, "snapshot", "write a consistent DuckDB file of the projection that anyone can open", "autotune snapshot /tmp/autotune.duckdb\nduckdb /tmp/autotune.duckdb 'select * from tasks'", cmd_snapshot)
-    p.add_argument("file")
-    p.add_argument("--overwrite", action="store_true")
     _json(p)
 
     p = _sub(sp, "mcp", "serve autotune's tools to an LLM agent over MCP (stdio): hosts, tasks, experiments, SQL",
@@ -450,6 +302,7 @@ def parser() -> argparse.ArgumentParser:
     tasks.register(sp)
     experiments.register(sp)
     hosts.register(sp)
+    inspect.register(sp)
     return ap
 
 
