@@ -32,6 +32,12 @@ def _param(text: str) -> tuple[str, object]:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="autotune bench", description="Benchmark an OpenAI-compatible server (an engine or the simulator).")
+    add_arguments(ap)
+    return ap
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of `autotune bench`; the `autotune` command's `bench` subcommand parses them too."""
     ap.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:30000")
     ap.add_argument("--model", required=True, help="model name sent in requests")
     ap.add_argument("--scenario", nargs="+", default=["D(100,100)"], help="traffic scenarios: D(in,out), N(mi,si)/(mo,so), U(a,b)/(c,d)")
@@ -47,7 +53,6 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--timeout", type=float, default=None, help="per-request timeout, wall seconds")
     ap.add_argument("--itl", action="store_true", help="keep every inter-token gap in the JSON samples")
     ap.add_argument("--json", action="store_true", help="print the ExperimentMetrics as JSON")
-    return ap
 
 
 def _ms(x: float) -> str:
@@ -84,8 +89,12 @@ def render(m: ExperimentMetrics, time_scale: float = 1.0) -> str:
 
 
 def bench_main(argv: list[str]) -> int:
-    """Entry point of `autotune bench`; returns the process exit status."""
-    args = parser().parse_args(argv)
+    """Entry point of `python -m autotune.bench.cli`; returns the process exit status."""
+    return run(parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark the parsed options describe and print it; returns the process exit status."""
     try:
         for s in args.scenario:
             parse_scenario(s)

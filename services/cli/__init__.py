@@ -19,6 +19,7 @@ import argparse
 import importlib
 
 from autotune import __version__
+from autotune.cli.options import CommandParser
 
 # Each group is a module of this package whose `register(sub)` adds its subcommands; --help lists them
 # in this order. A new group of commands is one line here. Command bodies import what they need when
@@ -42,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     ap.add_argument("--version", action="version", version=f"autotune {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
     for group in GROUPS:
         importlib.import_module(f"{__name__}.{group}").register(sub)
     return ap

@@ -17,9 +17,8 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -65,8 +64,7 @@ def stack_settings(args: argparse.Namespace) -> Settings:
     return s
 
 
-@dataclass(frozen=True)
-class Connection:
+class Connection(NamedTuple):  # not a dataclass: `dataclasses` would be one more import for every --help
     """What a command talks to autotune through."""
 
     nc: Client

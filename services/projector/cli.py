@@ -22,9 +22,15 @@ from autotune.shared.settings import Settings
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="autotune projector", description="The read model: NATS streams -> DuckDB, and SQL on it.")
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `autotune projector`; the `autotune` command's `projector` subcommand parses them too."""
     p.add_argument("--nats-url", help="NATS server(s), comma separated (default: $AUTOTUNE_NATS_URL or nats://127.0.0.1:4222)")
     p.add_argument("--data-dir", help="where autotune keeps its files (default: $AUTOTUNE_DATA_DIR)")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="action", required=True)
     run = sub.add_parser("run", help="project the streams and answer queries until SIGTERM/SIGINT")
     run.add_argument("--db", help="database file (default: <data dir>/autotune.duckdb)")
     run.add_argument("--burst", action="store_true", help="return once caught up with the streams")
@@ -36,28 +42,32 @@ def _parser() -> argparse.ArgumentParser:
     sn.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     ck = sub.add_parser("checksum", help="per-table row counts and digests (the projector must be stopped)")
     ck.add_argument("--db", help="database file (default: <data dir>/autotune.duckdb)")
-    return p
 
 
 def projector_main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    """Entry point of `python -m autotune.projector`; returns the process exit status."""
+    return run(_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the action the parsed options name; returns the process exit status."""
     setup_logging()
     settings = Settings.from_env(nats_url=args.nats_url, data_dir=args.data_dir)
     db = getattr(args, "db", None) or default_db_path(settings)
-    if args.command == "run":
-        from autotune.projector.service import run
+    if args.action == "run":
+        from autotune.projector.service import run as projector_run
 
-        lifecycle.run_until_signal(lambda stop: run(settings, stop=stop, db_path=db, burst=args.burst))
+        lifecycle.run_until_signal(lambda stop: projector_run(settings, stop=stop, db_path=db, burst=args.burst))
         return 0
-    if args.command == "rebuild":
+    if args.action == "rebuild":
         from autotune.projector.rebuild import rebuild
 
         print(json.dumps(asyncio.run(rebuild(settings, db))))
         return 0
-    if args.command == "snapshot":
+    if args.action == "snapshot":
         print(json.dumps(asyncio.run(snapshot(settings, args.file, db_path=db, overwrite=args.overwrite))))
         return 0
-    if args.command == "checksum":
+    if args.action == "checksum":
         from autotune.projector.store import checksums
 
         store = _open_read_only(db)
