@@ -13,7 +13,7 @@ from autotune.cli.render import print_rows, when
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "events", "print events from the log (any subject filter), from a sequence or a time, then live with --follow",
-                    "autotune events --task quickstart\nautotune events --follow 'autotune.task.quickstart.>'\nautotune events autotune.host.> --since 1h\n"
+                    "autotune events --task quickstart\nautotune events --follow 'autotune.task.quickstart.>'\nautotune events 'autotune.host.>' --since 1h\n"
                     "autotune events 'autotune.gpu.local.*' --since-seq 1000 --limit 20 --json", events)  # fmt: skip
     p.add_argument("subject", nargs="?", help="subject filter (default: autotune.> — every task and host event)")
     p.add_argument("--task", help="shorthand for autotune.task.<TASK>.> (with --follow: until the task finishes)")

@@ -92,7 +92,7 @@ async def _submit(args: argparse.Namespace, conn: Connection, spec) -> int:
     if not args.json:
         print(f"submitted task {task}" + (f"  {SIMULATED} (a rehearsal: figures are not real hardware)" if simulated else ""))
     if not args.watch:
-        print(f"  follow it: autotune task {task}   |   autotune events --follow autotune.task.{task}.>   |   nats sub 'autotune.task.{task}.>'")
+        print(f"  follow it: autotune task {task}   |   autotune events --follow 'autotune.task.{task}.>'   |   nats sub 'autotune.task.{task}.>'")
         return EXIT_OK
     from autotune.cli.watch import watch_and_report
 
