@@ -86,13 +86,22 @@ async def _submit(args: argparse.Namespace, conn: Connection, spec) -> int:
     await conn.ensure_provisioned()
     unfit = await _unfit_warning(conn, spec, simulate=args.simulate, quiet=args.json)
     task, seq, _, simulated = await commands.submit_task(conn.js, spec, simulate=args.simulate, submitted_by="cli")
+    return await _submitted(
+        args, conn, task, simulated, as_json={"id": task, "seq": seq, "simulate": simulated, "unfit": unfit},
+        said=f"submitted task {task}" + (f"  {SIMULATED} (a rehearsal: figures are not real hardware)" if simulated else ""),
+        follow=f"autotune task {task}   |   autotune events --follow 'autotune.task.{task}.>'   |   nats sub 'autotune.task.{task}.>'",
+    )  # fmt: skip
+
+
+async def _submitted(args: argparse.Namespace, conn: Connection, task: str, simulated: bool, *, as_json: dict, said: str, follow: str) -> int:
+    """What submit and clone say once the task is in the log; with --watch, the task live until it ends."""
     if args.json and not args.watch:
-        print(json.dumps({"id": task, "seq": seq, "simulate": simulated, "unfit": unfit}))
+        print(json.dumps(as_json))
         return EXIT_OK
     if not args.json:
-        print(f"submitted task {task}" + (f"  {SIMULATED} (a rehearsal: figures are not real hardware)" if simulated else ""))
+        print(said)
     if not args.watch:
-        print(f"  follow it: autotune task {task}   |   autotune events --follow 'autotune.task.{task}.>'   |   nats sub 'autotune.task.{task}.>'")
+        print(f"  follow it: {follow}")
         return EXIT_OK
     from autotune.cli.watch import watch_and_report
 
@@ -242,17 +251,11 @@ async def _clone(args: argparse.Namespace, conn: Connection, overrides: dict) ->
 
     await conn.ensure_provisioned()
     task, seq, _, simulated = await commands.clone_task(conn.js, args.id, name=args.name, overrides=overrides, simulate=args.simulate, submitted_by="cli")
-    if args.json and not args.watch:
-        print(json.dumps({"id": task, "seq": seq, "cloned_from": args.id, "simulate": simulated}))
-        return EXIT_OK
-    if not args.json:
-        print(f"submitted task {task}, cloned from {args.id}" + (f" with {cell(overrides)}" if overrides else "") + (f"  {SIMULATED}" if simulated else ""))
-    if not args.watch:
-        print(f"  follow it: autotune task {task}")
-        return EXIT_OK
-    from autotune.cli.watch import watch_and_report
-
-    return await watch_and_report(conn.js, task, spec_dict=None, simulated=simulated, as_json=args.json)
+    return await _submitted(
+        args, conn, task, simulated, as_json={"id": task, "seq": seq, "cloned_from": args.id, "simulate": simulated},
+        said=f"submitted task {task}, cloned from {args.id}" + (f" with {cell(overrides)}" if overrides else "") + (f"  {SIMULATED}" if simulated else ""),
+        follow=f"autotune task {task}",
+    )  # fmt: skip
 
 
 @nats_command
