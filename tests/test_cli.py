@@ -173,6 +173,8 @@ async def test_hosts_events_logs_sql_and_snapshot(cli, js, tmp_path):
         cli("sql", "drop table tasks", code=1),
     )  # fmt: skip
     hosts = {h["host"]: h for h in hosts}
+    bad_since = await cli("host", "h1", "--history", "yesterday", code=2)  # argparse says why; it was a traceback
+    assert "argument --history: `yesterday` is neither a duration" in bad_since.stderr
     assert hosts["h1"]["status"] == "busy" and hosts["h2"]["status"] == "offline" and len(hosts["h1"]["gpus"]) == 2
     assert "busy" in table.stdout and "offline" in table.stdout and "NVIDIA H100 80GB HBM3" in table.stdout
     assert h1["gpus"][1]["leased_by"] == "fleet/1/0" and sum(p["samples"] for p in h1["history"]["points"]) == 24
