@@ -33,6 +33,7 @@ README = ROOT / "README.md"
 SHELL_BLOCKS = {"", "bash", "sh", "shell", "console"}
 SEPARATORS = {"&&", "||", ";", "|", "&"}
 REDIRECTS = {">", ">>", "<", "2>", "&>"}
+UV_FLAGS = {"--locked", "--frozen", "--no-sync", "--offline", "--isolated", "--no-project", "--active", "--exact", "-q", "--quiet", "-v"}
 # a code span is a command line when it starts like one (JSON, subjects, file names, flags and the bare
 # name `autotune` are not; `just` alone is: it lists the recipes)
 COMMAND_SPAN = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s+)*(?:uv run\s|autotune\s|just(?:\s|$)|python3? -m autotune\.cli\b)")
@@ -44,6 +45,8 @@ class Shown:
     text: str  # as the README shows it
     tool: str  # "autotune" or "just"
     args: tuple[str, ...]
+    name_only: bool = False  # prose naming a command (`autotune submit` prints ...): the command must exist
+
 
     def __str__(self) -> str:
         return f"README.md:{self.line}: {self.text}"
@@ -77,8 +80,10 @@ def commands_in(text: str, line: int) -> list[Shown]:
                 words.append(t)
         while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
             words.pop(0)
-        if words[:2] == ["uv", "run"]:
-            words = [w for w in words[2:] if w != "--locked"] if "autotune" in words[2:4] else []
+        if words[:2] == ["uv", "run"]:  # past uv's own options: --locked, --directory DIR, --with=PKG, ...
+            words = words[2:]
+            while words and words[0].startswith("-"):
+                words = words[1 if "=" in words[0] or words[0] in UV_FLAGS else 2 :]
         if words[:3] == ["python", "-m", "autotune.cli"]:
             words = ["autotune", *words[3:]]
         if words and words[0] in ("autotune", "just"):
@@ -89,7 +94,9 @@ def commands_in(text: str, line: int) -> list[Shown]:
 def readme_commands(markdown: str) -> list[Shown]:
     """Every `autotune` / `just` command line in the README: in shell blocks each line (only the `$ `
     lines where a block shows a session with its output), elsewhere each code span. In a table cell a
-    span that starts with `-` continues the command before it (`cmd --format docker` / `--format k8s`)."""
+    span that starts with `-` continues the command before it (`cmd --format docker` / `--format k8s`).
+    Among words (prose, or a table cell of text), `autotune NAME` alone names a command rather than
+    showing a line to type: that command must exist."""
     shown: list[Shown] = []
     block: str | None = None  # the language of the fenced block we are in
     pending = ""
@@ -120,17 +127,23 @@ def readme_commands(markdown: str) -> list[Shown]:
             shown += commands_in(pending + text, i)
             pending = ""
             continue
-        previous: Shown | None = None
-        for span in re.findall(r"`([^`]+)`", raw):
-            span = span.strip()
-            if span.startswith("-"):
-                if raw.lstrip().startswith("|") and previous is not None:
-                    shown += [Shown(i, f"{previous.text} {span}", previous.tool, previous.args + tuple(c.args))
-                              for c in commands_in(f"{previous.tool} {span}", i)]  # fmt: skip
-                continue
-            found = commands_in(span, i) if COMMAND_SPAN.match(span) else []
-            shown += found
-            previous = found[-1] if found else None
+        table = raw.lstrip().startswith("|")
+        # a table row's cells (split at `|` outside code spans); a prose line is one piece of text
+        for piece in re.split(r"\|(?=(?:[^`]*`[^`]*`)*[^`]*$)", raw) if table else [raw]:
+            in_text = bool(re.search(r"[A-Za-z]", re.sub(r"`[^`]*`", "", piece)))  # spans among words, not a cell of commands
+            previous: Shown | None = None
+            for span in re.findall(r"`([^`]+)`", piece):
+                span = span.strip()
+                if span.startswith("-"):
+                    if table and previous is not None:
+                        shown += [Shown(i, f"{previous.text} {span}", previous.tool, previous.args + tuple(c.args))
+                                  for c in commands_in(f"{previous.tool} {span}", i)]  # fmt: skip
+                    continue
+                found = commands_in(span, i) if COMMAND_SPAN.match(span) else []
+                if in_text:
+                    found = [Shown(c.line, c.text, c.tool, c.args, name_only=c.tool == "autotune" and len(c.args) == 1) for c in found]
+                shown += found
+                previous = found[-1] if found else None
     return shown
 
 
@@ -160,8 +173,15 @@ def test_the_readme_shows_commands_of_each_kind():
     assert not any(c.args and c.args[0].startswith("invalid") for c in COMMANDS)
 
 
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
 @pytest.mark.parametrize("shown", AUTOTUNE, ids=str)
 def test_every_autotune_command_in_the_readme_parses(shown: Shown):
+    if shown.name_only:
+        assert shown.args[0] in subcommands(), f"{shown}\n  names no command of autotune (autotune --help lists them)"
+        return
     code, said = parse(shown.args)
     helps = {"-h", "--help", "--version"} & set(shown.args)
     assert code is None or (code == 0 and helps), f"{shown}\n  does not parse (argparse exit {code}):\n{said}"
@@ -241,9 +261,9 @@ def _examples(p: argparse.ArgumentParser) -> list[str]:
 
 
 def test_every_example_in_the_commands_help_parses():
-    subcommands = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    commands = subcommands()
     checked = 0
-    for name, p in subcommands.choices.items():
+    for name, p in commands.items():
         examples = _examples(p)
         assert examples, f"autotune {name} --help shows no examples"
         for example in examples:
@@ -253,4 +273,4 @@ def test_every_example_in_the_commands_help_parses():
                 code, said = parse(shown.args)
                 assert code is None, f"`autotune {name} --help` shows `{example}`, which does not parse:\n{said}"
                 checked += 1
-    assert checked >= len(subcommands.choices)
+    assert checked >= len(commands)
