@@ -342,6 +342,52 @@ class HostLost(Event, frozen=True, kw_only=True, tag="host.lost"):
     instance: str = ""
 
 
+class HostDeployStarted(Event, frozen=True, kw_only=True, tag="host.deploy_started"):
+    """`autotune deploy` / `undeploy` (CLI or API) began changing a machine: who, where, which release."""
+
+    host: str
+    deploy: str  # this operation's id; every step and the outcome carry it
+    action: str  # deploy | upgrade | reconfigure (same release, new settings) | rollback | undeploy
+    target: str = ""  # user@address:port (no secrets)
+    machine: str = ""  # the machine's SSH host key fingerprint: what makes it the same machine
+    version: str = ""
+    release: str = ""  # <version>-<digest of the wheel's contents>
+    previous_release: str = ""
+    via: str = "direct"  # direct | ssh-tunnel
+    requested_by: str = ""
+
+
+class HostDeployStep(Event, frozen=True, kw_only=True, tag="host.deploy_step"):
+    """One step of a deploy finished, was skipped (nothing to do) or failed, and how long it took."""
+
+    host: str
+    deploy: str
+    step: str  # preflight | upload | install | credentials | drain | stop | switch | start | registered | rollback | remove | revoke
+    status: str = "done"  # done | skipped | failed
+    seconds: float = 0.0
+    detail: str = ""
+
+
+class HostDeployFinished(Event, frozen=True, kw_only=True, tag="host.deploy_finished"):
+    """The outcome of a deploy, upgrade, rollback or undeploy (recorded whatever happened)."""
+
+    host: str
+    deploy: str
+    action: str
+    outcome: str  # succeeded | unchanged | failed | rolled_back
+    target: str = ""
+    machine: str = ""
+    version: str = ""
+    release: str = ""  # what runs on the host now ("" after an undeploy, or a first deploy that failed)
+    previous_release: str = ""
+    via: str = "direct"
+    prefix: str = ""  # where it is installed on the host
+    message: str = ""
+    seconds: float = 0.0
+    steps: dict[str, float] = {}  # step → seconds
+    requested_by: str = ""
+
+
 # --- telemetry and logs ------------------------------------------------------------------------------
 
 
@@ -408,6 +454,9 @@ AnyEvent = (
     | HostDrained
     | HostRemoved
     | HostLost
+    | HostDeployStarted
+    | HostDeployStep
+    | HostDeployFinished
     | GpuSample
     | LogLines
 )

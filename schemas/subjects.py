@@ -29,7 +29,8 @@ QUERY_REOPEN = "autotune.query.reopen"  # .<key>: a rebuild asks the projector o
 TASK_EVENTS = ("submitted", "dataset_fetched", "started", "rejected", "cancel_requested", "completed", "failed", "cancelled")
 EXP_EVENTS = ("planned", "waiting", "started", "ready", "progress", "completed", "failed", "cancelled")
 EXP_ADDRESSED = ("assigned", "cancel_requested")
-HOST_EVENTS = ("registered", "drain_requested", "drained", "removed", "lost")
+HOST_EVENTS = ("registered", "drain_requested", "drained", "removed", "lost", "deploy_started", "deploy_step", "deploy_finished")
+DEPLOY_EVENTS = ("deploy_started", "deploy_step", "deploy_finished")
 
 
 class SubjectError(ValueError):
