@@ -77,22 +77,33 @@ def host_ids(count: int) -> list[str]:
     return ["local"] if count == 1 else [f"local-{i}" for i in range(count)]
 
 
-def start_nats(data_dir: Path, port: int) -> NatsServer:
-    return NatsServer(data_dir / "nats", port=port, log_file=str(data_dir / "logs" / "nats-server.log")).start()
+def start_secure_nats(data_dir: Path, port: int, secure_hosts: list[str], *, bind: str = "127.0.0.1") -> tuple[NatsServer, dict[str, str]]:
+    """nats-server with JetStream and a user per role and host (passwords in a 0600 file).
 
-
-def start_secure_nats(data_dir: Path, port: int, secure_hosts: list[str]) -> tuple[NatsServer, dict[str, str]]:
-    """nats-server with JetStream and a user per role and host (passwords in a 0600 file)."""
+    The users live in `nats/auth.conf`, included by `nats/nats.conf`: `autotune deploy` adds a
+    host's users there and reloads the server (its pid in `nats/nats.pid`) without a restart."""
     from autotune.shared import security
 
     log_file = str(data_dir / "logs" / "nats-server.log")
-    passwords = security.generate_credentials(data_dir, secure_hosts)
-    conf = data_dir / "nats" / "nats.conf"
-    conf.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(security.render_config(port=port, store_dir=str(data_dir / "nats"), hosts=secure_hosts, passwords=passwords))
-    return NatsServer(data_dir / "nats", port=port, config=str(conf), log_file=log_file).start(), passwords
+    nats_dir = data_dir / "nats"
+    existing = json.loads(security.credentials_path(data_dir).read_text()) if security.credentials_path(data_dir).exists() else {}
+    hosts = sorted(set(secure_hosts) | set(security.credential_hosts(existing)))  # deployed hosts keep their users
+    passwords = security.generate_credentials(data_dir, hosts)
+    security.write_private(nats_dir / AUTH_FILE, security.render_authorization(hosts, passwords))
+    conf = security.render_config(
+        port=port, store_dir=str(nats_dir), host=bind, authorization_file=AUTH_FILE, pid_file=str(nats_dir / NATS_PID_FILE),
+    )
+    security.write_private(nats_dir / "nats.conf", conf)
+    server = NatsServer(nats_dir, port=port, host=bind, config=str(nats_dir / "nats.conf"), log_file=log_file).start()
+    return server, passwords
+
+
+AUTH_FILE = "auth.conf"
+NATS_PID_FILE = "nats.pid"
+
+
+def start_nats(data_dir: Path, port: int, *, bind: str = "127.0.0.1") -> NatsServer:
+    return NatsServer(data_dir / "nats", port=port, host=bind, log_file=str(data_dir / "logs" / "nats-server.log")).start()
 
 
 def role_url(nats_url: str, passwords: dict[str, str] | None, user: str) -> str:
