@@ -213,6 +213,7 @@ HOSTS = Table(
         ("runtimes", "VARCHAR[]"), ("engines", "VARCHAR[]"), ("simulated", "BOOLEAN"),
         ("registered_at", "TIMESTAMPTZ"), ("drain_requested_at", "TIMESTAMPTZ"), ("drained_at", "TIMESTAMPTZ"),
         ("removed_at", "TIMESTAMPTZ"), ("lost_at", "TIMESTAMPTZ"),
+        ("release", "VARCHAR"), ("deploy_outcome", "VARCHAR"), ("deployed_at", "TIMESTAMPTZ"), ("deployed_by", "VARCHAR"),
         ("last_seq", "BIGINT"), ("last_event_at", "TIMESTAMPTZ"),
     ],
     key=("host",),

@@ -462,7 +462,8 @@ def _time(v: Any) -> datetime | None:
 _TASK_EVENTS = frozenset(
     {ev.TaskSubmitted, ev.TaskDatasetFetched, ev.TaskStarted, ev.TaskRejected, ev.TaskCancelRequested, ev.TaskCompleted, ev.TaskFailed, ev.TaskCancelled}
 )
-_HOST_EVENTS = frozenset({ev.HostRegistered, ev.HostDrainRequested, ev.HostDrained, ev.HostRemoved, ev.HostLost})
+_HOST_EVENTS = frozenset({ev.HostRegistered, ev.HostDrainRequested, ev.HostDrained, ev.HostRemoved, ev.HostLost, ev.HostDeployStarted, ev.HostDeployStep, ev.HostDeployFinished})
+_DEPLOY_EVENTS = frozenset({ev.HostDeployStarted, ev.HostDeployStep, ev.HostDeployFinished})
 
 
 def _evolve(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
@@ -545,6 +546,8 @@ def _task_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
 def _host_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
     key = (e.host,)
     row = state.get(sc.HOSTS, key)
+    if row is None and type(e) in _DEPLOY_EVENTS:  # a host exists once it registered; a failed first deploy leaves no row
+        return
     if row is None:
         row = sc.HOSTS.empty_row()
         row["host"] = e.host
@@ -572,6 +575,13 @@ def _host_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
             row.update(status="removed", removed_at=e.at)
         case ev.HostLost():
             row.update(status="lost", lost_at=e.at)
+        case ev.HostDeployStarted():
+            row.update(deploy_outcome="deploying")
+        case ev.HostDeployStep():
+            pass
+        case ev.HostDeployFinished():
+            row.update(release=e.release or None, deploy_outcome=e.outcome if e.action != "undeploy" else "undeployed", deployed_at=e.at,
+                       deployed_by=e.requested_by or None)  # fmt: skip
     _touch(ch, sc.HOSTS, key, row, m, e.at)
 
 

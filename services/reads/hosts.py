@@ -104,13 +104,14 @@ def _host(row: dict, live: LiveHost | None, samples: dict[tuple[str, int], dict]
         host=h, status=_host_status(row, live), lifecycle=row.get("status"), alive=live is not None,
         instance=(live.instance if live else None) or row.get("instance"), hostname=(live.hostname if live else None) or row.get("hostname"),
         node=node, simulated=bool(row.get("simulated") or (live and live.simulated)), version=row.get("version"),
+        release=row.get("release"), deploy_outcome=row.get("deploy_outcome"),
         gpu_count=len(gpus), gpus=gpus, runtimes=list((live.runtimes if live else None) or row.get("runtimes") or []),
         engines=list((live.engines if live else None) or row.get("engines") or []), running=running,
         registered_at=row.get("registered_at"),
         last_heartbeat=datetime.fromtimestamp(live.at, UTC).isoformat() if live and live.at else None,
     )  # fmt: skip
     if kind is m.HostDetail:
-        for c in ("drain_requested_at", "drained_at", "removed_at", "lost_at"):
+        for c in ("drain_requested_at", "drained_at", "removed_at", "lost_at", "deployed_at", "deployed_by"):
             fields[c] = row.get(c)
     return kind(**fields)
 

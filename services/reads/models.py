@@ -180,7 +180,9 @@ class Host(msgspec.Struct, kw_only=True):
     hostname: str | None = None
     node: str | None = None
     simulated: bool = False
-    version: str | None = None
+    version: str | None = None  # what its runner registered with
+    release: str | None = None  # what `autotune deploy` installed (<version>-<digest>); None: not deployed with it
+    deploy_outcome: str | None = None  # the last deploy's: deploying | succeeded | unchanged | failed | rolled_back | undeployed
     gpu_count: int = 0
     gpus: list[HostGpu] = []
     runtimes: list[str] = []
@@ -195,6 +197,8 @@ class HostDetail(Host, kw_only=True):
     drained_at: str | None = None
     removed_at: str | None = None
     lost_at: str | None = None
+    deployed_at: str | None = None
+    deployed_by: str | None = None
     experiments: list[dict[str, Any]] = []  # the latest attempts placed on this host
 
 
