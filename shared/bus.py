@@ -77,7 +77,9 @@ async def connect(settings: Settings, name: str, *, connect_timeout: float = 5.0
             with contextlib.suppress(BaseException):
                 await connecting
     if connecting.cancelled():
-        raise Stopped(f"stopped before NATS at {settings.nats_url} answered")
+        from autotune.shared.security import redacted
+
+        raise Stopped(f"stopped before NATS at {redacted(settings.nats_url)} answered")
     return connecting.result()
 
 

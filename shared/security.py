@@ -273,6 +273,15 @@ def generate_credentials(data_dir: str | os.PathLike[str], hosts: list[str]) -> 
     return out
 
 
+def redacted(urls: str) -> str:
+    """NATS URLs (comma-separated) with any `user:password@` taken out: what may be shown or logged."""
+    out = []
+    for u in urls.split(","):
+        parts = urlsplit(u.strip())
+        out.append(urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", "")) if parts.scheme else u.strip())
+    return ",".join(out)
+
+
 def nats_url(urls: str, user: str, password: str) -> str:
     """`urls` (comma-separated) with `user:password@` in each: what a service gets as `--nats`."""
     out = []

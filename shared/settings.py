@@ -24,6 +24,7 @@ class Settings(msgspec.Struct, kw_only=True):
     host_ttl_s: float = 10.0  # a host's liveness key expires this long after its last heartbeat
     api_token: str | None = None
     mcp_allow_fleet_changes: bool = False  # the API's /mcp offers drain_host, remove_host and cancel_task
+    api_admin_token: str | None = None  # deploying and undeploying hosts through the API (off without it)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -40,6 +41,7 @@ class Settings(msgspec.Struct, kw_only=True):
             logs_max_age_s=float(env.get("AUTOTUNE_LOGS_MAX_AGE_S") or d.logs_max_age_s),
             api_token=env.get("AUTOTUNE_API_TOKEN") or None,
             mcp_allow_fleet_changes=env.get("AUTOTUNE_MCP_ALLOW_FLEET_CHANGES", "").lower() in ("1", "true", "yes"),
+            api_admin_token=env.get("AUTOTUNE_API_ADMIN_TOKEN") or None,
         )
         for k, v in overrides.items():
             if v is not None:

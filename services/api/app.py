@@ -24,6 +24,7 @@ from nats.aio.client import Client as NATS
 
 from autotune import __version__, dashboard
 from autotune.api.common import BEARER, EXCEPTION_HANDLERS, requires_token
+from autotune.api.deploys import DeployController
 from autotune.api.experiments import ExperimentController
 from autotune.api.hosts import GpuController, HostController
 from autotune.api.metrics import metrics
@@ -84,7 +85,7 @@ def create_app(*, nc: NATS | None, settings: Settings, debug: bool = False, metr
 
     app = Litestar(
         lifespan=[nats_connection, mcp_sessions],
-        route_handlers=[TaskController, ExperimentController, HostController, GpuController, EventController, SystemController, metrics, mcp_endpoint,
+        route_handlers=[TaskController, ExperimentController, DeployController, HostController, GpuController, EventController, SystemController, metrics, mcp_endpoint,
                         *dashboard.route_handlers()],
         template_config=dashboard.template_config(),
         openapi_config=OpenAPIConfig(
@@ -110,4 +111,5 @@ def create_app(*, nc: NATS | None, settings: Settings, debug: bool = False, metr
     app.state.settings = settings
     app.state.last_seq = 0
     app.state.metrics = Metrics(max_age_s=metrics_max_age_s)
+    app.state.deploys = {}  # host → the deploy running in this process (api/deploys.py)
     return app

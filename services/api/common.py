@@ -11,7 +11,7 @@ import msgspec
 import nats.errors
 from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException, ValidationException
 from litestar.handlers import BaseRouteHandler
 from litestar.response import Response
 from litestar.response.sse import ServerSentEvent, ServerSentEventMessage
@@ -42,6 +42,21 @@ def requires_token(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
         raise NotAuthorizedException(
             detail="missing or wrong bearer token; send `Authorization: Bearer <token>` (`autotune up` prints it)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def requires_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Guard for what changes machines (deploy, undeploy): the admin token, which must be configured."""
+    token = connection.app.state.settings.api_admin_token
+    if not token:
+        raise PermissionDeniedException(
+            detail="deploying through the API is off: start the API with AUTOTUNE_API_ADMIN_TOKEN set, and send it as `Authorization: Bearer <admin token>`"
+        )
+    given = connection.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise NotAuthorizedException(
+            detail="missing or wrong admin token; send `Authorization: Bearer <admin token>` (AUTOTUNE_API_ADMIN_TOKEN)",
             headers={"WWW-Authenticate": "Bearer"},
         )
 

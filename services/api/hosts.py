@@ -14,7 +14,7 @@ from litestar.params import FromQuery, PathParameter, QueryParameter
 
 from autotune import reads
 from autotune.api import models as m
-from autotune.api.common import SECURED, min_seq, requires_token, wrote
+from autotune.api.common import SECURED, min_seq, requires_admin, requires_token, wrote
 from autotune.schemas.status import HostStatus
 from autotune.shared import commands
 
@@ -67,7 +67,14 @@ class HostController(Controller):
     async def remove(
         self, request: Request, host_id: HostId,
         force: Annotated[bool, QueryParameter(description="remove it even while it runs experiments")] = False,
+        undeploy: Annotated[bool, QueryParameter(description="also remove autotune from the machine (`autotune undeploy`; admin token)")] = False,
     ) -> m.Accepted:  # fmt: skip
+        if undeploy:  # drain, stop, remove files and unit, remove from the fleet, revoke its NATS users
+            from autotune.api import deploys
+
+            requires_admin(request, None)  # type: ignore[arg-type]
+            got = await deploys.undeploy(request, host_id, force=force)
+            return m.Accepted(id=host_id, seq=0, status="undeploying" if got.status == "running" else got.status, url=got.events)
         await _known(request, host_id)
         js = request.app.state.nc.jetstream()
         live = (await reads.live_hosts(js, [host_id])).get(host_id)

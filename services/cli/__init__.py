@@ -29,6 +29,7 @@ GROUPS = (
     "tasks",  # submit, tasks, task, cancel, clone, best
     "experiments",  # experiments, experiment, logs
     "hosts",  # hosts, host, gpus, drain, remove
+    "deploy",  # deploy, undeploy, node, tunnel
     "inspect",  # events, sql, snapshot
     "mcp",  # mcp
     "tools",  # bench, projector

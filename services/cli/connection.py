@@ -92,7 +92,9 @@ async def open_connection(args: argparse.Namespace) -> Connection:
     try:
         nc = await bus.connect(s, "cli", connect_timeout=3, max_reconnect_attempts=1, allow_reconnect=False, error_cb=quiet)
     except Exception:
-        raise Unreachable(f"cannot reach NATS at {s.nats_url}; start autotune with `autotune up` (or pass --nats URL)") from None
+        from autotune.shared.security import redacted
+
+        raise Unreachable(f"cannot reach NATS at {redacted(s.nats_url)}; start autotune with `autotune up` (or pass --nats URL)") from None
     return Connection(nc, nc.jetstream(), s)
 
 

@@ -64,9 +64,10 @@ async def hosts(args: argparse.Namespace, conn: Connection) -> int:
         rows.append([
             h.host + (" (simulated)" if h.simulated else ""), h.status, _gpu_summary(h),
             f"{sum(util) / len(util):.0f}%" if util else "", f"{sum(u for u, _ in mem) / 1024:.0f}/{sum(t for _, t in mem) / 1024:.0f} GiB" if mem else "",
-            f"{max(temp):.0f} C" if temp else "", len(h.running), h.node, ago(h.last_heartbeat),
+            f"{max(temp):.0f} C" if temp else "", len(h.running), h.node, h.version, ago(h.last_heartbeat),
         ])  # fmt: skip
-    console().print(table(f"hosts ({len(found)})", ["host", "status", "GPUs", "util", "memory", "temp", "running", "node", "heartbeat"], rows))
+    cols = ["host", "status", "GPUs", "util", "memory", "temp", "running", "node", "version", "heartbeat"]
+    console().print(table(f"hosts ({len(found)})", cols, rows))
     return EXIT_OK
 
 

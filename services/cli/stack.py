@@ -19,8 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "up", "start nats-server and every service on this machine, supervised",
                     "autotune up\nautotune up --hosts 3 --simulate 2xH100 --time-scale 10", up)  # fmt: skip
     p.add_argument("--nats-port", type=int, default=4222)
+    p.add_argument("--nats-bind", default="127.0.0.1", help="address NATS listens on (0.0.0.0 or a LAN address for hosts added with `autotune deploy`)")
     p.add_argument("--api-port", type=int, default=8080)
-    p.add_argument("--hosts", type=int, default=1, help="runner (host) processes to start")
+    p.add_argument("--hosts", type=int, default=1, help="runner (host) processes to start here (0: only hosts added with `autotune deploy`)")
     p.add_argument("--simulate", help="simulated GPUs per host, e.g. 4xH100 (default: real GPUs, else simulated)")
     p.add_argument("--time-scale", type=float, default=10.0, help="simulated engines run this much faster than real time (keep it at 10 or below for faithful latencies)")
     p.add_argument("--no-auth", action="store_true", help="do not require an API token for POST calls")
@@ -82,9 +83,9 @@ def up(args: argparse.Namespace) -> int:
         (data / "logs").mkdir(parents=True, exist_ok=True)
         passwords = None
         if args.secure:
-            nats, passwords = sv.start_secure_nats(data, args.nats_port, sv.host_ids(args.hosts))
+            nats, passwords = sv.start_secure_nats(data, args.nats_port, sv.host_ids(args.hosts), bind=args.nats_bind)
         else:
-            nats = sv.start_nats(data, args.nats_port)
+            nats = sv.start_nats(data, args.nats_port, bind=args.nats_bind)
         await sv.provision_as_admin(nats.url, passwords, data)
         token = None if args.no_auth else (s.api_token or sv.new_token())
         children = sv.build_children(
