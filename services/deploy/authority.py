@@ -118,7 +118,7 @@ class Authority:
 
     async def _can_login(self, user: str, password: str, *, want: bool, timeout: float = 10.0) -> bool:
         """Poll until logging in as `user` succeeds (want=True) or fails (want=False)."""
-        import nats
+        from nats.aio.client import Client
 
         url = security.nats_url(self.nats_url.split(",")[0], user, password)
         loop = asyncio.get_running_loop()
@@ -128,14 +128,16 @@ class Authority:
             pass
 
         while True:
-            ok = False
+            nc = Client()  # made here so that a refused login is closed too (nats.connect would leak its socket)
             try:
-                nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False, error_cb=quiet)
+                await nc.connect(url, connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False, error_cb=quiet)
                 await nc.flush(2)
                 ok = True
-                await nc.close()
             except Exception:
                 ok = False
+            finally:
+                with contextlib.suppress(Exception):
+                    await nc.close()
             if ok == want:
                 return True
             if loop.time() > deadline:
