@@ -34,16 +34,19 @@ UNAVAILABLE = ("no projector is answering", "did not answer within", "the projec
 
 
 def requires_token(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """Guard for every mutating call: with a token configured, `Authorization: Bearer <token>`."""
+    """Guard for every mutating call: with a token configured, `Authorization: Bearer <token>` (the
+    admin token, when one is set, is accepted too: it may do everything)."""
     token = connection.app.state.settings.api_token
     if not token:
         return
-    given = connection.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        raise NotAuthorizedException(
-            detail="missing or wrong bearer token; send `Authorization: Bearer <token>` (`autotune up` prints it)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    given = connection.headers.get("authorization", "").encode()
+    admin = connection.app.state.settings.api_admin_token
+    if hmac.compare_digest(given, f"Bearer {token}".encode()) or (admin and hmac.compare_digest(given, f"Bearer {admin}".encode())):
+        return
+    raise NotAuthorizedException(
+        detail="missing or wrong bearer token; send `Authorization: Bearer <token>` (`autotune up` prints it)",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 def requires_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:

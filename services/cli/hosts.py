@@ -91,6 +91,8 @@ async def host(args: argparse.Namespace, conn: Connection) -> int:
     c.print(f"[bold]host {d.host}[/bold]  {d.status}" + ("  [bold yellow][SIMULATED GPUs][/bold yellow]" if d.simulated else ""))
     c.print(f"  instance   {d.instance or '-'} on {d.hostname or '-'}" + (f", node {d.node}" if d.node else "") + f", version {d.version or '-'}")
     c.print(f"  offers     runtimes {', '.join(d.runtimes) or '-'}; engines {', '.join(d.engines) or '-'}")
+    if d.release:
+        c.print(f"  deployed   release {d.release} ({d.deploy_outcome or '-'}, {d.deployed_at or '-'}, by {d.deployed_by or '-'})")
     c.print(f"  lifecycle  {d.lifecycle or '-'}; registered {d.registered_at or '-'}; heartbeat {ago(d.last_heartbeat) or 'none (offline)'}"
             + "".join(f"; {k} {v}" for k, v in (("drain requested", d.drain_requested_at), ("drained", d.drained_at),
                                                  ("lost", d.lost_at), ("removed", d.removed_at)) if v))  # fmt: skip

@@ -32,7 +32,7 @@ from autotune.deploy import release as rel
 from autotune.deploy import ssh as sshmod
 from autotune.deploy.authority import Authority, AuthorityError, strip_credentials
 from autotune.deploy.layout import Credentials, Layout, NodeConfig, State, layout_for, render_unit
-from autotune.deploy.record import DeployRequest, Outcome, Recorder, Refused, new_id
+from autotune.deploy.record import DeployRequest, Outcome, Recorder, Refused, new_id, with_ssh_defaults
 from autotune.deploy.target import BadInput, Target, check_host_name, check_prefix, check_via, parse_target
 from autotune.runner.gpus import GpuSpecError, parse_simulated
 from autotune.schemas import events as ev
@@ -212,28 +212,31 @@ def _credentials(url: str, passwords: dict[str, str] | None, host: str) -> Crede
     )
 
 
-async def _unchanged(conn: sshmod.Connection, plan: Plan, ctl: Controller, host: str, req: DeployRequest) -> bool:
-    """Is exactly this already running: release, configuration, credentials, unit, node, liveness?"""
+async def _difference(conn: sshmod.Connection, plan: Plan, ctl: Controller, host: str, req: DeployRequest) -> str | None:
+    """What differs from exactly this running (release, configuration, credentials, unit, node,
+    liveness), or None: then there is nothing to do."""
     from autotune.reads.hosts import live_hosts
 
-    if plan.action != "reconfigure" or (plan.secured and plan.passwords is None):
-        return False
+    if plan.action != "reconfigure":
+        return f"release {plan.target_release} is not the current one"
+    if plan.secured and plan.passwords is None:
+        return "the host has no NATS users yet"
     layout = plan.layout
-    have_cfg = await remote.read_json(conn, layout.node_config)
-    if have_cfg != msgspec.to_builtins(plan.config):
-        return False
-    have_creds = await remote.read_json(conn, layout.credentials)
-    if have_creds != msgspec.to_builtins(_credentials(plan.config.nats_url, plan.passwords, host)):
-        return False
+    if await remote.read_json(conn, layout.node_config) != msgspec.to_builtins(plan.config):
+        return "the node's configuration changed"
+    if await remote.read_json(conn, layout.credentials) != msgspec.to_builtins(_credentials(plan.config.nats_url, plan.passwords, host)):
+        return "the node's NATS credentials changed"
     if plan.mode == "systemd":
         unit = await conn.read_file(layout.unit)
         if unit is None or unit.decode() != render_unit(layout, host):
-            return False
+            return "the systemd unit changed"
     if not await remote.running(conn, layout, plan.mode):
-        return False
+        return "the node is not running"
     if req.via == "ssh-tunnel" and tunnel.running_pid(ctl.data_dir, host) is None:
-        return False
-    return ctl.js is None or host in await live_hosts(ctl.js, [host])
+        return "its tunnel is not running"
+    if ctl.js is not None and host not in await live_hosts(ctl.js, [host]):
+        return "the host is not live (no heartbeat)"
+    return None
 
 
 def describe(plan: Plan, req: DeployRequest, t: Target) -> list[str]:
@@ -267,6 +270,7 @@ def describe(plan: Plan, req: DeployRequest, t: Target) -> list[str]:
 
 async def deploy(req: DeployRequest, ctl: Controller) -> Outcome:
     """Deploy, upgrade, reconfigure or roll back one host. Raises Refused (nothing done) or returns the outcome."""
+    req = with_ssh_defaults(req)
     t, host = check_request(req)
     rec = Recorder(ctl.js, host, new_id(host), on_step=ctl.on_step, dry_run=req.dry_run, requested_by=req.requested_by)  # type: ignore[arg-type]
     out = Outcome(deploy=rec.deploy, host=host, action="deploy", outcome="failed", target=str(t), via=req.via, dry_run=req.dry_run)
@@ -287,12 +291,15 @@ async def deploy(req: DeployRequest, ctl: Controller) -> Outcome:
                 out.outcome = "planned"
                 out.message = "\n".join(describe(plan, req, t))
                 return await rec.finish(out)
-            if await _unchanged(conn, plan, ctl, host, req):
+            why = await _difference(conn, plan, ctl, host, req)
+            if why is None:
                 out.outcome, out.action = "unchanged", "deploy"
                 out.message = f"{host} already runs release {plan.target_release} as configured; nothing to do"
                 await rec.start(action="deploy", target=str(t), machine=conn.machine, version=out.version, release=out.release, previous_release=out.release, via=req.via)
                 return await rec.finish(out)
             await rec.start(action=plan.action, target=str(t), machine=conn.machine, version=out.version, release=out.release, previous_release=out.previous_release, via=req.via)
+            if plan.action == "reconfigure":
+                await rec.step("plan", "done", 0, f"release {plan.target_release} is there; deploying because {why}")
             return await rec.finish(await _apply(req, ctl, conn, plan, rec, out, host))
         except Refused:
             raise
@@ -405,13 +412,18 @@ async def _start_and_verify(req, ctl, conn, plan: Plan, rec: Recorder, out: Outc
 
 
 async def _roll_back(req, ctl, conn, plan: Plan, rec: Recorder, out: Outcome, host: str, state: State, old: str, reason: str) -> Outcome:
+    """The new release did not come up: the old one runs again, the failed one is removed, and the
+    rollback target (`previous`) stays what it was before this deploy."""
     layout = plan.layout
+    failed = plan.target_release
     try:
         async with rec.timed("rollback") as d:
             await remote.stop(conn, layout, plan.mode)
             await remote.switch(conn, layout, old)
-            state.current, state.previous = old, plan.target_release
+            state.current, state.previous = old, str(plan.facts.state.get("previous") or "")
             await remote.write_state(conn, layout, state)
+            if plan.action != "rollback":  # a release that never ran properly is not kept
+                await conn.run(["rm", "-rf", "--", layout.release(failed)], timeout=300)
             d.append(f"current -> releases/{old}")
         await _start_and_verify(req, ctl, conn, plan, rec, out, host, state, "")
     except Exception as e:
@@ -421,7 +433,7 @@ async def _roll_back(req, ctl, conn, plan: Plan, rec: Recorder, out: Outcome, ho
         return out
     out.outcome = "rolled_back"
     out.release = old
-    out.message = f"release {plan.target_release} failed ({reason}); rolled back to {old}, which runs again"
+    out.message = f"release {failed} did not come up ({reason}); rolled back to {old}, which runs again"
     return out
 
 
@@ -454,7 +466,7 @@ async def _tunnel(req: DeployRequest, ctl: Controller, conn: sshmod.Connection, 
         if r.code == 0:
             return f"host 127.0.0.1:{req.tunnel_port} -> {nats_host}:{nats_port} (autotune tunnel {host}, pid {pid})"
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the tunnel to {host} did not come up in 30s; see {Path(ctl.data_dir) / 'logs' / f'tunnel-{host}.log'}")
+            raise RuntimeError(f"the tunnel to {host} did not come up in 30s; see {Path(ctl.data_dir) / 'logs' / f'tunnel-{host}-connection.log'}")
         await asyncio.sleep(0.5)
 
 

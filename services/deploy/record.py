@@ -101,6 +101,15 @@ class Refused(ValueError):
     """Refused before the machine was changed (bad input, preflight); nothing was done."""
 
 
+def with_ssh_defaults(req):
+    """The controller's SSH key and known_hosts from its environment when the request names none
+    (AUTOTUNE_SSH_IDENTITY, AUTOTUNE_SSH_KNOWN_HOSTS): how the API process is told which key to use."""
+    return msgspec.structs.replace(
+        req, identity=req.identity or os.environ.get("AUTOTUNE_SSH_IDENTITY") or None,
+        known_hosts=req.known_hosts or os.environ.get("AUTOTUNE_SSH_KNOWN_HOSTS") or None,
+    )
+
+
 def who(surface: str) -> str:
     try:
         user = getpass.getuser()
@@ -145,6 +154,8 @@ class Recorder:
         self.started = True
         e = ev.HostDeployStarted(id=self._id("started"), host=self.host, deploy=self.deploy, requested_by=self.requested_by, **fields)
         await self._publish("deploy_started", e)
+        for r in self.steps:  # what was done before anything changed (the preflight) is recorded now
+            await self._publish_step(r)
 
     async def step(self, step: str, status: str, seconds: float = 0.0, detail: str = "") -> None:
         r = StepReport(step=step, status=status, seconds=round(seconds, 2), detail=detail)
@@ -154,9 +165,11 @@ class Recorder:
             if got is not None:
                 await got
         if self.started:
-            await self._publish(
-                "deploy_step", ev.HostDeployStep(id=self._id(step), host=self.host, deploy=self.deploy, step=step, status=status, seconds=r.seconds, detail=detail[:2000])
-            )
+            await self._publish_step(r)
+
+    async def _publish_step(self, r: StepReport) -> None:
+        e = ev.HostDeployStep(id=self._id(r.step), host=self.host, deploy=self.deploy, step=r.step, status=r.status, seconds=r.seconds, detail=r.detail[:2000])
+        await self._publish("deploy_step", e)
 
     @contextlib.asynccontextmanager
     async def timed(self, step: str) -> AsyncIterator[list[str]]:

@@ -10,6 +10,7 @@ the same version gets a new one.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import os
 import shutil
@@ -84,7 +85,11 @@ def build(out_dir: Path, *, wheel: str | None = None, lock_file: str | None = No
         uv = shutil.which("uv")
         if uv is None:
             raise ReleaseError("building a wheel of this autotune needs `uv` on the controller (pip install uv), or pass --wheel FILE")
-        with tempfile.TemporaryDirectory(prefix="autotune-build-") as tmp:
+        lock_dir = cache_dir().parent
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        # setuptools builds in the checkout (build/, *.egg-info): two deploys at once take turns
+        with open(lock_dir / "build.lock", "a") as held, tempfile.TemporaryDirectory(prefix="autotune-build-") as tmp:
+            fcntl.flock(held, fcntl.LOCK_EX)
             r = subprocess.run([uv, "build", "--wheel", "--out-dir", tmp, str(root)], capture_output=True, text=True, timeout=600)
             built = sorted(Path(tmp).glob("autotune-*.whl"))
             if r.returncode != 0 or not built:

@@ -17,7 +17,7 @@ from autotune.deploy import ssh as sshmod
 from autotune.deploy.authority import Authority
 from autotune.deploy.engine import Controller, drain
 from autotune.deploy.layout import Layout, State, layout_for
-from autotune.deploy.record import Outcome, Recorder, Refused, UndeployRequest, new_id
+from autotune.deploy.record import Outcome, Recorder, Refused, UndeployRequest, new_id, with_ssh_defaults
 from autotune.deploy.target import check_host_name, parse_target
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
@@ -40,6 +40,7 @@ async def last_deploy(js, host: str) -> ev.HostDeployFinished | None:
 
 
 async def undeploy(req: UndeployRequest, ctl: Controller) -> Outcome:
+    req = with_ssh_defaults(req)
     host = check_host_name(req.host)
     last = await last_deploy(ctl.js, host)
     if req.target:
