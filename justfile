@@ -26,7 +26,11 @@ autotune *ARGS: setup
 test *ARGS: setup
     uv run --locked pytest -q {{ARGS}}
 
-# a benchmark: loadgen | tuning | projector | dashboard | metrics — prints one JSON line of figures at the end
+# the SSH deploy tests: real sshd hosts in network namespaces (needs root, iproute2, openssh-server; minutes)
+test-ssh *ARGS: setup
+    uv run --locked pytest -q -m ssh tests/test_deploy_ssh.py {{ARGS}}
+
+# a benchmark: loadgen | tuning | projector | dashboard | metrics | tunnel — prints one JSON line of figures at the end
 bench NAME *ARGS: setup
     uv run --locked python tests/benchmarks/{{NAME}}.py {{ARGS}}
 
