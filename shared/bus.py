@@ -178,7 +178,8 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
                 if attempt == 9:  # a cluster that has no JetStream leader yet
                     raise
                 await asyncio.sleep(0.5)
-    await kv_bucket(js, subj.HOSTS_BUCKET, settings, ttl_markers=True)
+    # direct gets: a fleet's liveness is read in one batched request (reads.live_hosts), not one per host
+    await kv_bucket(js, subj.HOSTS_BUCKET, settings, ttl_markers=True, direct=True)
     await kv_bucket(js, subj.LEASES_BUCKET, settings, ttl_markers=True)
     await kv_bucket(js, subj.NAMES_BUCKET, settings)
     await kv_bucket(js, subj.STATS_BUCKET, settings, max_age=STATS_MAX_AGE_S, memory=True)
@@ -214,7 +215,8 @@ async def apply_stream_settings(js: JetStreamContext, settings: Settings) -> lis
 STATS_MAX_AGE_S = 60.0  # a service that stopped publishing its figures drops out of /metrics after this
 
 
-async def kv_bucket(js: JetStreamContext, name: str, settings: Settings, *, ttl_markers: bool = False, max_age: float | None = None, memory: bool = False):
+async def kv_bucket(js: JetStreamContext, name: str, settings: Settings, *, ttl_markers: bool = False, max_age: float | None = None, memory: bool = False,
+                    direct: bool = False):  # fmt: skip
     try:
         return await retry_transient(lambda: js.key_value(name))
     except (NotFoundError, APIError):
@@ -227,6 +229,7 @@ async def kv_bucket(js: JetStreamContext, name: str, settings: Settings, *, ttl_
         ttl=max_age,
         # per-key TTLs with delete markers: an expired liveness key or lease is seen by watchers
         limit_marker_ttl=5.0 if ttl_markers else None,
+        direct=direct or None,
     )
     try:
         return await js.create_key_value(cfg)

@@ -19,17 +19,83 @@ from autotune.schemas.liveness import LiveHost
 from autotune.schemas.status import EXPERIMENT_ON_HOST, HostLifecycle, HostStatus, sql_list
 
 LIVE_GETS_AT_ONCE = 64  # key gets in flight at once: 1,000 hosts one after the other were ~1,000 round trips
+LIVE_BATCH = 500  # keys per batched direct get
+LIVE_STREAM = f"KV_{subj.HOSTS_BUCKET}"
 SAMPLE_WINDOW_S = 600  # a GPU's latest sample is its state only if it is this recent
 
 
 async def live_hosts(js, hosts: list[str]) -> dict[str, LiveHost]:
-    """The liveness values of `hosts` (key gets only: every role may read them, none may list them)."""
+    """The liveness values of `hosts` (gets by key only: every role may read them, none may list them).
+    A bucket with direct gets answers a whole fleet in one batched request per LIVE_BATCH hosts; one
+    created before it had them (or a server without batches) is read one key at a time."""
+    wanted = list(dict.fromkeys(h for h in hosts if subj.TOKEN.match(h or "")))
+    if not wanted:
+        return {}
+    try:
+        info = await js.stream_info(LIVE_STREAM)
+    except NotFoundError:
+        return {}
     out: dict[str, LiveHost] = {}
+    rest = wanted
+    if info.config.allow_direct and len(wanted) > 1:
+        chunks = [wanted[i : i + LIVE_BATCH] for i in range(0, len(wanted), LIVE_BATCH)]
+        answered = await asyncio.gather(*(_batch_get(js._nc, c, out) for c in chunks))  # js._nc: nats-py has no batched get
+        rest = [h for c, ok in zip(chunks, answered, strict=True) if not ok for h in c]
+    if rest:
+        await _key_gets(js, rest, out)
+    return out
+
+
+_live = msgspec.json.Decoder(LiveHost)
+
+
+def _decode_live(out: dict[str, LiveHost], host: str, value: bytes | None) -> None:
+    if value:  # an expired or deleted key leaves an empty marker
+        try:
+            out[host] = _live.decode(value)
+        except msgspec.MsgspecError:
+            return
+
+
+async def _batch_get(nc, hosts: list[str], out: dict[str, LiveHost], timeout: float = 5.0) -> bool:
+    """One batched direct get (`multi_last`, NATS 2.11+) of `hosts`' keys into `out`; False when the
+    server did not answer it as a batch (the caller then reads them one by one)."""
+    prefix = f"$KV.{subj.HOSTS_BUCKET}."
+    done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    got: list[tuple[str, bytes]] = []
+
+    async def on_msg(msg) -> None:
+        status = msg.headers.get("Status") if msg.headers else None
+        if status:  # 204: the end of the batch; 404: none of these keys exists; anything else: no batch
+            if not done.done():
+                done.set_result(status)
+            return
+        key = (msg.headers or {}).get("Nats-Subject", "")
+        if key.startswith(prefix) and (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE"):
+            got.append((key[len(prefix) :], msg.data))
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on_msg)
+    try:
+        request = {"multi_last": [prefix + h for h in hosts], "batch": len(hosts)}
+        await nc.publish(f"$JS.API.DIRECT.GET.{LIVE_STREAM}", msgspec.json.encode(request), reply=inbox)
+        status = await asyncio.wait_for(done, timeout)
+    except TimeoutError:
+        return False
+    finally:
+        await sub.unsubscribe()
+    if status not in ("204", "404"):
+        return False
+    for host, value in got:
+        _decode_live(out, host, value)
+    return True
+
+
+async def _key_gets(js, hosts: list[str], out: dict[str, LiveHost]) -> None:
     try:
         kv = await js.key_value(subj.HOSTS_BUCKET)
     except (BucketNotFoundError, NotFoundError):
-        return out
-    decoder = msgspec.json.Decoder(LiveHost)
+        return
     gets = asyncio.Semaphore(LIVE_GETS_AT_ONCE)
 
     async def one(h: str) -> None:
@@ -38,14 +104,9 @@ async def live_hosts(js, hosts: list[str]) -> dict[str, LiveHost]:
                 entry = await kv.get(h)
             except (KeyNotFoundError, KeyDeletedError, NotFoundError):
                 return
-        if entry.value:
-            try:
-                out[h] = decoder.decode(entry.value)
-            except msgspec.MsgspecError:
-                return
+        _decode_live(out, h, entry.value)
 
-    await asyncio.gather(*(one(h) for h in hosts if subj.TOKEN.match(h or "")))
-    return out
+    await asyncio.gather(*(one(h) for h in hosts))
 
 
 def _host_status(row: dict, live: LiveHost | None) -> HostStatus:
@@ -120,14 +181,18 @@ async def list_hosts(nc, js, *, status: str | None = None, include_removed: bool
                      sample_window_s: float = SAMPLE_WINDOW_S) -> list[m.Host]:  # fmt: skip
     """`sample_window_s`: how recent a GPU's latest sample must be to be shown (the metrics take a
     short one: a scrape reports the present, and reads less)."""
-    host_rows = await all_rows(nc, "SELECT * FROM hosts ORDER BY host", min_seq=min_seq)
-    live = await live_hosts(js, [r["host"] for r in host_rows])
-    samples = await _latest_samples(nc, None, sample_window_s)
+    async def rows_and_live() -> tuple[list[dict], dict[str, LiveHost]]:
+        got = await all_rows(nc, "SELECT * FROM hosts ORDER BY host", min_seq=min_seq)
+        return got, await live_hosts(js, [r["host"] for r in got])
+
+    # the reads that do not depend on each other go at once: a fleet page is one round trip deep, not four
+    (host_rows, live), samples, leases = await asyncio.gather(rows_and_live(), _latest_samples(nc, None, sample_window_s), _leases(nc, None, min_seq=min_seq))
     per_host: dict[str, dict[tuple[str, int], dict]] = {}
     for key, sample in samples.items():  # each host looks only at its own: a fleet of hundreds is not hosts x samples
         per_host.setdefault(key[0], {})[key] = sample
     hosts = [_host(r, live.get(r["host"]), per_host.get(r["host"], {})) for r in host_rows]
-    _lease_gpus(hosts, await _leases(nc, [h.host for h in hosts if h.running]))
+    running = {h.host for h in hosts if h.running}  # a host that stopped heartbeating holds nothing it can show
+    _lease_gpus(hosts, [x for x in leases if x["host"] in running])
     if status:
         hosts = [h for h in hosts if h.status == status]
     elif not include_removed:
@@ -135,14 +200,14 @@ async def list_hosts(nc, js, *, status: str | None = None, include_removed: bool
     return hosts
 
 
-async def _leases(nc, hosts: list[str]) -> list[dict]:
-    if not hosts:
+async def _leases(nc, hosts: list[str] | None, *, min_seq: int | None = None) -> list[dict]:
+    """The attempts on `hosts`' GPUs (on every host's with None)."""
+    if hosts is not None and not hosts:
         return []
-    marks = ", ".join("?" for _ in hosts)
-    return await all_rows(
-        nc, f"SELECT task, n, attempt, host, gpu_indices FROM experiments WHERE host IN ({marks}) AND status IN {sql_list(EXPERIMENT_ON_HOST)} "
-        "ORDER BY host, task, n, attempt", hosts,
-    )  # fmt: skip
+    where = f"status IN {sql_list(EXPERIMENT_ON_HOST)}"
+    if hosts is not None:
+        where += f" AND host IN ({', '.join('?' for _ in hosts)})"
+    return await all_rows(nc, f"SELECT task, n, attempt, host, gpu_indices FROM experiments WHERE {where} ORDER BY host, task, n, attempt", hosts, min_seq=min_seq)
 
 
 def _lease_gpus(hosts: list[m.Host], leases: list[dict]) -> None:
