@@ -13,7 +13,7 @@ from typing import Any, Literal, NamedTuple
 
 import msgspec
 
-from autotune.reads.common import BadRequest, finite, redact, simulated
+from autotune.reads.common import BadRequest, all_columns, finite, redact, rows, simulated
 from autotune.reads.tasks import task_row
 from autotune.shared import query as q
 
@@ -88,16 +88,6 @@ def check_metric(name: str, axis: str) -> Metric:
     return metric
 
 
-async def all_rows(nc, sql: str, params: list[Any], *, min_seq: int | None = None, page: int = 20_000) -> list[dict]:
-    """Every row of an ordered query, in pages when one NATS message cannot hold them all."""
-    out: list[dict] = []
-    while True:
-        res = await q.sql(nc, f"{sql} LIMIT ? OFFSET ?", [*params, page, len(out)], min_seq=min_seq)
-        out += res.rows_as_dicts()
-        if not res.rows or (not res.truncated and len(res.rows) < page):
-            return out
-
-
 def slo_bound(spec: dict, metric: Metric) -> float | None:
     """The threshold the task's SLO puts on `metric`, in the metric's own unit, or None."""
     node: Any = spec.get("slo") if isinstance(spec, dict) else None
@@ -129,39 +119,60 @@ def frontier(xs: list[float | None], ys: list[float | None], x_better: str, y_be
     return out
 
 
+def _json_path(key: str) -> str:
+    """A JSON path literal for one object key, whatever its characters (a parameter name is the user's)."""
+    return "'$." + msgspec.json.encode(key).decode().replace("'", "''") + "'"
+
+
+def significant(expr: str, digits: int = 6) -> str:
+    """SQL for `expr` to `digits` significant digits: what a chart can show, and a third of the bytes
+    of a double's 17 (the frontier is taken from the same rounded figures the chart draws)."""
+    return (f"CASE WHEN ({expr}) IS NULL OR ({expr}) = 0 OR NOT isfinite({expr}) THEN ({expr}) "
+            f"ELSE round({expr}, {digits - 1} - CAST(floor(log10(abs({expr}))) AS INTEGER)) END")  # fmt: skip
+
+
 async def task_points(nc, task: str, *, x: str = DEFAULT_X, y: str = DEFAULT_Y, ns: list[int] | None = None,
                       min_seq: int | None = None) -> Points:  # fmt: skip
     """The task's finished attempts with metrics `x` and `y` (names in METRICS); only experiments
-    `ns` when given (what a live chart appends), with the frontier of the whole task all the same."""
+    `ns` when given (what a live chart appends), with the frontier of the whole task all the same.
+    Read as columns (a list per field), not a dict per row: a task has tens of thousands."""
     mx, my = check_metric(x, "x"), check_metric(y, "y")
-    row = await task_row(nc, task, min_seq=min_seq)
+    where = f"task = ? AND status IN {FINISHED!r}"
+    # the parameters' names first (the spec's, and any other an experiment ran with), so that each
+    # comes back as a column of values: a JSON object per row was most of the bytes
+    row, extra = await asyncio.gather(
+        task_row(nc, task, min_seq=min_seq),
+        rows(nc, f"SELECT DISTINCT unnest(json_keys(parameters)) AS k FROM experiments WHERE {where} AND json_type(parameters) = 'OBJECT' ORDER BY k",
+             [task], min_seq=min_seq),
+    )  # fmt: skip
     spec = row.get("spec") if isinstance(row.get("spec"), dict) else {}
-    cols = f"n, attempt, status, slo_met, coalesce(hard_fail, false) AS hard_fail, ({mx.sql}) AS x, ({my.sql}) AS y"
-    order = "ORDER BY coalesce(finished_at, planned_at), n, attempt"
-    where, params = f"task = ? AND status IN {FINISHED!r}", [task]
+    names = list(spec["parameters"]) if isinstance(spec.get("parameters"), dict) else []
+    names += [r["k"] for r in extra if r["k"] not in names]
+    values = "".join(f", json_extract(parameters, {_json_path(k)}) AS p{i}" for i, k in enumerate(names))
+    inner = (f"SELECT n, attempt, status, slo_met, coalesce(hard_fail, false) AS hard_fail, ({mx.sql}) AS x, ({my.sql}) AS y, score, failure_kind, "
+             f"parameters, coalesce(finished_at, planned_at) AS t FROM experiments WHERE {where}")  # fmt: skip
+    point = f"n, attempt, status, slo_met, hard_fail, {significant('x')} AS x, {significant('y')} AS y"
+    full = f"SELECT {point}, {significant('score')} AS score, failure_kind{values} FROM ("
     if ns is None:
-        got = everything = await all_rows(nc, f"SELECT {cols}, score, failure_kind, parameters FROM experiments WHERE {where} {order}", params)
+        got = everything = await all_columns(nc, f"{full}{inner}) ORDER BY t, n, attempt", [task], min_seq=min_seq)
     else:
         marks = ", ".join("?" for _ in ns) or "NULL"
         got, everything = await asyncio.gather(
-            all_rows(nc, f"SELECT {cols}, score, failure_kind, parameters FROM experiments WHERE {where} AND n IN ({marks}) {order}", [*params, *ns]),
-            all_rows(nc, f"SELECT {cols} FROM experiments WHERE {where} {order}", params),
+            all_columns(nc, f"{full}{inner} AND n IN ({marks})) ORDER BY t, n, attempt", [task, *ns], min_seq=min_seq),
+            all_columns(nc, f"SELECT {point} FROM ({inner}) ORDER BY t, n, attempt", [task], min_seq=min_seq),
         )
-    names = list(spec["parameters"]) if isinstance(spec.get("parameters"), dict) else []
-    for r in got:
-        p = r.get("parameters") if isinstance(r.get("parameters"), dict) else {}
-        names += [k for k in p if k not in names]
-    keep = [r["status"] == "completed" and not r["hard_fail"] for r in everything]
-    front = frontier([finite(r["x"]) for r in everything], [finite(r["y"]) for r in everything], mx.better, my.better, keep)
-    keys = [(everything[i]["n"], everything[i]["attempt"]) for i in front]
-    at = {(r["n"], r["attempt"]): i for i, r in enumerate(got)}
+    parameters = {}
+    for i, k in enumerate(names):
+        col = got[f"p{i}"]
+        parameters[k] = [redact(v) for v in col] if any(isinstance(v, (dict, list)) for v in col) else col
+    keep = [st == "completed" and not hard for st, hard in zip(everything["status"], everything["hard_fail"], strict=True)]
+    front = frontier(everything["x"], everything["y"], mx.better, my.better, keep)
+    keys = [(everything["n"][i], everything["attempt"][i]) for i in front]
+    at = {k: i for i, k in enumerate(zip(got["n"], got["attempt"], strict=True))}
     return Points(
         task=task, simulate=simulated(row), x=x, y=y, x_label=mx.label, y_label=my.label, x_better=mx.better, y_better=my.better,
-        n=[r["n"] for r in got], attempt=[r["attempt"] for r in got], status=[r["status"] for r in got],
-        score=[finite(r["score"]) for r in got], slo_met=[r["slo_met"] for r in got], failure_kind=[r["failure_kind"] for r in got],
-        xs=[finite(r["x"]) for r in got], ys=[finite(r["y"]) for r in got],
-        parameters={k: [redact((r.get("parameters") or {}).get(k)) for r in got] for k in names},
-        frontier=[at[k] for k in keys if k in at], frontier_keys=[list(k) for k in keys],
+        n=got["n"], attempt=got["attempt"], status=got["status"], score=got["score"], slo_met=got["slo_met"], failure_kind=got["failure_kind"],
+        xs=got["x"], ys=got["y"], parameters=parameters, frontier=[at[k] for k in keys if k in at], frontier_keys=[list(k) for k in keys],
         x_bound=slo_bound(spec, mx), y_bound=slo_bound(spec, my),
     )  # fmt: skip
 

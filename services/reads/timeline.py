@@ -7,8 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from autotune.reads.common import rows
-from autotune.reads.results import all_rows
+from autotune.reads.common import all_columns, rows
 
 
 class Timeline(msgspec.Struct, kw_only=True):
@@ -38,7 +37,7 @@ async def timeline(nc, *, hours: float = 3.0, host: str | None = None, min_seq: 
     if host is not None:
         where.append("host = ?")
         params.append(host)
-    got = await all_rows(
+    got = await all_columns(
         nc,
         "SELECT host || '/' || gpu AS lane, task, n, attempt, status, round(t0 - ?, 1) AS t0, round(t1 - ?, 1) AS t1 FROM ("
         "SELECT host, unnest(gpu_indices) AS gpu, task, n, attempt, status, epoch(coalesce(started_at, assigned_at)) AS t0, epoch(finished_at) AS t1 "
@@ -46,17 +45,18 @@ async def timeline(nc, *, hours: float = 3.0, host: str | None = None, min_seq: 
         [since.timestamp(), since.timestamp(), *params],
         min_seq=min_seq,
     )
-    index: dict[str, dict[str, int]] = {"lane": {}, "task": {}, "status": {}}
+    lanes, lane = _indexed(got["lane"])
+    tasks, task = _indexed(got["task"])
+    statuses, status = _indexed(got["status"])
+    return Timeline(since=since.timestamp(), until=until.timestamp(), lanes=lanes, tasks=tasks, statuses=statuses, lane=lane, task=task,
+                    n=got["n"], attempt=got["attempt"], status=status, start=got["t0"], end=got["t1"])  # fmt: skip
 
-    def ix(kind: str, value: str) -> int:
-        return index[kind].setdefault(value, len(index[kind]))
 
-    return Timeline(
-        since=since.timestamp(), until=until.timestamp(), lane=[ix("lane", r["lane"]) for r in got], task=[ix("task", r["task"]) for r in got],
-        status=[ix("status", r["status"]) for r in got], n=[r["n"] for r in got], attempt=[r["attempt"] for r in got],
-        start=[r["t0"] for r in got], end=[r["t1"] for r in got],
-        lanes=list(index["lane"]), tasks=list(index["task"]), statuses=list(index["status"]),
-    )  # fmt: skip
+def _indexed(values: list[str]) -> tuple[list[str], list[int]]:
+    """The distinct values in order of appearance, and each value's index among them."""
+    distinct = list(dict.fromkeys(values))
+    at = {v: i for i, v in enumerate(distinct)}
+    return distinct, [at[v] for v in values]
 
 
 class Spark(msgspec.Struct, kw_only=True):
@@ -67,14 +67,17 @@ class Spark(msgspec.Struct, kw_only=True):
     temp: list[float | None]
 
 
-async def sparklines(nc, *, minutes: float = 10.0, points: int = 20, host: str | None = None,
+async def sparklines(nc, *, minutes: float = 10.0, points: int = 20, hosts: list[str] | None = None,
                      min_seq: int | None = None) -> dict[tuple[str, int], Spark]:  # fmt: skip
-    """(host, GPU index) -> its last `minutes` of samples in about `points` buckets."""
+    """(host, GPU index) -> its last `minutes` of samples in about `points` buckets; of `hosts`' GPUs
+    only when given (a page draws the sparklines of the GPUs it shows, not of the whole fleet)."""
+    if hosts is not None and not hosts:
+        return {}
     bucket = max(1, int(minutes * 60 / points))
     where, params = '"at" >= now() - to_seconds(?)', [minutes * 60]
-    if host is not None:
-        where += " AND host = ?"
-        params.append(host)
+    if hosts is not None:
+        where += f" AND host IN ({', '.join('?' for _ in hosts)})"
+        params += hosts
     got = await rows(
         nc,
         'SELECT host, "index", list(u ORDER BY b) AS util, list(m ORDER BY b) AS mem_pct, list(t ORDER BY b) AS temp FROM ('
