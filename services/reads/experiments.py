@@ -3,6 +3,7 @@ its runs, GPU telemetry, failure and log excerpt."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import UTC, datetime
 
@@ -16,12 +17,12 @@ from autotune.reads.tasks import task_row
 
 async def list_experiments(nc, task: str, *, status: str | None = None, sort: str = "n", order: str | None = None,
                            latest: bool = False, failure_kind: str | None = None, host: str | None = None,
-                           limit: int = 100, offset: int = 0, min_seq: int | None = None) -> m.ExperimentPage:  # fmt: skip
+                           limit: int = 100, offset: int = 0, min_seq: int | None = None, row: dict | None = None) -> m.ExperimentPage:  # fmt: skip
+    """`row`: the task's row (task_row) when the caller has just read it; read at once with the page otherwise."""
     if not COLUMN.match(sort):
         raise BadRequest(f"cannot sort by `{sort}`; use score, n, or any column of the experiments table (e.g. mean_total_tps_per_gpu)")
     if order not in (None, "asc", "desc"):
         raise BadRequest(f"order `{order}` is not asc or desc")
-    row = await task_row(nc, task, min_seq=min_seq)
     direction = (order or "asc").upper()
     where, params = ["task = ?"], [task]
     if status:
@@ -41,7 +42,10 @@ async def list_experiments(nc, task: str, *, status: str | None = None, sort: st
         f'SELECT *, count(*) OVER () AS _total FROM {source} WHERE {" AND ".join(where)} '
         f'ORDER BY "{sort}" {direction} NULLS LAST, n, attempt LIMIT ? OFFSET ?'
     )
-    got = await rows(nc, sql, [*params, limit, offset])
+    if row is None:  # the row says whether the task exists; the page does not need to wait for it
+        row, got = await asyncio.gather(task_row(nc, task, min_seq=min_seq), rows(nc, sql, [*params, limit, offset], min_seq=min_seq))
+    else:
+        got = await rows(nc, sql, [*params, limit, offset], min_seq=min_seq)
     total = got[0].pop("_total") if got else 0
     for r in got[1:]:
         r.pop("_total", None)
@@ -60,14 +64,19 @@ TELEMETRY_COLUMNS = (
 )
 
 
+async def _nothing() -> list[dict]:
+    return []
+
+
 def telemetry_points(got: list[dict]) -> list[m.TelemetryPoint]:
     return [msgspec.convert(clean(r), m.TelemetryPoint, strict=False) for r in got]
 
 
 async def experiment_detail(nc, task: str, n: int, *, attempt: int | None = None, log_lines: int = 40,
                             min_seq: int | None = None) -> m.ExperimentDetail:  # fmt: skip
-    trow = await task_row(nc, task, min_seq=min_seq)
-    attempts = await rows(nc, "SELECT * FROM experiments WHERE task = ? AND n = ? ORDER BY attempt", [task, n])
+    trow, attempts = await asyncio.gather(
+        task_row(nc, task, min_seq=min_seq), rows(nc, "SELECT * FROM experiments WHERE task = ? AND n = ? ORDER BY attempt", [task, n], min_seq=min_seq)
+    )
     if not attempts:
         raise NotFound(f"task `{task}` has no experiment {n}; GET /api/tasks/{task}/experiments lists them")
     if attempt is None:
@@ -78,27 +87,28 @@ async def experiment_detail(nc, task: str, n: int, *, attempt: int | None = None
             raise NotFound(f"experiment {n} of task `{task}` has no attempt {attempt} (attempts: {', '.join(str(a['attempt']) for a in attempts)})")
         exp = match[0]
     a = exp["attempt"]
-    # the runs are the log lane's, which may trail the row above by its gathering (~250 ms): read
-    # them as of the row's own last event, so that a finished attempt shows its results
-    runs = await rows(
-        nc, "SELECT * FROM experiment_runs WHERE task = ? AND n = ? AND attempt = ? ORDER BY run", [task, n, a], min_seq=exp.get("last_seq")
-    )
     start, end = as_time(exp.get("started_at") or exp.get("assigned_at")), as_time(exp.get("finished_at"))
     bucket = bucket_for(((end or datetime.now(UTC)) - start).total_seconds()) if start else 1
-    telemetry = await rows(
-        nc,
-        f'SELECT g."index" AS gpu, time_bucket(to_seconds(?), g."at") AS t, {TELEMETRY_COLUMNS} '
-        'FROM experiments e JOIN gpu_samples g ON g.host = e.host AND list_contains(e.gpu_indices, g."index") '
-        'AND g."at" >= coalesce(e.started_at, e.assigned_at) AND g."at" <= coalesce(e.finished_at, now()) '
-        "WHERE e.task = ? AND e.n = ? AND e.attempt = ? GROUP BY ALL ORDER BY t, gpu",
-        [bucket, task, n, a],
-    )
-    logs = await rows(
-        nc,
-        "SELECT line FROM (SELECT seq, line_no, line FROM log_lines WHERE task = ? AND n = ? AND attempt = ? "
-        "ORDER BY seq DESC, line_no DESC LIMIT ?) ORDER BY seq, line_no",
-        [task, n, a, log_lines],
-    )
+    # the runs are the log lane's, which may trail the row above by its gathering (~250 ms): read
+    # them as of the row's own last event, so that a finished attempt shows its results
+    runs, telemetry, logs = await asyncio.gather(
+        rows(nc, "SELECT * FROM experiment_runs WHERE task = ? AND n = ? AND attempt = ? ORDER BY run", [task, n, a], min_seq=exp.get("last_seq")),
+        rows(
+            nc,
+            f'SELECT g."index" AS gpu, time_bucket(to_seconds(?), g."at") AS t, {TELEMETRY_COLUMNS} '
+            'FROM experiments e JOIN gpu_samples g ON g.host = e.host AND list_contains(e.gpu_indices, g."index") '
+            'AND g."at" >= coalesce(e.started_at, e.assigned_at) AND g."at" <= coalesce(e.finished_at, now()) '
+            "WHERE e.task = ? AND e.n = ? AND e.attempt = ? GROUP BY ALL ORDER BY t, gpu",
+            [bucket, task, n, a],
+        ),
+        rows(
+            nc,
+            "SELECT line FROM (SELECT seq, line_no, line FROM log_lines WHERE task = ? AND n = ? AND attempt = ? "
+            "ORDER BY seq DESC, line_no DESC LIMIT ?) ORDER BY seq, line_no",
+            [task, n, a, log_lines],
+        )
+        if log_lines > 0 else _nothing(),
+    )  # fmt: skip
     params = exp.get("parameters") if isinstance(exp.get("parameters"), dict) else {}
     failure = None
     if exp.get("status") == "failed" or exp.get("failure_kind"):
@@ -121,12 +131,14 @@ async def experiment_detail(nc, task: str, n: int, *, attempt: int | None = None
 async def log_excerpt(nc, task: str, n: int, attempt: int, *, lines: int = 200, min_seq: int | None = None) -> tuple[list[dict], int]:
     """The attempt's last `lines` log lines ({seq, source, line}) and the AUTOTUNE_LOGS sequence the
     projection holds them up to (a live tail goes on after it; 0 when it holds none)."""
-    got = await rows(
-        nc,
-        "SELECT seq, source, line FROM (SELECT seq, line_no, source, line FROM log_lines WHERE task = ? AND n = ? AND attempt = ? "
-        "ORDER BY seq DESC, line_no DESC LIMIT ?) ORDER BY seq, line_no",
-        [task, n, attempt, lines],
-        min_seq=min_seq,
+    got, last = await asyncio.gather(
+        rows(
+            nc,
+            "SELECT seq, source, line FROM (SELECT seq, line_no, source, line FROM log_lines WHERE task = ? AND n = ? AND attempt = ? "
+            "ORDER BY seq DESC, line_no DESC LIMIT ?) ORDER BY seq, line_no",
+            [task, n, attempt, lines],
+            min_seq=min_seq,
+        ),
+        rows(nc, "SELECT coalesce(max(seq), 0) AS seq FROM log_lines WHERE task = ? AND n = ?", [task, n], min_seq=min_seq),
     )
-    last = await rows(nc, "SELECT coalesce(max(seq), 0) AS seq FROM log_lines WHERE task = ? AND n = ?", [task, n])
     return got, last[0]["seq"]

@@ -3,6 +3,8 @@ and a tuned configuration exported as something to run."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,14 +37,18 @@ def _task(row: dict) -> m.Task:
 # --- tasks -------------------------------------------------------------------------------------------------
 
 
-async def list_tasks(nc, *, status: str | None = None, name: str | None = None, simulate: bool | None = None,
+async def list_tasks(nc, *, status: str | Collection[str] | None = None, name: str | None = None, simulate: bool | None = None,
                      model: str | None = None, engine: str | None = None,
                      limit: int = 50, offset: int = 0, min_seq: int | None = None) -> m.TaskPage:  # fmt: skip
-    """Newest first; `name` and `model` match substrings (any case), `engine` exactly."""
+    """Newest first; `name` and `model` match substrings (any case), `engine` exactly; `status` one
+    status or any of several."""
     where, params = [], []
-    if status:
+    if isinstance(status, str):
         where.append("status = ?")
         params.append(status)
+    elif status:
+        where.append(f"status IN ({', '.join('?' for _ in status)})")
+        params += sorted(status)
     if name:
         where.append("(name ILIKE ? OR id ILIKE ?)")
         params += [f"%{name}%", f"%{name}%"]
@@ -62,7 +68,10 @@ async def list_tasks(nc, *, status: str | None = None, name: str | None = None, 
         "ORDER BY submitted_at DESC NULLS LAST, id LIMIT ? OFFSET ?"
     )
     got = await rows(nc, sql, [*params, limit, offset], min_seq=min_seq)
-    total = got[0]["_total"] if got else (await rows(nc, f"SELECT count(*) AS n FROM tasks {clause}", params or None))[0]["n"]
+    if got or not offset:  # an empty first page counts none; past the end, the count says how far it goes
+        total = got[0]["_total"] if got else 0
+    else:
+        total = (await rows(nc, f"SELECT count(*) AS n FROM tasks {clause}", params or None))[0]["n"]
     return m.TaskPage(items=[_task(r) for r in got], total=total, limit=limit, offset=offset)
 
 
@@ -74,11 +83,22 @@ async def task_row(nc, task: str, *, min_seq: int | None = None) -> dict:
 
 
 
-async def task_detail(nc, task: str, *, min_seq: int | None = None, port: int | None = None) -> m.TaskDetail:
-    row = await task_row(nc, task, min_seq=min_seq)
+async def task_detail(nc, task: str, *, min_seq: int | None = None, port: int | None = None, row: dict | None = None) -> m.TaskDetail:
+    """`row`: the task's row (task_row) when the caller has just read it; read here otherwise."""
+    row = row if row is not None else await task_row(nc, task, min_seq=min_seq)
     spec = row.get("spec") if isinstance(row.get("spec"), dict) else {}
-    counts = (await rows(nc, f"SELECT count(*) FILTER (WHERE status IN {sql_list(EXPERIMENT_ON_HOST)}) AS running FROM experiments WHERE task = ?", [task]))[0]
     opt = spec.get("optimization") if isinstance(spec.get("optimization"), dict) else {}
+    objectives = list(opt.get("objectives") or [opt.get("objective") or row.get("objective") or "minimize_latency"])
+    # what the row does not hold is read at once: a page waits for one round trip, not three
+    count_rows, best_rows, cand = await asyncio.gather(
+        rows(nc, f"SELECT count(*) FILTER (WHERE status IN {sql_list(EXPERIMENT_ON_HOST)}) AS running FROM experiments WHERE task = ?", [task]),
+        rows(nc, "SELECT * FROM experiments WHERE task = ? AND n = ? AND attempt = ?", [task, row["best_n"], row.get("best_attempt") or 0])
+        if row.get("best_n") is not None else _nothing(),
+        rows(nc, "SELECT n, attempt, score, objectives, parameters FROM experiments WHERE task = ? AND status = 'completed' "
+                 "AND NOT coalesce(hard_fail, false) ORDER BY n, attempt", [task])
+        if len(objectives) > 1 or row.get("pareto") else _nothing(),
+    )  # fmt: skip
+    counts = count_rows[0]
     done = (row.get("experiments_completed") or 0) + (row.get("experiments_failed") or 0)
     budget = row.get("budget")
     started, finished = as_time(row.get("started_at")), as_time(row.get("finished_at"))
@@ -92,24 +112,14 @@ async def task_detail(nc, task: str, *, min_seq: int | None = None, port: int | 
     )  # fmt: skip
     best = None
     if row.get("best_n") is not None:
-        got = await rows(
-            nc, "SELECT * FROM experiments WHERE task = ? AND n = ? AND attempt = ?", [task, row["best_n"], row.get("best_attempt") or 0]
-        )
         params = row.get("best_parameters") if isinstance(row.get("best_parameters"), dict) else {}
-        exp = got[0] if got else {}
+        exp = best_rows[0] if best_rows else {}
         best = m.BestExperiment(
             n=row["best_n"], attempt=row.get("best_attempt") or 0, score=finite(row.get("best_score")), parameters=params,
             command=ex.command_line(spec, params, port=port) or "", metrics=headline(exp),
         )
-    objectives = list(opt.get("objectives") or [opt.get("objective") or row.get("objective") or "minimize_latency"])
     pareto: list[m.ParetoPoint] = []
     if len(objectives) > 1 or row.get("pareto"):
-        cand = await rows(
-            nc,
-            "SELECT n, attempt, score, objectives, parameters FROM experiments WHERE task = ? AND status = 'completed' "
-            "AND NOT coalesce(hard_fail, false) ORDER BY n, attempt",
-            [task],
-        )
         recorded = row.get("pareto") if isinstance(row.get("pareto"), list) else []
         chosen = [c for c in cand if c["n"] in set(recorded)] if recorded else front(cand, key=lambda c: c.get("objectives"))
         pareto = [
@@ -136,11 +146,16 @@ async def task_detail(nc, task: str, *, min_seq: int | None = None, port: int | 
     )  # fmt: skip
 
 
+async def _nothing() -> list[dict]:
+    return []
+
+
 async def export(nc, task: str, fmt: str, *, n: int | None = None, attempt: int | None = None, port: int | None = None,
-                 min_seq: int | None = None) -> m.Export:  # fmt: skip
+                 min_seq: int | None = None, row: dict | None = None) -> m.Export:  # fmt: skip
+    """`row`: the task's row (task_row) when the caller has just read it; read here otherwise."""
     if fmt not in ex.FORMATS:
         raise BadRequest(f"unknown format `{fmt}`; one of {', '.join(ex.FORMATS)}")
-    row = await task_row(nc, task, min_seq=min_seq)
+    row = row if row is not None else await task_row(nc, task, min_seq=min_seq)
     spec_dict = row.get("spec") if isinstance(row.get("spec"), dict) else {}
     if n is None:
         if row.get("best_n") is None:
