@@ -10,10 +10,12 @@ import random
 import re
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 import yaml
 
 from autotune.reads import results
+from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.shared import bus
 from autotune.shared.pareto import front
@@ -87,7 +89,8 @@ async def test_overview_shows_the_fleet_by_node_running_tasks_and_the_timeline(c
     spark = re.search(r'data-gpu="h1/0".*?data-spark="util" data-values="([^"]*)"', html, re.S)
     assert spark and spark.group(1).split(",")[:3] == ["0", "10", "20"] and len(spark.group(1).split(",")) >= 6, "a sparkline from the samples"
     assert 'href="/tasks/ov"' in html, "the running task is listed"
-    timeline = json.loads(re.search(r'data-chart="timeline"><script type="application/json" class="chart-data">(.*?)</script>', html, re.S).group(1))
+    assert 'data-url="/timeline.json?hours=3.0"' in html, "the timeline's bars are fetched by the page"
+    timeline = (await client.get("/timeline.json", params={"hours": 3})).json()
     assert sorted(zip(timeline["n"], [timeline["lanes"][i] for i in timeline["lane"]], strict=True)) == [(0, "h1/0"), (1, "h1/1"), (2, "h1/0")]
     assert timeline["end"][timeline["n"].index(1)] is None, "experiment 1 still runs"
     assert timeline["tasks"] == ["ov"] and {timeline["statuses"][s] for s in timeline["status"]} == {"completed", "running", "failed"}
@@ -98,6 +101,47 @@ async def test_overview_shows_the_fleet_by_node_running_tasks_and_the_timeline(c
     for part in ("fleet", "running", "timeline"):
         p = await client.get("/", params={"part": part})
         assert p.status_code == 200 and p.text.lstrip().startswith("<section id=") and "<html" not in p.text
+
+
+async def test_a_large_fleet_is_one_row_per_host_paged_and_expanded_in_the_url(client, js, nc):
+    """Over COMPACT_GPUS GPUs a host is one row (its GPUs as cells with their figures), HOSTS_PER_PAGE
+    hosts a page, node by node; `expand` shows a host's GPU rows with sparklines; `fleet` filters."""
+    from autotune.dashboard import fleet
+
+    gpus = [msgspec.to_builtins(ev.GpuInfo(index=i, uuid=f"GPU-{i}", name="NVIDIA H100 80GB HBM3", memory_total_mib=81920)) for i in range(8)]
+    count = fleet.HOSTS_PER_PAGE + 3  # more hosts than a page; 8 GPUs each is over COMPACT_GPUS
+    last = 0
+    for k in range(count):
+        h = f"w{k:03d}"
+        last = (await bus.append(js, subj.host(h, "registered"), golden("host.registered", id=f"{h}.reg", host=h, instance=f"{h}-1", gpus=gpus,
+                                                                          node=f"node-{k // 4}" if k < count - 3 else None))).seq  # fmt: skip
+        if k < 10:
+            await alive(js, h)
+    for k in range(6):  # GPU 3 of w001: a minute of readings
+        await bus.append(js, subj.gpu("w001", 3), golden("gpu.sample", id=f"w001.3.{k}", host="w001", index=3, uuid="GPU-3", util_gpu=20.0 + k,
+                                                         memory_used_mib=40960.0, memory_total_mib=81920, temperature_c=50 + k,
+                                                         at=(datetime.now(UTC) - timedelta(seconds=60 - 10 * k)).isoformat()))  # fmt: skip
+    await applied(nc, last, gpu_samples=6)
+    html = (await client.get("/")).text
+    assert 'data-gpu="w001/3"' in html and "<tr data-gpu=" not in html, "no GPU rows: one row per host"
+    cell = re.search(r'<i data-gpu="w001/3" data-u="25" data-m="40960" data-mt="81920" data-t="55" data-l="" style=--u:25></i>', html)
+    assert cell, "the GPU's cell carries its latest figures"
+    assert html.count('class="host-first host-row"') == fleet.HOSTS_PER_PAGE and "hosts page 1 / 2" in html
+    assert "Kubernetes node <b>node-0</b> <small>4 hosts · 32 GPUs, 0 held" in html
+    second = (await client.get("/", params={"fleet_page": 2})).text
+    assert second.count('class="host-first host-row"') == 3 and "hosts outside Kubernetes" in second and 'href="/hosts/w052"' in second
+    shown = (await client.get("/", params=[("expand", "w001"), ("expand", "w002")])).text
+    assert shown.count("<tr data-gpu=") == 16, "two hosts' GPUs, one row each"
+    spark = re.search(r'data-gpu="w001/3".*?data-spark="util" data-values="([^"]*)"', shown, re.S)
+    values = [int(v) for v in spark.group(1).split(",")] if spark else []
+    assert len(values) >= 2 and all(20 <= v <= 25 for v in values), "an expanded host's GPUs have their sparklines"
+    assert 'href="?expand=w002"' in shown, "its collapse link keeps the other expanded host"
+    online = (await client.get("/", params={"fleet": "online"})).text
+    assert online.count('class="host-first host-row"') == 10 and "hosts page" not in online, "the 10 live hosts, on one page"
+    part = await client.get("/", params={"fleet": "online", "part": "fleet"})
+    assert part.text.lstrip().startswith('<section id="fleet"') and part.text.count('class="host-first host-row"') == 10, "a live refresh keeps the view"
+    bad = await client.get("/", params={"fleet": "sleepy"})
+    assert bad.status_code == 400 and "fleet status `sleepy` is not one of online, busy, draining, offline" in bad.text
 
 
 async def test_tasks_page_filters_and_pages_on_the_server(client):

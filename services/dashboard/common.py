@@ -17,7 +17,7 @@ from litestar.exceptions import HTTPException
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Template
 from litestar.template.config import TemplateConfig
-from markupsafe import Markup
+from markupsafe import Markup, escape
 from nats.aio.client import Client as NATS
 
 from autotune import reads
@@ -137,9 +137,41 @@ def spark(values: list[Any]) -> str:
     return ",".join("" if v is None else str(round(v)) for v in values)
 
 
+def _int(v: Any) -> str:
+    return "" if v is None else str(round(v))
+
+
+def host_cells(h: Any) -> Markup:
+    """The cells of a host shown as one row (a large fleet): GPU count and model, mean utilization, its
+    GPUs as a strip of cells colored by utilization (each carries its figures; the page's hover and
+    live samples read and update them), memory used of total, the hottest GPU, GPUs held. Built here,
+    not in the template: a page of hosts is thousands of cells."""
+    gpus = h.gpus
+    names = {g.name for g in gpus if g.name}
+    model = escape(names.pop() if len(names) == 1 else "mixed" if names else "?")
+    utils = [g.util_gpu for g in gpus if g.util_gpu is not None]
+    temps = [g.temperature_c for g in gpus if g.temperature_c is not None]
+    used = [g.memory_used_mib for g in gpus if g.memory_used_mib is not None]
+    total = sum(g.memory_total_mib or 0 for g in gpus)
+    strip = "".join(
+        f'<i data-gpu="{escape(h.host)}/{g.index}" data-u="{_int(g.util_gpu)}" data-m="{_int(g.memory_used_mib)}" data-mt="{_int(g.memory_total_mib)}" '
+        f'data-t="{_int(g.temperature_c)}" data-l="{escape(g.leased_by or "")}"{"" if g.util_gpu is None else f" style=--u:{round(g.util_gpu)}"}></i>'
+        for g in gpus
+    )
+    util = f"{round(sum(utils) / len(utils))} %" if utils else "–"
+    mem = f"{sum(used) / 1024:.0f} / {total / 1024:.0f} GiB" if used else "–"
+    temp = f"max {round(max(temps))} °C" if temps else "–"
+    held = sum(1 for g in gpus if g.leased_by)
+    return Markup(
+        f'<td class="num">{len(gpus)}</td><td class="small">{model}</td><td class="num" data-field="util">{util}</td><td><span class="strip">{strip}</span></td>'
+        f'<td class="num" data-field="mem">{mem}</td><td></td><td class="num" data-field="temp">{temp}</td><td></td>'
+        f'<td class="small">{held} of {len(gpus)} held</td>'
+    )
+
+
 def _environment(engine: JinjaTemplateEngine) -> None:
     env: Environment = engine.engine
-    env.filters.update(num=num, when=when, duration=duration, since=since, json=as_json, spark=spark)
+    env.filters.update(num=num, when=when, duration=duration, since=since, json=as_json, spark=spark, host_cells=host_cells)
     env.globals.update(pct=pct, query=query)
     env.trim_blocks = env.lstrip_blocks = True
 

@@ -348,42 +348,100 @@
 
   function compare(el) {
     const list = source(el) || [];
-    const entries = [];
-    list.forEach((P, k) => {
-      const front = frontierSet(P);
-      P.n.forEach((n, i) => {
-        if (done(P, i) && P.xs[i] != null && P.ys[i] != null) entries.push([P.xs[i], k, P.ys[i], front.has(`${n}.${P.attempt[i]}`)]);
+    // one x column for every task's finished points; per task a scatter and its frontier
+    const data = () => {
+      const entries = [];
+      list.forEach((P, k) => {
+        const front = frontierSet(P);
+        P.n.forEach((n, i) => {
+          if (done(P, i) && P.xs[i] != null && P.ys[i] != null) entries.push([P.xs[i], k, P.ys[i], front.has(`${n}.${P.attempt[i]}`)]);
+        });
       });
+      entries.sort((a, b) => a[0] - b[0]);
+      const out = [entries.map((e) => e[0])];
+      list.forEach((P, k) => {
+        out.push(entries.map((e) => (e[1] === k ? e[2] : null)));
+        out.push(entries.map((e) => (e[1] === k && e[3] ? e[2] : null)));
+      });
+      el.dataset.points = entries.length;
+      return out;
+    };
+    let u = null;
+    const build = () => {
+      const d = data();
+      if (!d[0].length) {
+        el.innerHTML = '<p class="empty">None of these tasks has a completed experiment with both figures yet.</p>';
+        return;
+      }
+      const series = [{ label: list[0]?.x_label }];
+      list.forEach((P, k) => {
+        const c = COLORS[k % COLORS.length];
+        series.push({ ...scatter(`${P.task}`, c + "55", 4) });
+        series.push({ label: `${P.task} frontier`, stroke: c, width: 2, spanGaps: true, points: { show: true, space: 0, size: 8, fill: c, stroke: c } });
+      });
+      u = plot(el, {
+        height: 360,
+        dragY: true,
+        scales: { x: { time: false, range: padded }, y: { range: padded } },
+        axes: [{ label: list[0]?.x_label, values: (u, vs) => vs.map(fmt) }, { label: list[0]?.y_label, size: 70, values: (u, vs) => vs.map(fmt) }],
+        series,
+      }, d);
+    };
+    build();
+    // a running task's finished experiments join its points (and its frontier moves); a zoom stays
+    const pending = new Map();
+    let timer = null, after = 0;
+    const flush = async () => {
+      timer = null;
+      const asked = [...pending.entries()];
+      pending.clear();
+      for (const [k, ns] of asked) {
+        const P = list[k];
+        const q = new URLSearchParams({ x: P.x, y: P.y, after });
+        ns.forEach((n) => q.append("n", n));
+        try {
+          const r = await fetch(`/tasks/${encodeURIComponent(P.task)}/points.json?${q}`);
+          if (r.ok) merge(P, await r.json());
+        } catch (err) {
+          console.warn("points", err);
+        }
+      }
+      if (u) update(u, data());
+      else build();
+    };
+    window.AutotuneLive?.on("events", "experiment.", (d, type) => {
+      if (type !== "experiment.completed" && type !== "experiment.failed") return;
+      const k = list.findIndex((P) => P.task === d.event.task);
+      if (k < 0) return;
+      if (!pending.has(k)) pending.set(k, new Set());
+      pending.get(k).add(d.event.n);
+      after = Math.max(after, d.seq || 0);
+      if (!timer) timer = setTimeout(flush, 500);
     });
-    entries.sort((a, b) => a[0] - b[0]);
-    if (!entries.length) {
-      el.innerHTML = '<p class="empty">None of these tasks has a completed experiment with both figures.</p>';
-      return;
-    }
-    const data = [entries.map((e) => e[0])];
-    const series = [{ label: list[0]?.x_label }];
-    list.forEach((P, k) => {
-      const c = COLORS[k % COLORS.length];
-      data.push(entries.map((e) => (e[1] === k ? e[2] : null)));
-      series.push({ ...scatter(`${P.task}`, c + "55", 4) });
-      data.push(entries.map((e) => (e[1] === k && e[3] ? e[2] : null)));
-      series.push({ label: `${P.task} frontier`, stroke: c, width: 2, spanGaps: true, points: { show: true, space: 0, size: 8, fill: c, stroke: c } });
-    });
-    plot(el, {
-      height: 360,
-      dragY: true,
-      scales: { x: { time: false, range: padded }, y: { range: padded } },
-      axes: [{ label: list[0]?.x_label, values: (u, vs) => vs.map(fmt) }, { label: list[0]?.y_label, size: 70, values: (u, vs) => vs.map(fmt) }],
-      series,
-    }, data);
   }
 
   // --- the fleet: a timeline of experiments per GPU, sparklines ---------------------------------------------
 
   const STATUS_COLOR = { completed: "#2f9e44", failed: "#e03131", cancelled: "#adb5bd", cancelling: "#adb5bd" };
   function timeline(el) {
-    const T = source(el);
-    if (!T || !T.lanes.length) return;
+    if (el.dataset.url && !el.querySelector("script.chart-data")) {
+      // the bars are fetched (a fleet's hours are tens of thousands): the page is not held up by them
+      fetch(el.dataset.url)
+        .then((r) => (r.ok ? r.json() : Promise.reject(new Error(`HTTP ${r.status}`))))
+        .then((T) => drawTimeline(el, T))
+        .catch((err) => console.warn("timeline", err));
+      return;
+    }
+    drawTimeline(el, source(el));
+  }
+  function drawTimeline(el, T) {
+    const count = el.closest("section")?.querySelector("[data-bar-count]");
+    if (count) count.textContent = T ? `${T.n.length.toLocaleString()} bar${T.n.length === 1 ? "" : "s"}` : "";
+    el.dataset.bars = T ? T.n.length : 0;
+    if (!T || !T.lanes.length) {
+      el.innerHTML = '<p class="empty">No experiment ran on a GPU in this window.</p>';
+      return;
+    }
     const canvas = document.createElement("canvas");
     el.appendChild(canvas);
     const lanes = T.lanes.length;
@@ -439,7 +497,6 @@
       if (i >= 0) location.href = `/tasks/${encodeURIComponent(T.tasks[T.task[i]])}/experiments/${T.n[i]}?attempt=${T.attempt[i]}`;
     });
     el._redraw = draw;
-    el.dataset.bars = T.n.length;
     draw();
     // running bars grow with the clock: a local redraw, no request
     el._clock = setInterval(() => (document.contains(el) ? draw() : clearInterval(el._clock)), 15000);
@@ -460,9 +517,39 @@
     drawSpark(line);
   }
 
+  // a host shown as one row: its GPUs are cells of a strip, colored by utilization, with their figures
+  // as data; a sample updates its cell and the row's mean, memory and hottest GPU
+  function gpuTitle(c) {
+    const d = c.dataset, gib = (v) => (Number(v) / 1024).toFixed(1);
+    return `GPU ${d.gpu.split("/").pop()}: ${d.u === "" ? "–" : d.u + " %"} utilization, ${d.m === "" ? "–" : gib(d.m)} / ${gib(d.mt || 0)} GiB, ` +
+      `${d.t === "" ? "–" : d.t + " °C"}${d.l ? `, held by ${d.l}` : ", free"}`;
+  }
+  function summarize(row) {
+    const cells = [...row.querySelectorAll(".strip i")];
+    const vals = (k) => cells.map((c) => c.dataset[k]).filter((v) => v !== "" && v !== undefined).map(Number);
+    const set = (f, text) => { const c = row.querySelector(`[data-field="${f}"]`); if (c) c.textContent = text; };
+    const u = vals("u"), m = vals("m"), t = vals("t"), total = vals("mt").reduce((a, b) => a + b, 0);
+    set("util", u.length ? `${Math.round(u.reduce((a, b) => a + b, 0) / u.length)} %` : "–");
+    set("mem", m.length ? `${Math.round(m.reduce((a, b) => a + b, 0) / 1024)} / ${Math.round(total / 1024)} GiB` : "–");
+    set("temp", t.length ? `max ${Math.round(Math.max(...t))} °C` : "–");
+  }
+  document.addEventListener("mouseover", (ev) => {
+    const c = ev.target.closest?.(".strip i");
+    if (c) c.title = gpuTitle(c);
+  });
+
   function onSample(msg) {
     const e = msg.event;
     if (!e) return;
+    document.querySelectorAll(`.strip i[data-gpu="${CSS.escape(`${e.host}/${e.index}`)}"]`).forEach((c) => {
+      if (e.util_gpu != null) { c.dataset.u = Math.round(e.util_gpu); c.style.setProperty("--u", c.dataset.u); }
+      if (e.memory_used_mib != null) c.dataset.m = Math.round(e.memory_used_mib);
+      if (e.memory_total_mib) c.dataset.mt = Math.round(e.memory_total_mib);
+      if (e.temperature_c != null) c.dataset.t = Math.round(e.temperature_c);
+      const row = c.closest("tr");
+      summarize(row);
+      row.dataset.samples = String(Number(row.dataset.samples || 0) + 1);
+    });
     document.querySelectorAll(`tr[data-gpu="${CSS.escape(`${e.host}/${e.index}`)}"]`).forEach((row) => {
       const set = (f, text) => { const c = row.querySelector(`[data-field="${f}"]`); if (c) c.textContent = text; };
       if (e.util_gpu != null) set("util", `${Math.round(e.util_gpu)} %`);

@@ -82,6 +82,8 @@
     if ((el.dataset.stream || "events") !== streamId) return false;
     const prefixes = (el.dataset.on || "").split(/\s+/).filter(Boolean);
     if (!prefixes.some((p) => type.startsWith(p))) return false;
+    const tasks = el.dataset.matchTasks; // only these tasks' events (a stream of every task's)
+    if (tasks && !tasks.split(/\s+/).includes(((data && data.event) || {}).task)) return false;
     const host = el.dataset.matchHost;
     if (host) {
       const e = (data && data.event) || {};
@@ -117,6 +119,25 @@
     const wait = Math.max(0, r.last + THROTTLE_MS - Date.now());
     r.timer = setTimeout(() => refresh(id, r), wait);
   }
+
+  // Links that change a section's view (expand a host, page or filter the fleet) go to their URL,
+  // where the state lives (a live refresh renders the section from location.search), and re-render
+  // only their section: no reload, the streams stay open.
+  document.addEventListener("click", (ev) => {
+    const a = ev.target.closest?.("a[data-nav]");
+    if (!a || ev.button !== 0 || ev.metaKey || ev.ctrlKey || ev.shiftKey || ev.altKey) return;
+    const section = a.closest("[data-part]");
+    if (!section || !section.id) return;
+    ev.preventDefault();
+    navigated = true;
+    history.pushState({ nav: true }, "", a.href);
+    const r = (refreshing[section.id] ||= { last: 0, timer: null, busy: false, again: false, seq: 0 });
+    clearTimeout(r.timer);
+    if (r.busy) r.again = true;
+    else refresh(section.id, r);
+  });
+  let navigated = false;
+  window.addEventListener("popstate", () => navigated && location.reload()); // back to a view this page rendered in place
 
   async function refresh(id, r) {
     r.timer = null;
