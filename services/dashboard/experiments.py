@@ -3,6 +3,7 @@ GPU telemetry over its lifetime, its log (live while it runs) and its failure.""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -34,10 +35,9 @@ class ExperimentPages(Controller):
         d = await reads.experiment_detail(conn, task_id, n, attempt=attempt, log_lines=0, min_seq=written(request))
         if part == "head":
             return fragment("experiment_head", request, d=d, run_columns=RUN_COLUMNS)
-        dist = await results.latency_distributions(conn, task_id, n, d.attempt)
         if part == "dist":
-            return fragment("distributions", request, d=d, dist=dist)
-        log, log_seq = await log_excerpt(conn, task_id, n, d.attempt)
+            return fragment("distributions", request, d=d, dist=await results.latency_distributions(conn, task_id, n, d.attempt))
+        dist, (log, log_seq) = await asyncio.gather(results.latency_distributions(conn, task_id, n, d.attempt), log_excerpt(conn, task_id, n, d.attempt))
         finished = d.status in EXPERIMENT_TERMINAL
         live = [Live(id="events", url=events_url(subj.experiment_all(task_id, n)), since_seq=pos[subj.EVENTS_STREAM] + 1)]
         live.append(Live(id="logs", url=f"/api/tasks/{task_id}/experiments/{n}/logs?" + urlencode({"follow": "true", "attempt": d.attempt}),

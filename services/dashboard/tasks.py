@@ -46,27 +46,29 @@ def waiting(detail: Any, planned: list[dict]) -> str | None:
     return None
 
 
-async def _head(request: Request, task_id: str) -> dict[str, Any]:
+async def _head(request: Request, task_id: str, row: dict | None = None) -> dict[str, Any]:
     conn = nc(request)
+    row = row if row is not None else await reads.task_row(conn, task_id, min_seq=written(request))
     detail, planned = await asyncio.gather(
-        reads.task_detail(conn, task_id, min_seq=written(request)),
-        reads.list_experiments(conn, task_id, status=ExperimentStatus.PLANNED, limit=20, min_seq=written(request)),
+        reads.task_detail(conn, task_id, row=row),
+        reads.list_experiments(conn, task_id, status=ExperimentStatus.PLANNED, limit=20, row=row),
     )
     return {"t": detail, "waiting": waiting(detail, planned.items)}
 
 
-async def _best(request: Request, task_id: Annotated[str, PathParameter(max_length=256)], t: Any) -> dict[str, Any]:
-    if t.best is None:
+async def _best(request: Request, task_id: str, row: dict) -> dict[str, Any]:
+    """The best configuration as cmd, docker and k8s: built from the task's row, no read of its own."""
+    if row.get("best_n") is None:
         return {"exports": {}}
-    got = await asyncio.gather(*(reads.export(nc(request), task_id, fmt) for fmt in ("cmd", "docker", "k8s")))
+    got = await asyncio.gather(*(reads.export(nc(request), task_id, fmt, row=row) for fmt in ("cmd", "docker", "k8s")))
     return {"exports": {e.format: e for e in got}}
 
 
-async def _experiments(request: Request, task_id: Annotated[str, PathParameter(max_length=256)], status: str | None, failure: str | None, host: str | None, sort: str,
-                       order: str | None, page_no: int) -> dict[str, Any]:  # fmt: skip
+async def _experiments(request: Request, task_id: str, status: str | None, failure: str | None, host: str | None, sort: str,
+                       order: str | None, page_no: int, row: dict | None = None) -> dict[str, Any]:  # fmt: skip
     got = await reads.list_experiments(
         nc(request), task_id, status=status or None, failure_kind=failure or None, host=host or None, sort=sort, order=order,
-        limit=PAGE_SIZE, offset=(page_no - 1) * PAGE_SIZE, min_seq=written(request),
+        limit=PAGE_SIZE, offset=(page_no - 1) * PAGE_SIZE, min_seq=written(request), row=row,
     )  # fmt: skip
     pages = max(1, -(-got.total // PAGE_SIZE))
     return {"exps": got, "page_no": page_no, "pages": pages, "sort": sort, "order": order or "asc", "columns": EXPERIMENT_COLUMNS,
@@ -107,13 +109,17 @@ class TaskPages(Controller):
         if part == "experiments":
             return fragment("experiments", request, task_id=task_id, **await _experiments(request, task_id, status, failure, host, sort, order, page_no))
         if part == "best":
-            head = await _head(request, task_id)
-            return fragment("best", request, **head, **await _best(request, task_id, head["t"]))
+            row = await reads.task_row(nc(request), task_id, min_seq=written(request))
+            head, best = await asyncio.gather(_head(request, task_id, row), _best(request, task_id, row))
+            return fragment("best", request, **head, **best)
         results.check_metric(x, "x"), results.check_metric(y, "y")
         pos = await positions(request)
-        # the charts' data (every finished experiment) is points.json, fetched by the page: the table is not held up by it
-        head, exps = await asyncio.gather(_head(request, task_id), _experiments(request, task_id, status, failure, host, sort, order, page_no))
-        best = await _best(request, task_id, head["t"])
+        # the task's row once, then everything that depends on it at once; the charts' data (every
+        # finished experiment) is points.json, fetched by the page: the table is not held up by it
+        row = await reads.task_row(nc(request), task_id, min_seq=written(request))
+        head, exps, best = await asyncio.gather(
+            _head(request, task_id, row), _experiments(request, task_id, status, failure, host, sort, order, page_no, row), _best(request, task_id, row)
+        )
         t = head["t"]
         live = [Live(id="events", url=f"/api/tasks/{task_id}/events?follow=true", since_seq=pos[subj.EVENTS_STREAM] + 1,
                      until=["task.completed", "task.failed", "task.cancelled", "task.rejected"])]  # fmt: skip
@@ -129,10 +135,13 @@ class TaskPages(Controller):
 
     @get("/compare", name="compare")
     async def compare(self, request: Request, task: Annotated[list[str] | None, QueryParameter(max_items=8)] = None,
-                      x: Metric = results.DEFAULT_X, y: Metric = results.DEFAULT_Y) -> Template:  # fmt: skip
+                      x: Metric = results.DEFAULT_X, y: Metric = results.DEFAULT_Y, part: Part = None) -> Template:  # fmt: skip
         chosen = list(dict.fromkeys(t for t in (task or []) if t))
         results.check_metric(x, "x"), results.check_metric(y, "y")
         conn = nc(request)
+        if part == "best":  # a live refresh: the tasks' progress and best configurations (the chart appends its points itself)
+            details = await asyncio.gather(*(reads.task_detail(conn, t, min_seq=written(request)) for t in chosen))
+            return fragment("compare_best", request, details=details, chosen=chosen)
         pos = await positions(request)
         recent, details, points = await asyncio.gather(
             reads.list_tasks(conn, limit=200, min_seq=written(request)),
