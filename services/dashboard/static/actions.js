@@ -129,6 +129,7 @@
       else refused(r, "drain");
     },
     async remove(btn) {
+      if (!confirm(`Remove ${btn.dataset.host} from the fleet? It takes no new experiments (running ones finish).`)) return;
       const r = await api("DELETE", `/api/hosts/${encodeURIComponent(btn.dataset.host)}`);
       if (r.ok) toast(`${btn.dataset.host} removed from the fleet`);
       else refused(r, "remove");
