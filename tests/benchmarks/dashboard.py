@@ -11,14 +11,13 @@ them (catch-up, not timed), then runs as its own process, and the real API proce
 (`autotune run api`) serves the pages. Each page is fetched `--requests` times after 3 warm-ups,
 one at a time over HTTP: the time to the whole body is the server's (localhost, no browser).
 
-Prints ONE JSON line: p50/p99 ms and bytes (and gzip bytes) per page.
+Prints ONE JSON line: p50/p99 ms, bytes and bytes on the wire (gzip) per page, and the load average.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
 import json
 import os
 import random
@@ -144,8 +143,9 @@ async def heartbeat(js, hosts: int, running: dict[str, list[str]], stop: asyncio
 
 
 def measure(base: str, path: str, requests: int) -> dict:
-    times, size, gz = [], 0, 0
-    with httpx.Client(base_url=base, timeout=60) as c:
+    """As a browser asks (gzip accepted): `bytes` the body, `wire_bytes` what crossed the connection."""
+    times, size, wire = [], 0, 0
+    with httpx.Client(base_url=base, timeout=60, headers={"Accept-Encoding": "gzip"}) as c:
         for k in range(requests + 3):
             t0 = time.perf_counter()
             r = c.get(path)
@@ -153,9 +153,9 @@ def measure(base: str, path: str, requests: int) -> dict:
             assert r.status_code == 200, (path, r.status_code, r.text[:500])
             if k >= 3:
                 times.append(dt)
-            size, gz = len(r.content), len(gzip.compress(r.content))
+            size, wire = len(r.content), r.num_bytes_downloaded
     q = statistics.quantiles(times, n=100)
-    return {"p50_ms": round(q[49], 1), "p99_ms": round(q[98], 1), "bytes": size, "gzip_bytes": gz}
+    return {"p50_ms": round(q[49], 1), "p99_ms": round(q[98], 1), "bytes": size, "wire_bytes": wire}
 
 
 async def main(a) -> dict:
@@ -205,9 +205,11 @@ async def main(a) -> dict:
                 print(json.dumps({"nats": server.url, "api": base, "db": db}), file=sys.stderr, flush=True)
                 await asyncio.Event().wait()
             exp = a.experiments - RUNNING - 2
-            # the task page's charts fetch their data (every finished experiment) as points.json: measured on its own
-            pages = {"overview": "/", "task": f"/tasks/{TASK}", "task_points": f"/tasks/{TASK}/points.json",
-                     "experiment": f"/tasks/{TASK}/experiments/{exp}"}  # fmt: skip
+            # the task page's charts fetch their data (every finished experiment) as points.json, and the
+            # overview its timeline (every attempt of the last 3 hours) as timeline.json: measured on their own
+            pages = {"overview": "/", "overview_timeline": "/timeline.json?hours=3", "task": f"/tasks/{TASK}",
+                     "task_points": f"/tasks/{TASK}/points.json", "experiment": f"/tasks/{TASK}/experiments/{exp}"}  # fmt: skip
+            load_at_start = os.getloadavg()[0]
             out = {name: await asyncio.to_thread(measure, base, path, a.requests) for name, path in pages.items()}
             stop.set()
             await beat
@@ -216,11 +218,12 @@ async def main(a) -> dict:
             return {
                 "benchmark": "dashboard",
                 "cores": os.cpu_count(),
+                "loadavg_1m_at_start": load_at_start,
                 "loadavg_1m_at_end": os.getloadavg()[0],
                 "projection": {"hosts": counts["h"], "gpus": a.hosts * GPUS, "experiments": counts["e"], "running": RUNNING,
                                "gpu_samples": counts["g"], "request_samples": counts["s"], "events": sent, "fill_s": round(fill_s, 1)},  # fmt: skip
                 "requests_per_page": a.requests,
-                **{f"{k}_{m}": v[m] for k, v in out.items() for m in ("p50_ms", "p99_ms", "bytes", "gzip_bytes")},
+                **{f"{k}_{m}": v[m] for k, v in out.items() for m in ("p50_ms", "p99_ms", "bytes", "wire_bytes")},
                 "target_p99_ms": 300,
             }
     finally:
