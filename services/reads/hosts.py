@@ -159,7 +159,9 @@ def _host(row: dict, live: LiveHost | None, samples: dict[tuple[str, int], dict]
             node = node or s.get("node")
             if not g.get("memory_total_mib"):
                 g["memory_total_mib"] = s.get("memory_total_mib")
-        gpus.append(msgspec.convert(clean(g), m.HostGpu, strict=False))
+        # built directly: its fields come from decoded events and samples, already of their types (a
+        # convert per GPU was a third of a 1,600-GPU fleet's read)
+        gpus.append(m.HostGpu(**clean(g)))
     running = list(live.running) if live else []
     fields: dict[str, Any] = dict(
         host=h, status=_host_status(row, live), lifecycle=row.get("status"), alive=live is not None,
