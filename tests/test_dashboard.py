@@ -20,7 +20,7 @@ from autotune.schemas import subjects as subj
 from autotune.shared import bus
 from autotune.shared.pareto import front
 from tests.helpers import small_spec
-from tests.test_api import AUTH, alive, applied, client, golden, projector, seed_fleet, submit  # noqa: F401 (fixtures)
+from tests.test_api import AUTH, alive, applied, client, golden, projector, publish, seed_fleet, submit  # noqa: F401 (fixtures)
 
 
 def script_json(html: str, element_id: str):
@@ -198,6 +198,14 @@ async def test_task_page_best_configuration_experiments_and_charts(client, js, n
 
     pts = (await client.get("/tasks/tp/points.json", params={"n": [2]})).json()
     assert pts["n"] == [2] and pts["frontier_keys"] == [[0, 0]] and pts["frontier"] == []
+
+    # the chart data is kept per version of the task's data: an experiment finishing is a new version
+    again = await client.get("/tasks/tp/points.json", headers={"Accept-Encoding": "identity"})
+    assert again.json()["n"] == [0, 2] and "content-encoding" not in again.headers, "the same answer, plain for a client without gzip"
+    seq = await publish(js, (subj.experiment("tp", 1, "completed"), golden("experiment.completed", id=ev.exp_id("tp", 1, 0, "completed"), task="tp", n=1,
+                                                                           attempt=0, host="h1", score=0.5)))  # fmt: skip
+    await applied(nc, seq)
+    assert (await client.get("/tasks/tp/points.json")).json()["n"] == [0, 2, 1], "the finished experiment is in the next answer"
 
 
 async def test_task_page_says_why_it_waits(client, js, nc):

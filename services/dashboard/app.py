@@ -11,16 +11,16 @@ from litestar.middleware.base import DefineMiddleware
 from litestar.middleware.compression import CompressionMiddleware
 from litestar.static_files import create_static_files_router
 
-from autotune.dashboard.common import EXCEPTION_HANDLERS, STATIC, template_config
+from autotune.dashboard.common import EXCEPTION_HANDLERS, GZIP_LEVEL, STATIC, template_config
 from autotune.dashboard.experiments import ExperimentPages
 from autotune.dashboard.fleet import FleetPages
 from autotune.dashboard.tasks import TaskPages
 
 __all__ = ["route_handlers", "template_config"]
 
-# Level 1: a task's chart data (600 KB) compresses to a third in ~7 ms; level 6 saves another tenth
-# of the bytes for seven times the time, and Litestar's default (9) took 150 ms.
-GZIP = DefineMiddleware(CompressionMiddleware, config=CompressionConfig(backend="gzip", gzip_compress_level=1, minimum_size=1024))
+# points.json compresses its own body, once per version of the data (tasks.Versioned)
+GZIP = DefineMiddleware(CompressionMiddleware, config=CompressionConfig(backend="gzip", gzip_compress_level=GZIP_LEVEL, minimum_size=1024,
+                                                                        exclude=[r"/points\.json$"]))  # fmt: skip
 
 
 def route_handlers() -> list[Router]:

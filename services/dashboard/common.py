@@ -33,6 +33,9 @@ HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 PAGE_SIZE = 50
+# Level 1: a task's chart data (600 KB) compresses to a quarter in ~7 ms; level 6 saves another tenth
+# of the bytes for seven times the time, and Litestar's default (9) took 150 ms.
+GZIP_LEVEL = 1
 STREAMS = {"events": subj.EVENTS_STREAM, "telemetry": subj.TELEMETRY_STREAM, "logs": subj.LOGS_STREAM}
 
 

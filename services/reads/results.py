@@ -119,6 +119,10 @@ def frontier(xs: list[float | None], ys: list[float | None], x_better: str, y_be
     return out
 
 
+async def _given(value: Any) -> Any:
+    return value
+
+
 def _json_path(key: str) -> str:
     """A JSON path literal for one object key, whatever its characters (a parameter name is the user's)."""
     return "'$." + msgspec.json.encode(key).decode().replace("'", "''") + "'"
@@ -131,23 +135,31 @@ def significant(expr: str, digits: int = 6) -> str:
             f"ELSE round({expr}, {digits - 1} - CAST(floor(log10(abs({expr}))) AS INTEGER)) END")  # fmt: skip
 
 
+async def parameter_keys(nc, task: str, *, min_seq: int | None = None) -> list[str]:
+    """Every parameter name the task's finished experiments ran with."""
+    got = await rows(
+        nc, f"SELECT DISTINCT unnest(json_keys(parameters)) AS k FROM experiments WHERE task = ? AND status IN {FINISHED!r} "
+        "AND json_type(parameters) = 'OBJECT' ORDER BY k", [task], min_seq=min_seq,
+    )  # fmt: skip
+    return [r["k"] for r in got]
+
+
 async def task_points(nc, task: str, *, x: str = DEFAULT_X, y: str = DEFAULT_Y, ns: list[int] | None = None,
-                      min_seq: int | None = None) -> Points:  # fmt: skip
+                      min_seq: int | None = None, row: dict | None = None, keys: list[str] | None = None) -> Points:  # fmt: skip
     """The task's finished attempts with metrics `x` and `y` (names in METRICS); only experiments
     `ns` when given (what a live chart appends), with the frontier of the whole task all the same.
-    Read as columns (a list per field), not a dict per row: a task has tens of thousands."""
+    Read as columns (a list per field), not a dict per row: a task has tens of thousands. `row` and
+    `keys`: the task's row (task_row) and parameter_keys when the caller has just read them."""
     mx, my = check_metric(x, "x"), check_metric(y, "y")
     where = f"task = ? AND status IN {FINISHED!r}"
-    # the parameters' names first (the spec's, and any other an experiment ran with), so that each
-    # comes back as a column of values: a JSON object per row was most of the bytes
-    row, extra = await asyncio.gather(
-        task_row(nc, task, min_seq=min_seq),
-        rows(nc, f"SELECT DISTINCT unnest(json_keys(parameters)) AS k FROM experiments WHERE {where} AND json_type(parameters) = 'OBJECT' ORDER BY k",
-             [task], min_seq=min_seq),
-    )  # fmt: skip
+    if row is None or keys is None:
+        # the parameters' names first (the spec's, and any other an experiment ran with), so that
+        # each comes back as a column of values: a JSON object per row was most of the bytes
+        row, keys = await asyncio.gather(task_row(nc, task, min_seq=min_seq) if row is None else _given(row),
+                                         parameter_keys(nc, task, min_seq=min_seq) if keys is None else _given(keys))  # fmt: skip
     spec = row.get("spec") if isinstance(row.get("spec"), dict) else {}
     names = list(spec["parameters"]) if isinstance(spec.get("parameters"), dict) else []
-    names += [r["k"] for r in extra if r["k"] not in names]
+    names += [k for k in keys if k not in names]
     values = "".join(f", json_extract(parameters, {_json_path(k)}) AS p{i}" for i, k in enumerate(names))
     inner = (f"SELECT n, attempt, status, slo_met, coalesce(hard_fail, false) AS hard_fail, ({mx.sql}) AS x, ({my.sql}) AS y, score, failure_kind, "
              f"parameters, coalesce(finished_at, planned_at) AS t FROM experiments WHERE {where}")  # fmt: skip
@@ -164,15 +176,15 @@ async def task_points(nc, task: str, *, x: str = DEFAULT_X, y: str = DEFAULT_Y, 
     parameters = {}
     for i, k in enumerate(names):
         col = got[f"p{i}"]
-        parameters[k] = [redact(v) for v in col] if any(isinstance(v, (dict, list)) for v in col) else col
+        parameters[k] = [redact(v) for v in col] if {dict, list} & set(map(type, col)) else col  # secrets hide only in objects
     keep = [st == "completed" and not hard for st, hard in zip(everything["status"], everything["hard_fail"], strict=True)]
     front = frontier(everything["x"], everything["y"], mx.better, my.better, keep)
-    keys = [(everything["n"][i], everything["attempt"][i]) for i in front]
+    front_keys = [(everything["n"][i], everything["attempt"][i]) for i in front]
     at = {k: i for i, k in enumerate(zip(got["n"], got["attempt"], strict=True))}
     return Points(
         task=task, simulate=simulated(row), x=x, y=y, x_label=mx.label, y_label=my.label, x_better=mx.better, y_better=my.better,
         n=got["n"], attempt=got["attempt"], status=got["status"], score=got["score"], slo_met=got["slo_met"], failure_kind=got["failure_kind"],
-        xs=got["x"], ys=got["y"], parameters=parameters, frontier=[at[k] for k in keys if k in at], frontier_keys=[list(k) for k in keys],
+        xs=got["x"], ys=got["y"], parameters=parameters, frontier=[at[k] for k in front_keys if k in at], frontier_keys=[list(k) for k in front_keys],
         x_bound=slo_bound(spec, mx), y_bound=slo_bound(spec, my),
     )  # fmt: skip
 

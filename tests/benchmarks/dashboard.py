@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from projector import _metrics, publish, stored  # noqa: E402  (the projector benchmark's realistic results)
 
 from autotune.projector import service  # noqa: E402
+from autotune.reads.results import METRICS  # noqa: E402
 from autotune.schemas import events as ev  # noqa: E402
 from autotune.schemas import subjects as subj  # noqa: E402
 from autotune.schemas.liveness import LiveGpu, LiveHost  # noqa: E402
@@ -142,11 +143,14 @@ async def heartbeat(js, hosts: int, running: dict[str, list[str]], stop: asyncio
             pass
 
 
-def measure(base: str, path: str, requests: int) -> dict:
-    """As a browser asks (gzip accepted): `bytes` the body, `wire_bytes` what crossed the connection."""
+def measure(base: str, path: str | list[str], requests: int) -> dict:
+    """As a browser asks (gzip accepted): `bytes` the body, `wire_bytes` what crossed the connection.
+    A list of paths is asked in turn."""
     times, size, wire = [], 0, 0
+    paths = [path] if isinstance(path, str) else path
     with httpx.Client(base_url=base, timeout=60, headers={"Accept-Encoding": "gzip"}) as c:
         for k in range(requests + 3):
+            path = paths[k % len(paths)]
             t0 = time.perf_counter()
             r = c.get(path)
             dt = (time.perf_counter() - t0) * 1000
@@ -207,8 +211,12 @@ async def main(a) -> dict:
             exp = a.experiments - RUNNING - 2
             # the task page's charts fetch their data (every finished experiment) as points.json, and the
             # overview its timeline (every attempt of the last 3 hours) as timeline.json: measured on their own
+            # points.json is kept per version of the task's data (its last_seq): `task_points` asks the same
+            # again (a reload: read, encoded and compressed once); `task_points_cold` a new y axis each time,
+            # more of them than are kept, so that every answer is read and encoded afresh
+            cold = [f"/tasks/{TASK}/points.json?y={m}" for m in METRICS if m != "tps_per_user"]
             pages = {"overview": "/", "overview_timeline": "/timeline.json?hours=3", "task": f"/tasks/{TASK}",
-                     "task_points": f"/tasks/{TASK}/points.json", "experiment": f"/tasks/{TASK}/experiments/{exp}"}  # fmt: skip
+                     "task_points": f"/tasks/{TASK}/points.json", "task_points_cold": cold, "experiment": f"/tasks/{TASK}/experiments/{exp}"}  # fmt: skip
             load_at_start = os.getloadavg()[0]
             out = {name: await asyncio.to_thread(measure, base, path, a.requests) for name, path in pages.items()}
             stop.set()
