@@ -275,3 +275,91 @@ def test_a_dropped_stream_resumes_after_the_last_sequence(stack, page):
     assert seen >= last
     finished(stack, task)
     page.console.check()
+
+
+def test_a_host_per_row_expands_in_place_and_its_cells_follow_the_samples(stack, page):
+    """The layout of a large fleet (asked for here with fleet_view=hosts: this stack has 4 GPUs): a
+    host's GPU cells take live samples; ▸ shows its GPU rows without a reload, ▾ folds them."""
+    page.goto(stack + "/?fleet_view=hosts")
+    page.wait_for_selector('#live-status[data-state="live"]')
+    page.evaluate("window.__loaded = 'hosts'")
+    assert page.locator("tr[data-gpu]").count() == 0 and page.locator('.strip i[data-gpu="local-0/0"]').count() == 1
+    page.wait_for_function("Number(document.querySelector('tr[data-host=\"local-0\"]').dataset.samples || 0) >= 2")
+    assert page.get_attribute('.strip i[data-gpu="local-0/0"]', "data-u") != "", "the cell holds the latest utilization"
+    page.click('tr[data-host="local-0"] a.expand')
+    page.wait_for_selector('tr[data-gpu="local-0/1"]')
+    assert "expand=local-0" in page.url and page.evaluate("window.__loaded") == "hosts", "in the URL, without a reload"
+    page.wait_for_function("document.querySelector('tr[data-gpu=\"local-0/0\"] polyline[data-spark=\"util\"]').getAttribute('points')")
+    page.click('tr[data-gpu="local-0/0"] a.expand')
+    page.wait_for_selector('tr[data-host="local-0"]')
+    assert page.locator("tr[data-gpu]").count() == 0 and "expand=" not in page.url
+    page.console.check()
+
+
+def test_a_zoomed_chart_keeps_its_zoom_while_points_arrive_and_compare_follows(stack, page):
+    task = submit(stack, tuning_spec("zoomed", experiments=10))
+    page.goto(f"{stack}/tasks/{task}")
+    page.wait_for_selector('[data-chart="pareto"] canvas', timeout=120_000)
+    page.evaluate("window.__loaded = 'task'")
+    over = page.locator('[data-chart="pareto"] .u-over').bounding_box()
+    page.mouse.move(over["x"] + over["width"] * 0.2, over["y"] + over["height"] * 0.2)
+    page.mouse.down()
+    page.mouse.move(over["x"] + over["width"] * 0.6, over["y"] + over["height"] * 0.7, steps=8)
+    page.mouse.up()
+    scales = "(() => { const u = document.querySelector('[data-chart=\"pareto\"]')._plot; return [u.scales.x.min, u.scales.x.max, u.scales.y.min, u.scales.y.max]; })()"
+    zoomed = page.evaluate(scales)
+    points = int(page.get_attribute('[data-chart="pareto"]', "data-points"))
+    assert page.evaluate("document.querySelector('[data-chart=\"pareto\"]')._plot._zoomed"), "the drag zoomed in"
+    page.wait_for_function(f"Number(document.querySelector('[data-chart=\"pareto\"]').dataset.points) > {points}", timeout=120_000)
+    assert page.evaluate(scales) == zoomed, "a point arrived and the zoom stayed"
+    page.dblclick('[data-chart="pareto"] .u-over')
+    page.wait_for_function(f"document.querySelector('[data-chart=\"pareto\"]')._plot.scales.x.min !== {zoomed[0]}")
+    assert page.evaluate("window.__loaded") == "task"
+
+    # compare: a finished task and this running one; its points and its column follow the log
+    page.goto(f"{stack}/compare?task=live-view&task={task}")
+    page.wait_for_selector('#live-status[data-state="live"]')
+    page.evaluate("window.__loaded = 'compare'")
+    page.wait_for_selector('[data-chart="compare"] canvas')
+    before = int(page.get_attribute('[data-chart="compare"]', "data-points"))
+    done = page.inner_text("#compare-best tr:nth-child(4) td:nth-child(3)")
+    page.wait_for_function(f"Number(document.querySelector('[data-chart=\"compare\"]').dataset.points) > {before}", timeout=120_000)
+    page.wait_for_function(f"document.querySelector('#compare-best tr:nth-child(4) td:nth-child(3)').innerText !== {json.dumps(done)}")
+    assert page.evaluate("window.__loaded") == "compare", "updated without a reload"
+    finished(stack, task)
+    page.console.check()
+
+
+def test_drain_and_remove_need_the_token(stack, page):
+    """Last in this module: it takes local-1 out of the fleet."""
+    host = "local-1"
+    page.goto(f"{stack}/hosts/{host}")
+    page.wait_for_selector('#live-status[data-state="live"]')
+    page.click('button[data-action="drain"]')
+    page.fill("#token-input", "not-the-token")
+    page.click("#token-ok")
+    page.wait_for_function("document.getElementById('toast').dataset.kind === 'error'")
+    assert "refused (401)" in page.inner_text("#toast")
+    assert httpx.get(f"{stack}/api/hosts/{host}").json()["drain_requested_at"] is None, "refused: nothing changed"
+    page.click('button[data-action="drain"]')  # asked again: the wrong token was forgotten
+    page.fill("#token-input", TOKEN)
+    page.click("#token-ok")
+    page.wait_for_function("document.getElementById('toast').textContent.startsWith('drain requested')")
+    page.wait_for_selector("#host-head .badge.st-draining")  # from the event stream, no reload
+    assert httpx.get(f"{stack}/api/hosts/{host}").json()["drain_requested_at"]
+
+    page.evaluate("sessionStorage.clear()")  # a new session: no token
+    page.once("dialog", lambda d: d.accept())
+    page.click('button[data-action="remove"]')
+    page.fill("#token-input", "")
+    page.click("#token-ok")
+    page.wait_for_function("document.getElementById('toast').textContent.includes('refused (401)')")
+    assert httpx.get(f"{stack}/api/hosts/{host}").json()["lifecycle"] != "removed", "refused: nothing changed"
+    page.once("dialog", lambda d: d.accept())
+    page.click('button[data-action="remove"]')
+    page.fill("#token-input", TOKEN)
+    page.click("#token-ok")
+    page.wait_for_function(f"document.getElementById('toast').textContent.startsWith('{host} removed')")
+    page.wait_for_function("document.querySelector('#host-head').innerText.includes('log: removed')")
+    assert httpx.get(f"{stack}/api/hosts/{host}").json()["lifecycle"] == "removed"
+    page.console.check(allowed=("status of 401",))
