@@ -212,6 +212,22 @@ async def test_task_page_says_why_it_waits(client, js, nc):
     await submit(client, "waits")
     html = (await client.get("/tasks/waits")).text
     assert "waiting for a scheduler to start it" in html
+    # the scheduler's own reason for a planned experiment it cannot place (experiment.waiting)
+    x = ev.exp_id
+    reason = "needs 4 GPUs of type H100 on one host; the largest matching host has 2"
+    seq = await publish(
+        js,
+        (subj.task("waits", "started"), golden("task.started", id="waits.started", task="waits", strategy="grid_search", budget=2, space_size=2)),
+        (subj.experiment("waits", 0, "planned"), golden("experiment.planned", id=x("waits", 0, 0, "planned"), task="waits", n=0, attempt=0, retry_of=None)),
+        (subj.experiment("waits", 0, "waiting"), golden("experiment.waiting", id=x("waits", 0, 0, "waiting-1"), task="waits", n=0, reason=reason, fits=False)),
+    )  # fmt: skip
+    await applied(nc, seq)
+    html = (await client.get("/tasks/waits")).text
+    assert f'<p class="waiting" id="waiting">waiting: experiment 0 waits for placement: {reason} (no live host could ever run it' in html
+    row = html[html.index('<tr data-n="0"'):]
+    assert f'<span class="waiting">{reason} (no live host could ever run it)</span>' in row[: row.index("</tr>")], "the row says why too"
+    exp = (await client.get("/tasks/waits/experiments/0")).text
+    assert f'not placed yet: <span class="waiting">{reason}</span>' in exp
 
 
 async def test_experiment_page_runs_distributions_telemetry_log_and_failure(client, js, nc):

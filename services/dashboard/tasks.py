@@ -31,31 +31,27 @@ EXPERIMENT_COLUMNS = ("n", "status", "score", "mean_total_tps_per_gpu", "mean_ou
                       "host", "duration_s")  # fmt: skip
 
 
-def waiting(detail: Any, planned: list[dict]) -> str | None:
-    """Why the task is not making progress, from what the read side knows (never guessed)."""
+def waiting(detail: Any) -> str | None:
+    """Why the task is not making progress, from what the read side knows (never guessed): not started
+    yet, or the scheduler's own reason for its first waiting experiment (`experiment.waiting`)."""
     if detail.status == TaskStatus.SUBMITTED:
         return "submitted: waiting for a scheduler to start it (is `autotune up` or `autotune run scheduler` running?)"
-    if detail.status != TaskStatus.RUNNING:
+    if detail.status != TaskStatus.RUNNING or not detail.waiting:
         return None
-    for row in planned:
-        for key in ("waiting_reason", "placement_reason"):
-            if row.get(key):
-                return f"experiment {row['n']} waits for placement: {row[key]}"
-    if detail.progress.running == 0 and planned:
-        return f"{len(planned)} experiment(s) planned, none placed yet: waiting for free GPUs" + (
-            f" of type {detail.gpu_type}" if detail.gpu_type else ""
-        )
-    return None
+    w = detail.waiting[0]
+    why = f"experiment {w.n} waits for placement: {w.reason}"
+    if not w.fits:
+        why += " (no live host could ever run it: it fails as unplaceable after a grace)"
+    if len(detail.waiting) > 1:
+        why += f"; {len(detail.waiting) - 1} more experiment(s) wait"
+    return why
 
 
 async def _head(request: Request, task_id: str, row: dict | None = None) -> dict[str, Any]:
     conn = nc(request)
     row = row if row is not None else await reads.task_row(conn, task_id, min_seq=written(request))
-    detail, planned = await asyncio.gather(
-        reads.task_detail(conn, task_id, row=row),
-        reads.list_experiments(conn, task_id, status=ExperimentStatus.PLANNED, limit=20, row=row),
-    )
-    return {"t": detail, "waiting": waiting(detail, planned.items)}
+    detail = await reads.task_detail(conn, task_id, row=row)
+    return {"t": detail, "waiting": waiting(detail)}
 
 
 async def _best(request: Request, task_id: str, row: dict) -> dict[str, Any]:

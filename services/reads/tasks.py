@@ -90,8 +90,10 @@ async def task_detail(nc, task: str, *, min_seq: int | None = None, port: int | 
     opt = spec.get("optimization") if isinstance(spec.get("optimization"), dict) else {}
     objectives = list(opt.get("objectives") or [opt.get("objective") or row.get("objective") or "minimize_latency"])
     # what the row does not hold is read at once: a page waits for one round trip, not three
-    count_rows, best_rows, cand = await asyncio.gather(
+    count_rows, waiting, best_rows, cand = await asyncio.gather(
         rows(nc, f"SELECT count(*) FILTER (WHERE status IN {sql_list(EXPERIMENT_ON_HOST)}) AS running FROM experiments WHERE task = ?", [task]),
+        rows(nc, "SELECT n, attempt, gpus, waiting_reason AS reason, waiting_fits AS fits, waiting_since AS since FROM experiments "
+                 "WHERE task = ? AND status = 'planned' AND waiting_reason IS NOT NULL ORDER BY n, attempt", [task]),
         rows(nc, "SELECT * FROM experiments WHERE task = ? AND n = ? AND attempt = ?", [task, row["best_n"], row.get("best_attempt") or 0])
         if row.get("best_n") is not None else _nothing(),
         rows(nc, "SELECT n, attempt, score, objectives, parameters FROM experiments WHERE task = ? AND status = 'completed' "
@@ -127,12 +129,6 @@ async def task_detail(nc, task: str, *, min_seq: int | None = None, port: int | 
                           parameters=c.get("parameters") or {})
             for c in chosen
         ]  # fmt: skip
-    waiting = await rows(
-        nc,
-        "SELECT n, attempt, gpus, waiting_reason AS reason, waiting_fits AS fits, waiting_since AS since FROM experiments "
-        "WHERE task = ? AND status = 'planned' AND waiting_reason IS NOT NULL ORDER BY n, attempt",
-        [task],
-    )
     base = _task(row)
     return m.TaskDetail(
         **msgspec.structs.asdict(base), reason_path=row.get("reason_path"), cancel_requested_at=row.get("cancel_requested_at"),
