@@ -59,7 +59,7 @@ JS_READ = (
     "$JS.API.STREAM.NAMES",  # find the stream of a subject
     "$JS.API.STREAM.LIST",  # streams_info
     "$JS.API.STREAM.MSG.GET.*",  # get_msg / get_last_msg (bus.last_seq, bus.messages_after)
-    "$JS.API.DIRECT.GET.>",  # KV get (buckets are created with allow_direct)
+    "$JS.API.DIRECT.GET.>",  # KV gets of buckets with allow_direct (the hosts bucket: a fleet read in one batched get)
     "$JS.API.CONSUMER.INFO.*.*",
     "$JS.API.CONSUMER.NAMES.*",
     "$JS.API.CONSUMER.LIST.*",
