@@ -13,7 +13,7 @@ import os
 import signal
 from pathlib import Path
 
-from autotune.runner.runtimes import LABEL_EXPERIMENT, LABEL_HOST, Handle, Launch, simulated_argv
+from autotune.runner.runtimes import LABEL_EXPERIMENT, LABEL_HOST, Handle, Launch, served_as, simulated_argv
 from autotune.shared.log import get_logger
 
 log = get_logger("runner")
@@ -69,8 +69,10 @@ class LocalRuntime:
     name = "local"
     always_simulate = False
 
-    def __init__(self, models_dir: str | None = None) -> None:
+    def __init__(self, models_dir: str | None = None, engines: dict[str, str] | None = None, engine_env: dict[str, str] | None = None) -> None:
         self.models_dir = models_dir
+        self.engines = dict(engines or {})  # engine → its executable on this host (RunnerSettings.engines)
+        self.engine_env = dict(engine_env or {})  # the host's engine environment (RunnerSettings.engine_env)
 
     async def available(self) -> str | None:
         return None
@@ -80,13 +82,28 @@ class LocalRuntime:
         model = spec.model
         if self.models_dir and model and "/" not in model and model in argv:  # a directory under the models dir
             argv[argv.index(model)] = str(Path(self.models_dir) / model)
-        return simulated_argv(argv) if (spec.simulated or self.always_simulate) else argv
+            argv = served_as(argv, spec.engine, model)
+        if spec.simulated or self.always_simulate:
+            return simulated_argv(argv)
+        exe = self.engines.get(spec.engine)
+        if exe and argv[:2] == ["vllm", "serve"]:
+            argv[0] = exe
+        elif exe and argv[:3] == ["python3", "-m", "sglang.launch_server"]:
+            argv[0] = exe  # the Python of SGLang's environment
+        return argv
+
+    def environment(self, spec: Launch) -> dict[str, str]:
+        """What this runtime sets for the engine (recorded with the experiment): the host's engine
+        environment, the task's and the runner's, the devices."""
+        env = {**self.engine_env, **spec.env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, spec.gpu_indices))}
+        if spec.real_gpus:
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's indices then match NVML's, which the lease uses
+        return env
 
     async def launch(self, spec: Launch) -> Handle:
         argv = self.command(spec)
-        env = {**os.environ, **spec.env, **spec.labels, "CUDA_VISIBLE_DEVICES": ",".join(map(str, spec.gpu_indices))}
-        if spec.real_gpus:
-            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's indices then match NVML's, which the lease uses
+        own = self.environment(spec)
+        env = {**os.environ, **own, **spec.labels}
         if spec.hf_token:
             env["HF_TOKEN"] = spec.hf_token
         proc = await asyncio.create_subprocess_exec(
@@ -99,6 +116,7 @@ class LocalRuntime:
         )
         handle = ProcessHandle(proc, f"http://127.0.0.1:{spec.port}", spec.key)
         handle.command = argv
+        handle.env = own
         return handle
 
     async def reap_orphans(self, host: str, keep: set[str]) -> list[str]:
