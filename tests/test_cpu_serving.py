@@ -9,6 +9,8 @@ runs the same path on the real vLLM (marker `real_engine`)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 
 import msgspec
@@ -16,7 +18,7 @@ import pytest
 
 from autotune import reads
 from autotune.projector.service import run as projector_run
-from autotune.runner.experiment import AttemptRun, Context, EngineExited
+from autotune.runner.experiment import AttemptRun, Context, EngineExited, run_attempt
 from autotune.runner.runtimes import Handle, Launch
 from autotune.runner.runtimes.local import LocalRuntime, labelled_processes
 from autotune.runner.service import run as runner_run
@@ -194,3 +196,35 @@ async def test_a_cpu_task_runs_one_engine_at_a_time_and_records_what_it_started_
         await svc.stop_all()
     assert [p for p, labels in labelled_processes() if labels.get("AUTOTUNE_LABEL_HOST") == "cpu1"] == []
 
+
+
+async def test_an_engine_whose_main_process_dies_mid_benchmark_crashed_though_its_children_hold_the_pipe(js, tmp_path):
+    """vLLM's engine core and worker keep the output pipe open when its API server is killed: the runner
+    noticed the death only at EOF, the client meanwhile burnt through its requests on refused
+    connections, and the attempt was recorded `completed` (seen on the real vLLM, tests/test_real_vllm.py).
+    Here a `sleep` child holds the pipe the same way."""
+    from tests.fixtures.runner_kit import assign, context, experiment_events
+
+    vllm = tmp_path / "vllm"
+    vllm.write_text(f'#!/bin/sh\nsleep 120 &\nexec {sys.executable} -m autotune.simulator vllm "$@"\n')
+    vllm.chmod(0o755)
+    rt = LocalRuntime(engines={"vllm": str(vllm)}, engine_env={"AUTOTUNE_SIM_TIME_SCALE": "1", "AUTOTUNE_SIM_STARTUP_SCALE": "1000"})
+    ctx = context(js, host="cpu-die", runtimes={"local": rt}, time_scale=1.0)
+    raw = small_spec("die", base_runtime="vllm", deployment_mode="local", gpu_type="cpu", model={"id_or_path": "/m/Llama-3.1-8B"},
+                     benchmark={"traffic_scenarios": ["D(64,200)"], "num_concurrency": [4], "max_requests_per_iteration": 400,
+                                "max_time_per_iteration": 2, "warmup_requests": 0})  # fmt: skip
+    a, seq = await assign(js, raw, host="cpu-die", mode="local", simulated=False, gpus=[], params={"max-num-seqs": 4}, timeout_s=120)
+    attempt = asyncio.create_task(run_attempt(ctx, a, seq))
+    for _ in range(300):
+        events = await experiment_events(js, a.task, a.n)
+        if any(isinstance(e, ev.ExperimentReady) for e in events):
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
+    leader = int(next(e for e in events if isinstance(e, ev.ExperimentStarted)).handle)
+    os.kill(leader, signal.SIGKILL)
+    await asyncio.wait_for(attempt, 60)
+    f = (await experiment_events(js, a.task, a.n))[-1]
+    assert isinstance(f, ev.ExperimentFailed) and (f.kind, f.stage) == ("crashed", "benchmark"), (f.metrics.runs if f.metrics else None, f)
+    assert "SIGKILL" in f.message
+    assert [p for p, labels in labelled_processes() if labels.get("AUTOTUNE_LABEL_HOST") == "cpu-die"] == []  # the sleep too

@@ -390,8 +390,16 @@ class AttemptRun:
         unhealthy = asyncio.create_task(_watch_health(handle, ctx))
         try:
             await asyncio.wait([bench, exited, unhealthy], return_when=asyncio.FIRST_COMPLETED)
+            if bench.done() and not bench.exception():
+                result = bench.result()
+                if lost_connections(result):  # requests failed fast because the server went away: did it?
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(handle.exited.wait(), 3)
+                if handle.exited.is_set():  # an engine that died mid-benchmark crashed, whatever the client counted
+                    raise EngineExited(handle.exit_code, "benchmark", result)
+                return result
             if bench.done():
-                return bench.result()
+                return bench.result()  # raises the client's own error
             stop.set()  # the engine is gone or not answering: keep what finished
             partial = None
             try:
@@ -446,6 +454,11 @@ class AttemptRun:
                 if attempt == 2:
                     log.warning("log lines not published", experiment=self.key, error=repr(err))
                 await asyncio.sleep(0.2)
+
+
+def lost_connections(m: ExperimentMetrics) -> bool:
+    """Whether requests failed the way they do when the server goes away (not an HTTP error it sent)."""
+    return any(kind in ("connection", "disconnected", "incomplete_stream") for run in m.runs for kind in run.errors_by_kind)
 
 
 def first_line(lines: list[str], markers: tuple[str, ...], width: int = 400) -> str | None:

@@ -24,18 +24,32 @@ class ProcessHandle(Handle):
         super().__init__(str(proc.pid), base_url)
         self.proc = proc
         self.key = key
-        self._reader = asyncio.create_task(self._read())
+        self._lines = asyncio.create_task(self._read_lines())
+        self._reader = asyncio.create_task(self._watch())
 
-    async def _read(self) -> None:
+    async def _read_lines(self) -> None:
         assert self.proc.stdout
         while True:
             raw = await self.proc.stdout.readline()
             if not raw:
                 break
             self.add_line(raw.decode("utf-8", "replace").rstrip())
-        self.exit_code = await self.proc.wait()
-        if self.exit_code is not None and self.exit_code < 0:
-            self.exit_reason = signal.Signals(-self.exit_code).name if -self.exit_code in signal.valid_signals() else ""
+
+    async def _watch(self) -> None:
+        """`exited` once the engine's main process is gone and its output read: to the end, or for a
+        moment when children it left behind still hold the pipe (vLLM's engine core and worker do,
+        when its API server is killed), so an engine that died is noticed at once."""
+        # Python 3.11's Process.wait() also waits for the pipes to close (it wakes with connection_lost),
+        # so a child holding them hides the exit: the return code, set by the child watcher, is read instead
+        while (code := self.proc.returncode) is None and not self._lines.done():
+            await asyncio.sleep(0.2)
+        if code is None:
+            code = await self.proc.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._lines), 2.0)
+        self.exit_code = code
+        if code is not None and code < 0:
+            self.exit_reason = signal.Signals(-code).name if -code in signal.valid_signals() else ""
         self.exited.set()
 
     async def stop(self, grace_s: float = 10.0) -> None:
@@ -52,8 +66,12 @@ class ProcessHandle(Handle):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._lines), 5)
+        if not self._lines.done():  # a grandchild still holds the pipe open: stop reading it
+            self._lines.cancel()
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._reader), 5)
-        if not self._reader.done():  # a grandchild still holds the pipe open: stop reading it
+        if not self._reader.done():
             self._reader.cancel()
             self.exited.set()
 
