@@ -192,6 +192,8 @@ async def test_a_cpu_task_runs_one_engine_at_a_time_and_records_what_it_started_
         assert d.engine_telemetry is not None and d.engine_telemetry["generation_tokens"] == 12 * 16
         assert (await reads.list_experiments(nc, task)).real_cpu
         assert "REAL engine serving on CPU" in ((await reads.export(nc, task, fmt="cmd")).note or "")
+        (host,) = [h for h in await reads.list_hosts(nc, js) if h.host == "cpu1"]
+        assert (host.cpu_slots, host.cpu_engines, host.engine_paths) == (1, ["vllm"], {"vllm": str(vllm)})
     finally:
         await svc.stop_all()
     assert [p for p, labels in labelled_processes() if labels.get("AUTOTUNE_LABEL_HOST") == "cpu1"] == []

@@ -198,6 +198,9 @@ class Host(msgspec.Struct, kw_only=True):
     running: list[str] = []
     registered_at: str | None = None
     last_heartbeat: str | None = None
+    cpu_slots: int = 0  # real engines it serves on its CPU at once (no GPU needed)
+    cpu_engines: list[str] = []
+    engine_paths: dict[str, str] = {}  # engine → its executable on this host
 
 
 class HostDetail(Host, kw_only=True):
