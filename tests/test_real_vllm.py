@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +50,33 @@ def cpu_spec(name: str, parameters: dict, **over) -> dict:
     )  # fmt: skip
     base.update(over)
     return small_spec(name, **base)
+
+
+def group_of(pgid: int) -> list[int]:
+    """Processes in a process group (the engine's own, which teardown and the reaper kill whole)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                    out.append(int(d.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def describe(pids) -> list[str]:
+    out = []
+    for p in sorted(pids):
+        with contextlib.suppress(OSError):
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:100].decode(errors="replace")
+            out.append(f"{p}: {cmd}")
+    return out
 
 
 def engines_left(host: str) -> list[int]:
@@ -176,18 +204,20 @@ async def test_a_runner_killed_with_sigkill_leaves_vllm_behind_and_its_successor
             await asyncio.sleep(0.2)
         else:
             pytest.fail(f"the engine never became ready; runner log: {(tmp_path / 'runner.log').read_text()[-3000:]}")
-        left = engines_left("cpu-orphan")
-        assert len(left) >= 3, left  # the API server, the engine core, the worker (and multiprocessing's resource tracker)
+        leader = int(next(e for e in await experiment_events(js, a.task, a.n) if isinstance(e, ev.ExperimentStarted)).handle)
+        tree = set(engines_left("cpu-orphan")) | set(group_of(leader))
+        # the API server, its engine core and worker (and multiprocessing's resource tracker)
+        assert len(tree) >= 3, describe(tree)
         runner.kill()
         await asyncio.sleep(1)
-        assert set(engines_left("cpu-orphan")) == set(left)  # nothing stops vLLM but us
+        assert all(alive(p) for p in tree), describe(tree)  # nothing stops vLLM but us
         successor = Proc(settings, "runner", "--host", "cpu-orphan", log=tmp_path / "runner2.log", env=env)
         try:
             for _ in range(300):
-                if not engines_left("cpu-orphan"):
+                if not any(alive(p) for p in tree):
                     break
                 await asyncio.sleep(0.2)
-            assert engines_left("cpu-orphan") == [], (tmp_path / "runner2.log").read_text()[-3000:]
+            assert not any(alive(p) for p in tree), (describe(tree), (tmp_path / "runner2.log").read_text()[-3000:])
         finally:
             successor.stop()
     finally:
