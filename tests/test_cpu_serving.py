@@ -29,6 +29,7 @@ from autotune.scheduler.service import run as scheduler_run
 from autotune.schemas import events as ev
 from autotune.schemas.spec import SpecError, spec_from_obj
 from autotune.shared import query as q
+from autotune.shared.fit import fit
 from tests.helpers import Services, events_of, small_spec, submit, task_finished
 
 
@@ -75,6 +76,15 @@ def test_a_cpu_task_needs_a_host_that_serves_its_engine_on_cpu():
                 fleet={"g1": LiveHost(host="g1", instance="i", runtimes=["simulated"], simulated=True, gpus=[LiveGpu(index=0, uuid="u", name="H100")])},
                 leased={}, foreign_busy={})  # fmt: skip
     assert sim is not None and sim.simulated and sim.gpu_type == "H100"  # the simulated GPU it got, not "cpu"
+
+
+def test_a_cpu_task_fits_a_host_with_cpu_slots_and_says_what_is_missing_otherwise():
+    kw = dict(engine="vllm", deployment_mode="local", gpu_type="cpu", simulate=False)
+    f = fit(2, {"c1": cpu_host(), "c2": cpu_host("c2", slots=0)}, **kw)  # an engine takes one slot, whatever its flags
+    assert f.fits and f.able == ("c1",)
+    gpu_only = LiveHost(host="g1", instance="i", runtimes=["local"], gpus=[LiveGpu(index=0, uuid="u", name="H100")])
+    f = fit(1, {"g1": gpu_only}, **kw)
+    assert not f.fits and "no live host serves vllm on its CPU" in f.reason
 
 
 def test_spec_refuses_cpu_serving_outside_the_local_runtime_and_bad_env_names():
