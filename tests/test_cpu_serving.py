@@ -88,7 +88,7 @@ def test_a_cpu_task_fits_a_host_with_cpu_slots_and_says_what_is_missing_otherwis
 
 
 def test_spec_refuses_cpu_serving_outside_the_local_runtime_and_bad_env_names():
-    base = small_spec("c", base_runtime="vllm", deployment_mode="local", gpu_type="cpu", parameters={"max-num-seqs": [1, 16]})
+    base = {**small_spec("c", base_runtime="vllm", deployment_mode="local", gpu_type="cpu"), "parameters": {"max-num-seqs": [1, 16]}}
     assert spec_from_obj(base).engine_env == {}
     with pytest.raises(SpecError, match="deployment_mode local") as e:
         spec_from_obj({**base, "deployment_mode": "docker"})
@@ -170,6 +170,7 @@ async def test_a_cpu_task_runs_one_engine_at_a_time_and_records_what_it_started_
         optimization={"max_iterations": 2, "max_parallel": 2},
         benchmark={"traffic_scenarios": ["D(64,16)"], "num_concurrency": [4], "max_requests_per_iteration": 12, "warmup_requests": 0},
     )
+    raw["parameters"] = {"max-num-seqs": [1, 16]}  # small_spec merges dicts: not its SGLang flags
     try:
         task = await submit(js, raw)
         final = await task_finished(js, task, timeout=120)

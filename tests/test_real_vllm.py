@@ -49,7 +49,9 @@ def cpu_spec(name: str, parameters: dict, **over) -> dict:
         benchmark={"traffic_scenarios": ["D(100,100)"], "num_concurrency": [16], "max_requests_per_iteration": 64, "max_time_per_iteration": 3, "warmup_requests": 1},
     )  # fmt: skip
     base.update(over)
-    return small_spec(name, **base)
+    spec = small_spec(name, **base)
+    spec["parameters"] = parameters  # small_spec merges dicts: its SGLang flags would reach vLLM, which refuses them
+    return spec
 
 
 def group_of(pgid: int) -> list[int]:
