@@ -149,9 +149,9 @@ async def _explain(nc, js, task: str) -> None:
     kv = max((r.get("engine_max_kv_cache_usage") or 0.0) for r in done)
     preempted = sum((r.get("engine_preemptions") or 0.0) for r in done)
     if kv < 0.9 and not preempted:
-        print(f"The KV cache stayed below {kv:.0%} and nothing was preempted: the batch size, not memory, set the pace.")
+        print(f"The KV cache stayed below {kv:.1%} and nothing was preempted: the batch size, not memory, set the pace.")
     else:
-        print(f"The KV cache reached {kv:.0%} and {preempted:.0f} requests were preempted: memory limited the batch too.")
+        print(f"The KV cache reached {kv:.1%} and {preempted:.0f} requests were preempted: memory limited the batch too.")
     print(f"({REAL_CPU_NOTE}.)")
 
 

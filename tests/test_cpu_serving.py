@@ -188,9 +188,9 @@ async def test_a_cpu_task_runs_one_engine_at_a_time_and_records_what_it_started_
             assert s.command[-2:] == ["--served-model-name", "Llama-3.1-8B"]
             assert s.env == {**host_env, "VLLM_CPU_KVCACHE_SPACE": "1", "CUDA_VISIBLE_DEVICES": ""}
         for c in (e for _, e in history if isinstance(e, ev.ExperimentCompleted)):
-            assert c.engine.source == "vllm" and c.engine.samples >= 2
+            assert c.engine.source == "vllm"  # the benchmark is shorter than a scrape interval here: counters, maybe no load sample
             assert c.engine.generation_tokens == 12 * 16 and c.engine.prompt_tokens == 12 * 64
-            assert c.engine.max_running is not None and c.engine.max_running <= 4
+            assert c.engine.max_running is None or c.engine.max_running <= 4
         registered = [e for _, e in await events_of(js, "autotune.host.cpu1.>") if isinstance(e, ev.HostRegistered)][-1]
         assert (registered.cpu_slots, registered.cpu_engines, registered.engine_paths) == (1, ["vllm"], {"vllm": str(vllm)})
 

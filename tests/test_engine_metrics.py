@@ -61,6 +61,20 @@ def test_summary_gauges_as_mean_and_max_counters_as_increase_through_a_reset():
     assert got.preemptions is None and got.mean_waiting is None  # never reported: unknown, not zero
 
 
+def test_gauges_leave_out_the_bounds_of_the_window_which_only_close_the_counters():
+    s = Scrapes(bounded=True, closed=True)
+    for running, gen in ((0, 100), (16, 300), (12, 700), (0, 900)):  # idle before the first request and after the last
+        s.add("vllm", {"running": running, "generation_tokens": gen})
+    got = s.summary()
+    assert got.samples == 2 and got.mean_running == 14 and got.max_running == 16
+    assert got.generation_tokens == 800
+    # a window shorter than one interval: no load sample, the counters still count
+    short = Scrapes(bounded=True, closed=True)
+    short.add("vllm", {"running": 0, "generation_tokens": 0})
+    short.add("vllm", {"running": 0, "generation_tokens": 50})
+    assert (short.summary().samples, short.summary().mean_running, short.summary().generation_tokens) == (0, None, 50)
+
+
 @pytest.mark.parametrize("engine", [["vllm", "serve", "Llama-3.1-8B"], ["sglang", "--model-path", "Llama-3.1-8B"]])
 async def test_scraper_against_the_simulator_counts_what_the_benchmark_sent(engine):
     env = {"AUTOTUNE_SIM_TIME_SCALE": "2", "AUTOTUNE_SIM_STARTUP_SCALE": "1000", "AUTOTUNE_SIM_SEED": "1"}

@@ -691,7 +691,7 @@ def _advance(row: dict, status: str, host: str | None, finished_at: datetime | N
 
 def _engine(row: dict, x: ev.EngineMetricsSummary) -> None:
     """The engine's own telemetry (its /metrics during the benchmark) onto the attempt's row."""
-    if not x.samples:
+    if not x.source:  # no engine metrics scraped (a gauge summary may rest on no sample while the counters have a window)
         return
     row.update(engine_source=x.source or None, engine_samples=x.samples)
     for c in sc.ENGINE:

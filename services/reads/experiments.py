@@ -137,7 +137,7 @@ async def log_excerpt(nc, task: str, n: int, attempt: int, *, lines: int = 200, 
 
 def engine_telemetry(exp: dict) -> dict | None:
     """The engine's own /metrics summary of an attempt's row, or None when none was scraped."""
-    if not exp.get("engine_samples"):
+    if not exp.get("engine_source"):
         return None
     out = {"source": exp.get("engine_source"), "samples": exp.get("engine_samples")}
     out.update({f: finite(exp.get(f"engine_{f}")) for f in EngineMetricsSummary.__struct_fields__ if f not in out})

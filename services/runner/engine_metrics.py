@@ -78,12 +78,16 @@ def parse(text: str) -> tuple[str, dict[str, float]]:
 
 @dataclass
 class Scrapes:
-    """The samples of one benchmark window, and their summary."""
+    """The samples of one benchmark window, and their summary. The first and the last sample may be
+    bounds (taken before the first request and after the last): they close the counters' window but
+    say nothing about the load, so gauges are summarized over the samples between them."""
 
     source: str = ""
     series: dict[str, list[float]] = field(default_factory=dict)
     samples: int = 0
     failures: int = 0
+    bounded: bool = False  # the first sample is the window's opening bound (EngineScraper)
+    closed: bool = False  # the last sample is its closing bound (the block ended without an error)
 
     def add(self, source: str, values: dict[str, float]) -> None:
         if not values:
@@ -96,11 +100,17 @@ class Scrapes:
     def summary(self) -> EngineMetricsSummary:
         s = self.series
 
+        def during(key: str) -> list[float]:
+            xs = s.get(key) or []
+            return xs[int(self.bounded): len(xs) - int(self.closed)]
+
         def mean(key: str) -> float | None:
-            return sum(s[key]) / len(s[key]) if s.get(key) else None
+            xs = during(key)
+            return sum(xs) / len(xs) if xs else None
 
         def peak(key: str) -> float | None:
-            return max(s[key]) if s.get(key) else None
+            xs = during(key)
+            return max(xs) if xs else None
 
         def increase(key: str) -> float | None:
             """A counter's increase over the window; a reset (the engine restarted) counts from zero."""
@@ -113,7 +123,7 @@ class Scrapes:
             return total
 
         return EngineMetricsSummary(
-            source=self.source, samples=self.samples, mean_running=mean("running"), max_running=peak("running"),
+            source=self.source, samples=len(during("running")), mean_running=mean("running"), max_running=peak("running"),
             mean_waiting=mean("waiting"), max_waiting=peak("waiting"), mean_kv_cache_usage=mean("kv"), max_kv_cache_usage=peak("kv"),
             preemptions=increase("preemptions"), prompt_tokens=increase("prompt_tokens"), generation_tokens=increase("generation_tokens"),
         )
@@ -127,7 +137,7 @@ class EngineScraper:
         self.url = base_url.rstrip("/") + "/metrics"
         self.interval_s = interval_s
         self.timeout_s = timeout_s
-        self.scrapes = Scrapes()
+        self.scrapes = Scrapes(bounded=True)
         self._task: asyncio.Task | None = None
         self._client: httpx.AsyncClient | None = None
 
@@ -164,7 +174,9 @@ class EngineScraper:
         if self._client is not None:
             with contextlib.suppress(Exception):
                 if exc[0] is None:  # the benchmark finished: one last scrape closes the counters' window
+                    before = self.scrapes.samples
                     await asyncio.wait_for(self.scrape_once(), self.timeout_s + 1)
+                    self.scrapes.closed = self.scrapes.samples > before
             await self._client.aclose()
 
     def summary(self) -> EngineMetricsSummary:
