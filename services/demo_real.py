@@ -44,7 +44,7 @@ def _task_file(args) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     from autotune import supervisor as sv
-    from autotune.cli import EXIT_INPUT, _settings
+    from autotune.cli.connection import EXIT_INPUT, stack_settings
     from autotune.shared import lifecycle
     from autotune.shared.log import setup_logging
 
@@ -65,12 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     raw = json.loads(json.dumps(__import__("msgspec").to_builtins(spec)))
     raw["task_name"] = f"{spec.task_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     spec = spec_from_obj(raw)
-    settings = _settings(args)
+    settings = stack_settings(args)
     data = Path(settings.data_dir) / "demo-real"
     result = {"code": 1}
 
     async def run(stop: asyncio.Event) -> None:
-        from autotune.cli import _watch_and_report
+        from autotune.cli.watch import watch_and_report
         from autotune.shared import bus, commands
 
         print("autotune demo-real: the REAL vLLM (its CPU build) serving a tiny random-weight Llama on this machine's CPU.")
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             await bus.provision(js, settings)
             task = (await commands.submit_task(js, spec, submitted_by="demo-real")).task
             print(f"submitted task {task}: {spec.description}\n")
-            result["code"] = await _watch_and_report(js, task, spec_dict=raw, simulated=False)
+            result["code"] = await watch_and_report(js, task, spec_dict=raw, simulated=False)
             await _explain(nc, js, task)
             print("\nlook further (while a stack runs on this data directory):")
             print(f"  AUTOTUNE_DATA_DIR={data} autotune up        # the log is on disk: this task is still there")

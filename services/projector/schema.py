@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from autotune.schemas.status import EXPERIMENT_ON_HOST, sql_list
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 ARROW = {
     "VARCHAR": pa.string(),
