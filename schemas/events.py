@@ -191,6 +191,8 @@ class ExperimentStarted(Event, frozen=True, kw_only=True, tag="experiment.starte
     runtime: str
     command: list[str] = []
     handle: str = ""  # pid, container id or deployment name
+    device: str = ""  # "cpu": a real engine serving on the host's CPU (no GPU); "" for GPUs (or simulated ones)
+    env: dict[str, str] = {}  # what autotune set in the engine's environment (task and host configuration; never secrets)
 
 
 class ExperimentReady(Event, frozen=True, kw_only=True, tag="experiment.ready"):
@@ -226,6 +228,24 @@ class TelemetrySummary(msgspec.Struct, frozen=True, kw_only=True):
     max_temperature_c: float | None = None
 
 
+class EngineMetricsSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """The engine's own Prometheus /metrics, scraped about once a second during the benchmark window:
+    the queue and the KV cache explain a slow configuration (full cache, preempting, requests waiting).
+    Gauges as mean and max over the samples; counters as their increase over the window."""
+
+    source: str = ""  # the metric family scraped: "vllm" | "sglang"; "" when none answered
+    samples: int = 0
+    mean_running: float | None = None  # requests being decoded or prefilled
+    max_running: float | None = None
+    mean_waiting: float | None = None  # requests queued for a slot or for KV cache
+    max_waiting: float | None = None
+    mean_kv_cache_usage: float | None = None  # fraction of the KV cache in use, 0..1
+    max_kv_cache_usage: float | None = None
+    preemptions: float | None = None  # requests evicted for lack of KV cache (recomputed later)
+    prompt_tokens: float | None = None  # prefilled tokens, as the engine counts them
+    generation_tokens: float | None = None  # generated tokens, as the engine counts them
+
+
 class ExperimentCompleted(Event, frozen=True, kw_only=True, tag="experiment.completed"):
     """The runner benchmarked the engine and scored the result (lower score is better)."""
 
@@ -243,6 +263,7 @@ class ExperimentCompleted(Event, frozen=True, kw_only=True, tag="experiment.comp
     startup_s: float = 0.0
     duration_s: float = 0.0
     telemetry: TelemetrySummary = TelemetrySummary()
+    engine: EngineMetricsSummary = EngineMetricsSummary()
 
 
 FAILURE_KINDS = (
@@ -278,6 +299,7 @@ class ExperimentFailed(Event, frozen=True, kw_only=True, tag="experiment.failed"
     startup_s: float | None = None
     duration_s: float = 0.0
     metrics: ExperimentMetrics | None = None
+    engine: EngineMetricsSummary = EngineMetricsSummary()  # what the engine reported until it failed
 
 
 class ExperimentCancelled(Event, frozen=True, kw_only=True, tag="experiment.cancelled"):
@@ -312,6 +334,9 @@ class HostRegistered(Event, frozen=True, kw_only=True, tag="host.registered"):
     simulated: bool = False
     node: str | None = None
     version: str = ""
+    engine_paths: dict[str, str] = {}  # engine → the executable this host runs it with (`--engine vllm=/opt/vllm/bin/vllm`)
+    cpu_slots: int = 0  # real engines this host serves on its CPU at once (no GPU needed); 0: none
+    cpu_engines: list[str] = []  # the engines it serves on CPU
 
 
 class HostDrainRequested(Event, frozen=True, kw_only=True, tag="host.drain_requested"):

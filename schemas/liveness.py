@@ -26,6 +26,9 @@ class LiveHost(msgspec.Struct, kw_only=True):
     running: list[str] = []  # "<task>/<n>/<attempt>" the runner is executing
     at: float = 0.0  # heartbeat time (epoch seconds)
     node: str | None = None
+    engine_paths: dict[str, str] = {}  # engine → executable (host configuration)
+    cpu_slots: int = 0  # real engines it serves on CPU at once; placement never exceeds it
+    cpu_engines: list[str] = []
 
 
 def running_key(task: str, n: int, attempt: int) -> str:

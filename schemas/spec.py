@@ -17,6 +17,7 @@ import yaml
 Scalar = str | int | float | bool | None
 
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 STRATEGIES = ("grid_search", "random", "bayesian", "multi_objective")
 OBJECTIVES = ("minimize_latency", "maximize_throughput", "minimize_ttft", "minimize_tpot")
@@ -185,6 +186,9 @@ class TaskSpec(_Spec, kw_only=True):
     clusterservingruntime_config: OmeResource | None = None
     # autotune extension: the engine, where base_runtime (an OME ClusterServingRuntime) does not tell
     runtime_engine: Literal["sglang", "vllm"] | None = None
+    # autotune extension: set in the engine's environment (e.g. VLLM_CPU_KVCACHE_SPACE for vLLM on CPU);
+    # the host's own configuration (`--engine-env`) comes first, the task's overrides it
+    engine_env: dict[str, str] = {}
 
     @property
     def engine(self) -> str:
@@ -249,6 +253,23 @@ def parse_spec(text: str | bytes, *, source: str = "", fmt: str | None = None) -
         raise
 
 
+CPU = "cpu"
+
+
+def is_cpu_serving(gpu_type: str | None) -> bool:
+    """Whether a task asks for a real engine on a host's CPU (`gpu_type: cpu`) instead of GPUs."""
+    return (gpu_type or "").strip().lower() == CPU
+
+
+def real_cpu(simulate: bool | None, deployment_mode: str | None, gpu_type: str | None) -> bool:
+    """Whether results come from a real engine serving on a CPU: real, but its speeds say nothing
+    about GPUs. Every surface labels such a task or experiment, as it labels simulated ones."""
+    return is_cpu_serving(gpu_type) and not is_simulated(simulate, deployment_mode)
+
+
+REAL_CPU_NOTE = "measured on a REAL engine serving on CPU: its speeds say nothing about GPUs"
+
+
 def is_simulated(simulate: bool | None, deployment_mode: str | None) -> bool:
     """Whether a task runs on simulated engines and GPUs: asked for at submit (`--simulate`), or a
     spec whose `deployment_mode` is `simulated`. The one rule every surface labels results by."""
@@ -295,6 +316,14 @@ def validate(spec: TaskSpec) -> None:
     from autotune.schemas.runtime import validate_runtime
 
     validate_runtime(spec)
+    for name in spec.engine_env:
+        if not ENV_NAME.match(name):
+            raise SpecError("an environment variable name is letters, digits and _, not starting with a digit", f"$.engine_env.{name}")
+    if is_cpu_serving(spec.gpu_type) and spec.deployment_mode not in ("local", "simulated"):
+        raise SpecError(
+            f"CPU serving (gpu_type: cpu) runs the engine as a local process: use deployment_mode local, not {spec.deployment_mode}",
+            "$.deployment_mode",
+        )
     opt = spec.optimization
     if opt.strategy not in STRATEGIES:
         raise SpecError(f"`{opt.strategy}` is not one of {', '.join(STRATEGIES)}", "$.optimization.strategy")

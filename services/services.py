@@ -20,10 +20,12 @@ class CannotStart(Exception):
 
 def service_main(
     name: str, *, host: str | None = None, simulate: str | None = None, time_scale: float | None = None, takeover: bool = False,
-    bind: str = "127.0.0.1", port: int = 8080,
+    bind: str = "127.0.0.1", port: int = 8080, runner_options: dict | None = None,
 ) -> Callable[[Settings, asyncio.Event], Awaitable[None]]:
     """`main(settings, stop)` of the service called `name`, with its options bound (host, simulate,
-    time_scale and takeover are the runner's and gpumon's; bind and port the API's)."""
+    time_scale and takeover are the runner's and gpumon's; bind and port the API's; runner_options more
+    RunnerSettings of the runner: engines, engine_env, cpu_slots, models_dir). Raises ValueError for
+    runner options it cannot use (an engine that is not an executable file)."""
     if name == "scheduler":
         from autotune.scheduler.service import run as scheduler_run
 
@@ -40,7 +42,7 @@ def service_main(
         from autotune.runner.service import HostTaken, RunnerSettings
         from autotune.runner.service import run as runner_run
 
-        rs = RunnerSettings.from_env(simulate=simulate, time_scale=time_scale, takeover=takeover or None)
+        rs = RunnerSettings.from_env(simulate=simulate, time_scale=time_scale, takeover=takeover or None, **(runner_options or {}))
         if host:
             rs.host = host
 

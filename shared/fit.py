@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autotune.schemas.liveness import LiveHost
+from autotune.schemas.spec import is_cpu_serving
 
 
 def effective_mode(deployment_mode: str, host: LiveHost, simulate: bool) -> str | None:
@@ -24,7 +25,11 @@ def effective_mode(deployment_mode: str, host: LiveHost, simulate: bool) -> str 
 
 
 def capacity(host: LiveHost, *, engine: str, deployment_mode: str, gpu_type: str | None, simulate: bool) -> int | None:
-    """How many GPUs of the task's type the host has for its mode and engine (None: it cannot run the task)."""
+    """How many GPUs of the task's type the host has for its mode and engine (None: it cannot run the task);
+    for a real engine on CPU (`gpu_type: cpu`), its CPU slots."""
+    if is_cpu_serving(gpu_type) and not simulate:
+        ok = deployment_mode == "local" and "local" in host.runtimes and engine in host.cpu_engines and host.cpu_slots > 0
+        return host.cpu_slots if ok else None
     mode = effective_mode(deployment_mode, host, simulate)
     if mode is None or (host.engines and engine not in host.engines and mode != "simulated"):
         return None
@@ -51,6 +56,10 @@ def fit(need: int, hosts: dict[str, LiveHost], *, engine: str, deployment_mode: 
         return Fit(False, "no live host takes work (start one: autotune up, or autotune deploy)")
     kw: dict[str, Any] = dict(engine=engine, deployment_mode=deployment_mode, gpu_type=gpu_type, simulate=simulate)
     caps = {h: c for h, v in hosts.items() if (c := capacity(v, **kw)) is not None}
+    if is_cpu_serving(gpu_type) and not simulated:  # one CPU slot per engine, whatever its flags say about GPUs
+        if not caps:
+            return Fit(False, f"no live host serves {engine} on its CPU (a runner without GPUs started with --engine {engine}=PATH)")
+        return Fit(True, "", tuple(sorted(caps)))
     if not caps:
         if simulated:
             return Fit(False, "no live host runs simulated engines")

@@ -188,6 +188,7 @@ def test_gpu_device_requests_and_mounts_follow_the_lease_and_the_model(tmp_path)
     spec_.model, spec_.argv = "llama-8b", [*argv[:4], "llama-8b", *argv[5:]]
     cfg = rt.container_config(spec_)
     assert f"{tmp_path}:/models:ro" in cfg["HostConfig"]["Binds"] and cfg["Cmd"][4] == "/models/llama-8b"
+    assert cfg["Cmd"][-2:] == ["--served-model-name", "llama-8b"]  # else it serves /models/llama-8b: 404 to requests for llama-8b
     # without real GPUs there is nothing to request
     spec_.real_gpus = False
     assert "DeviceRequests" not in rt.container_config(spec_)["HostConfig"]

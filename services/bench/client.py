@@ -10,7 +10,9 @@ The run's time limit is then max_time_per_iteration x 60 / s wall seconds, and e
 (TTFT, TPOT, inter-token gaps, e2e, run duration) is multiplied by s, so figures are engine seconds and
 compare with real engines and with the SLO thresholds. Throughputs are per engine second.
 
-Per request: TTFT (first content token), every inter-token gap, TPOT = (e2e - TTFT) / (tokens - 1), e2e
+Per request: TTFT (the first token's chunk, even one whose text is empty: vLLM sends a byte-level token
+that does not complete a character as text ""; chat's first chunk, the role with empty content, is not a
+token), every inter-token gap, TPOT = (e2e - TTFT) / (tokens - 1), e2e
 (until `[DONE]`), tokens from the usage the server reports (else the count of content chunks), and an
 error kind: `http_<status>` (a status or an error event in the stream), `connection`, `disconnected`,
 `timeout`, `incomplete_stream`, `empty_response`, `client_error`. Inter-token gaps are kept in

@@ -27,6 +27,7 @@ _clock = time.perf_counter
 
 class _Delta(msgspec.Struct):
     content: str | None = None
+    role: str | None = None
 
 
 class _Choice(msgspec.Struct):
@@ -221,16 +222,16 @@ class _Exchange:
                 self.done_event = True
                 continue
             # Fast path: a plain token chunk (no usage, error, finish reason or server timing).
+            # A chunk with empty text is a token too: a byte-level BPE token that does not complete a
+            # character comes with text "" (vLLM sends it; its own client counts it). Chat's first
+            # chunk, the assistant role with content "", is not.
             if (b'finish_reason":null' in payload and b'"usage"' not in payload and b'"error"' not in payload
                     and b"autotune_server_timing" not in payload):
                 if b'"text":"' in payload:
-                    empty = b'"text":""' in payload
-                elif b'"content":"' in payload:
-                    empty = b'"content":""' in payload
-                else:
-                    empty = None
-                if empty is not None:
-                    if not empty:
+                    self._token(now)
+                    continue
+                if b'"content":"' in payload:
+                    if b'"role"' not in payload or b'"content":""' not in payload:
                         self._token(now)
                     continue
             try:
@@ -243,8 +244,12 @@ class _Exchange:
                 else:
                     res.error, res.message = "http_500", str(chunk.error)
             for choice in chunk.choices:
-                content = choice.text if choice.text is not None else (choice.delta.content if choice.delta else None)
-                if content:
+                if choice.text is not None:  # completions: every chunk of text is a token, even an empty one
+                    token = bool(choice.text) or not choice.finish_reason
+                else:  # chat: content, but not the role chunk's empty content
+                    d = choice.delta
+                    token = d is not None and d.content is not None and (bool(d.content) or (d.role is None and not choice.finish_reason))
+                if token:
                     self._token(now)
                 if choice.finish_reason:
                     self.finished = True

@@ -8,7 +8,7 @@ import sys
 
 from autotune.cli.connection import EXIT_OK, Connection, nats_command
 from autotune.cli.options import add_command, json_option
-from autotune.cli.render import SIMULATED, cell, console, dump, table
+from autotune.cli.render import REAL_CPU, SIMULATED, cell, console, dump, table
 
 EXP_COLUMNS = [("n", "n"), ("attempt", "try"), ("status", "status"), ("host", "host"), ("parameters", "parameters"), ("score", "score"),
                ("mean_total_tps_per_gpu", "tok/s/GPU"), ("mean_ttft", "TTFT s"), ("mean_tpot", "TPOT s"), ("mean_e2e_latency", "e2e s"),
@@ -53,7 +53,7 @@ async def experiments(args: argparse.Namespace, conn: Connection) -> int:
     if args.json:
         dump(page.items)
         return EXIT_OK
-    title = f"experiments of {args.id} ({len(page.items)} of {page.total}, by {args.sort})" + (f"  {SIMULATED}" if page.simulate else "")
+    title = f"experiments of {args.id} ({len(page.items)} of {page.total}, by {args.sort})" + (f"  {SIMULATED}" if page.simulate else "") + (f"  {REAL_CPU}" if page.real_cpu else "")
     rows = [[r.get(c) for c, _ in EXP_COLUMNS[:-1]] + [_why(r)] for r in page.items]
     console().print(table(title, [h for _, h in EXP_COLUMNS], rows))
     return EXIT_OK
@@ -76,7 +76,8 @@ async def experiment(args: argparse.Namespace, conn: Connection) -> int:
         return EXIT_OK
     c = console()
     e = d.experiment
-    c.print(f"[bold]experiment {d.n} of task {d.task}[/bold] (attempt {d.attempt})" + (f"  [bold yellow]{SIMULATED}[/bold yellow]" if d.simulate else ""))
+    c.print(f"[bold]experiment {d.n} of task {d.task}[/bold] (attempt {d.attempt})" + (f"  [bold yellow]{SIMULATED}[/bold yellow]" if d.simulate else "")
+            + (f"  [bold cyan]{REAL_CPU}[/bold cyan]" if d.real_cpu else ""))  # fmt: skip
     c.print(f"  status      {d.status}" + (f"  score {cell(e.get('score'))}" if e.get("score") is not None else "")
             + (f"  SLO {'met' if e.get('slo_met') else 'violated'}" if e.get("slo_met") is not None else ""))  # fmt: skip
     c.print(f"  placed on   {e.get('host') or '-'} GPUs {cell(e.get('gpu_indices')) or '-'} ({e.get('gpu_type') or '?'}), runtime {e.get('runtime') or '-'}")
@@ -84,6 +85,13 @@ async def experiment(args: argparse.Namespace, conn: Connection) -> int:
     if d.command:
         c.print(f"  command     {d.command}", soft_wrap=True)
     c.print(f"  timing      startup {cell(e.get('startup_s')) or '-'} s, total {cell(e.get('duration_s')) or '-'} s, started {e.get('started_at') or '-'}")
+    if d.engine_env:
+        c.print(f"  engine env  {cell(d.engine_env)}", soft_wrap=True)
+    if t := d.engine_telemetry:
+        c.print(f"  engine      {t['source']} /metrics, {t['samples']} samples: running mean {cell(t['mean_running'])} max {cell(t['max_running'])}, "
+                f"waiting mean {cell(t['mean_waiting'])} max {cell(t['max_waiting'])}, KV cache mean {cell(t['mean_kv_cache_usage'])} "
+                f"max {cell(t['max_kv_cache_usage'])}, preemptions {cell(t['preemptions'])}, tokens prompt {cell(t['prompt_tokens'])} "
+                f"generated {cell(t['generation_tokens'])}", soft_wrap=True)  # fmt: skip
     if d.failure:
         f = d.failure
         c.print(f"  [red]failed[/red]      {f['kind']} at {f['stage']}" + (" (retried)" if f.get("retryable") else "") + f": {f.get('message') or ''}")

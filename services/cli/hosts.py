@@ -45,7 +45,8 @@ def _gpu_summary(h) -> str:
     names: dict[str, int] = {}
     for g in h.gpus:
         names[g.name or "?"] = names.get(g.name or "?", 0) + 1
-    return ", ".join(f"{k}x {n}" for n, k in names.items())
+    cpu = f"; CPU: {h.cpu_slots} slot(s) for real {','.join(h.cpu_engines)}" if getattr(h, "cpu_slots", 0) else ""
+    return ", ".join(f"{k}x {n}" for n, k in names.items()) + cpu
 
 
 @nats_command

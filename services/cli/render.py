@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 SIMULATED = "[SIMULATED engines and GPUs]"
+REAL_CPU = "[REAL engine on CPU: speeds say nothing about GPUs]"
 
 
 def console():

@@ -34,6 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--simulate", help="runner/gpumon: simulated GPUs, e.g. 4xH100")
     p.add_argument("--time-scale", type=float, default=None, help="runner: simulated engines' time compression")
     p.add_argument("--takeover", action="store_true", help="runner: replace a live instance of the same host")
+    p.add_argument("--engine", action="append", default=[], metavar="NAME=PATH",
+                   help="runner: where an engine's executable lives on this host, e.g. vllm=/opt/vllm/bin/vllm (repeatable; AUTOTUNE_ENGINES)")
+    p.add_argument("--engine-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="runner: set in every engine's environment, e.g. HF_HUB_OFFLINE=1 (repeatable; a task's engine_env overrides it)")
+    p.add_argument("--cpu-slots", type=int, default=None,
+                   help="runner: real engines served on this host's CPU at once (default: 1 without GPUs when --engine names vllm)")
+    p.add_argument("--models-dir", default=None, help="runner: where model names without a `/` live (AUTOTUNE_MODELS_DIR)")
     p.add_argument("--port", type=int, default=8080, help="api: port")
     p.add_argument("--bind", default="127.0.0.1", help="api: address")
 
@@ -55,9 +62,16 @@ def run(args: argparse.Namespace) -> int:
     from autotune.shared.log import setup_logging
 
     setup_logging()
+    from autotune.runner.settings import parse_pairs
+
     s = stack_settings(args)
-    main = service_main(args.service, host=args.host, simulate=args.simulate, time_scale=args.time_scale, takeover=args.takeover,
-                           bind=args.bind, port=args.port)  # fmt: skip
+    try:
+        runner_options = dict(engines=parse_pairs(args.engine, "engine") or None, engine_env=parse_pairs(args.engine_env, "engine-env") or None,
+                              cpu_slots=args.cpu_slots, models_dir=args.models_dir)  # fmt: skip
+        main = service_main(args.service, host=args.host, simulate=args.simulate, time_scale=args.time_scale, takeover=args.takeover,
+                            bind=args.bind, port=args.port, runner_options=runner_options)  # fmt: skip
+    except ValueError as e:
+        return err(f"{args.service}: {e}", EXIT_INPUT)
     try:
         lifecycle.run_until_signal(lambda stop: main(s, stop))
     except CannotStart as e:

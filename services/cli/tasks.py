@@ -8,7 +8,7 @@ import sys
 
 from autotune.cli.connection import EXIT_FAILED, EXIT_OK, Connection, err, nats_command
 from autotune.cli.options import add_command, json_option
-from autotune.cli.render import SIMULATED, ago, cell, console, dump, table
+from autotune.cli.render import REAL_CPU, SIMULATED, ago, cell, console, dump, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -140,7 +140,7 @@ async def tasks(args: argparse.Namespace, conn: Connection) -> int:
         dump(page.items)
         return EXIT_OK
     rows = [
-        [t.id, t.status, "SIMULATED" if t.simulate else t.deployment_mode, t.strategy, t.objective, t.model,
+        [t.id, t.status, "SIMULATED" if t.simulate else ("REAL CPU" if t.real_cpu else t.deployment_mode), t.strategy, t.objective, t.model,
          f"{t.experiments_completed + t.experiments_failed}/{t.budget or '?'}", t.experiments_failed, t.best_n,
          t.best_score, ago(t.submitted_at)]
         for t in page.items
@@ -160,7 +160,7 @@ async def task(args: argparse.Namespace, conn: Connection) -> int:
         return EXIT_OK
     c = console()
     p = t.progress
-    c.print(f"[bold]task {t.id}[/bold]" + (f"  [bold yellow]{SIMULATED}[/bold yellow]" if t.simulate else ""))
+    c.print(f"[bold]task {t.id}[/bold]" + (f"  [bold yellow]{SIMULATED}[/bold yellow]" if t.simulate else "") + (f"  [bold cyan]{REAL_CPU}[/bold cyan]" if t.real_cpu else ""))
     reason = f"{t.reason_path}: {t.reason}" if t.reason and t.reason_path else t.reason
     c.print(f"  status     {t.status}" + (f" ({reason})" if reason else "") + (f"  cloned from {t.cloned_from}" if t.cloned_from else ""))
     c.print(f"  tunes      {t.engine} {t.model}  mode {t.deployment_mode}" + (f"  gpu_type {t.gpu_type}" if t.gpu_type else ""))

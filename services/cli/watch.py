@@ -16,7 +16,7 @@ from rich.table import Table
 from autotune.cli.connection import EXIT_FAILED, EXIT_OK, err
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
-from autotune.schemas.spec import is_simulated
+from autotune.schemas.spec import REAL_CPU_NOTE, is_cpu_serving, is_simulated
 from autotune.shared import bus
 
 
@@ -168,6 +168,8 @@ async def watch_and_report(js, task: str, *, spec_dict: dict | None, simulated: 
             print(f"  {cmd}")
             if view.simulated:
                 print("  (measured on SIMULATED engines and GPUs: rehearse here, confirm on real hardware)")
+            elif is_cpu_serving((spec_dict or {}).get("gpu_type")):
+                print(f"  ({REAL_CPU_NOTE})")
             print(f"  as docker run / Kubernetes: autotune best {task} --format docker | k8s")
         return EXIT_OK
     if isinstance(final, ev.TaskRejected):

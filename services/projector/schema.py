@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from autotune.schemas.status import EXPERIMENT_ON_HOST, sql_list
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 ARROW = {
     "VARCHAR": pa.string(),
@@ -122,6 +122,11 @@ HEADLINE = (
     "requests_per_s", "success_rate", "error_rate",
 )  # fmt: skip
 TELEMETRY = ("mean_util_gpu", "max_util_gpu", "max_memory_used_mib", "mean_power_w", "max_temperature_c")
+# the engine's own /metrics during the benchmark (events.EngineMetricsSummary, under an engine_ prefix)
+ENGINE = (
+    "engine_mean_running", "engine_max_running", "engine_mean_waiting", "engine_max_waiting", "engine_mean_kv_cache_usage",
+    "engine_max_kv_cache_usage", "engine_preemptions", "engine_prompt_tokens", "engine_generation_tokens",
+)  # fmt: skip
 
 EVENTS = Table(
     "events",
@@ -161,7 +166,7 @@ EXPERIMENTS = Table(
         ("host", "VARCHAR"), ("instance", "VARCHAR"), ("runtime", "VARCHAR"), ("handle", "VARCHAR"),
         ("gpu_indices", "BIGINT[]"), ("gpu_uuids", "VARCHAR[]"), ("gpus", "BIGINT"), ("gpu_type", "VARCHAR"),
         ("parameters", "JSON"), ("deployment_mode", "VARCHAR"), ("simulated", "BOOLEAN"), ("timeout_s", "DOUBLE"),
-        ("retry_of", "VARCHAR"),
+        ("retry_of", "VARCHAR"), ("device", "VARCHAR"), ("engine_env", "JSON"),
         ("score", "DOUBLE"), ("objective_value", "DOUBLE"), ("objectives", "DOUBLE[]"), ("slo_met", "BOOLEAN"),
         ("slo_violations", "JSON"), ("hard_fail", "BOOLEAN"),
         ("failure_kind", "VARCHAR"), ("failure_stage", "VARCHAR"), ("failure_message", "VARCHAR"),
@@ -173,11 +178,12 @@ EXPERIMENTS = Table(
         ("waiting_reason", "VARCHAR"), ("waiting_fits", "BOOLEAN"), ("waiting_since", "TIMESTAMPTZ"),
         *[(h, "DOUBLE") for h in HEADLINE],
         ("telemetry_samples", "BIGINT"), *[(t, "DOUBLE") for t in TELEMETRY],
+        ("engine_source", "VARCHAR"), ("engine_samples", "BIGINT"), *[(t, "DOUBLE") for t in ENGINE],
         ("last_seq", "BIGINT"), ("last_event_at", "TIMESTAMPTZ"),
     ],
     key=("task", "n", "attempt"),
     doc="one row per experiment attempt: lifecycle, placement, score, failure, headline metrics",
-    packed=("metrics", (*HEADLINE, *TELEMETRY)),
+    packed=("metrics", (*HEADLINE, *TELEMETRY, *ENGINE)),
 )  # fmt: skip
 
 EXPERIMENT_RUNS = Table(
@@ -211,6 +217,7 @@ HOSTS = Table(
         ("host", "VARCHAR"), ("status", "VARCHAR"), ("instance", "VARCHAR"), ("hostname", "VARCHAR"),
         ("node", "VARCHAR"), ("version", "VARCHAR"), ("gpus", "JSON"), ("gpu_count", "BIGINT"),
         ("runtimes", "VARCHAR[]"), ("engines", "VARCHAR[]"), ("simulated", "BOOLEAN"),
+        ("cpu_slots", "BIGINT"), ("cpu_engines", "VARCHAR[]"), ("engine_paths", "JSON"),
         ("registered_at", "TIMESTAMPTZ"), ("drain_requested_at", "TIMESTAMPTZ"), ("drained_at", "TIMESTAMPTZ"),
         ("removed_at", "TIMESTAMPTZ"), ("lost_at", "TIMESTAMPTZ"),
         ("release", "VARCHAR"), ("deploy_outcome", "VARCHAR"), ("deployed_at", "TIMESTAMPTZ"), ("deployed_by", "VARCHAR"),

@@ -565,6 +565,9 @@ def _host_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
                 runtimes=list(e.runtimes),
                 engines=list(e.engines),
                 simulated=e.simulated,
+                cpu_slots=e.cpu_slots,
+                cpu_engines=list(e.cpu_engines),
+                engine_paths=jsonstr(e.engine_paths),
                 registered_at=e.at,
             )
         case ev.HostDrainRequested():
@@ -620,7 +623,8 @@ def _experiment_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None
             _advance(row, "cancelling", host)
         case ev.ExperimentStarted():
             if _advance(row, "running", host):
-                row.update(instance=e.instance, runtime=e.runtime, handle=e.handle or None, started_at=e.at)
+                row.update(instance=e.instance, runtime=e.runtime, handle=e.handle or None, started_at=e.at, device=e.device or None,
+                           engine_env=jsonstr(e.env) if e.env else None)
         case ev.ExperimentReady():
             if _advance(row, "ready", host):
                 row.update(startup_s=e.startup_s, ready_at=e.at)
@@ -647,6 +651,7 @@ def _experiment_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None
                     mean_power_w=t.mean_power_w,
                     max_temperature_c=t.max_temperature_c,
                 )
+                _engine(row, e.engine)
                 _metrics(row, e.metrics)
         case ev.ExperimentFailed():
             if _advance(row, "failed", host, finished_at=e.at):
@@ -659,6 +664,7 @@ def _experiment_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None
                     startup_s=e.startup_s if e.startup_s is not None else row["startup_s"],
                     duration_s=e.duration_s,
                 )
+                _engine(row, e.engine)
                 if e.metrics is not None:
                     _metrics(row, e.metrics)
         case ev.ExperimentCancelled():
@@ -681,6 +687,15 @@ def _advance(row: dict, status: str, host: str | None, finished_at: datetime | N
     if finished_at is not None:
         row["finished_at"] = finished_at
     return True
+
+
+def _engine(row: dict, x: ev.EngineMetricsSummary) -> None:
+    """The engine's own telemetry (its /metrics during the benchmark) onto the attempt's row."""
+    if not x.source:  # no engine metrics scraped (a gauge summary may rest on no sample while the counters have a window)
+        return
+    row.update(engine_source=x.source or None, engine_samples=x.samples)
+    for c in sc.ENGINE:
+        row[c] = getattr(x, c.removeprefix("engine_"))
 
 
 def _metrics(row: dict, x: ExperimentMetrics) -> None:

@@ -8,7 +8,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from autotune.schemas.spec import is_simulated
+from autotune.schemas.spec import is_simulated, real_cpu
 from autotune.shared import query as q
 
 SECRET_FIELDS = frozenset({"hf_token"})
@@ -74,6 +74,11 @@ def redact(value: Any) -> Any:
 def simulated(row: dict) -> bool:
     """Whether a task (or experiment) row was measured on simulated engines and GPUs."""
     return is_simulated(row.get("simulate"), row.get("deployment_mode")) or bool(row.get("simulated"))
+
+
+def on_cpu(row: dict) -> bool:
+    """Whether a task (or experiment) row was measured on a real engine serving on CPU (labelled like SIMULATED)."""
+    return real_cpu(row.get("simulate"), row.get("deployment_mode"), row.get("gpu_type")) and not bool(row.get("simulated"))
 
 
 def finite(v: Any) -> Any:

@@ -11,8 +11,9 @@ import msgspec
 
 from autotune.reads import export as ex
 from autotune.reads import models as m
-from autotune.reads.common import COLUMN, BadRequest, NotFound, as_time, clean, finite, rows, simulated
+from autotune.reads.common import COLUMN, BadRequest, NotFound, as_time, clean, finite, on_cpu, rows, simulated
 from autotune.reads.tasks import task_row
+from autotune.schemas.events import EngineMetricsSummary
 
 
 async def list_experiments(nc, task: str, *, status: str | None = None, sort: str = "n", order: str | None = None,
@@ -52,7 +53,7 @@ async def list_experiments(nc, task: str, *, status: str | None = None, sort: st
         total = r.pop("_total")
     if not got:  # past the end (or none): the count alone
         total = (await rows(nc, f"SELECT count(*) AS n {body}", params))[0]["n"] if offset else 0
-    return m.ExperimentPage(task=task, simulate=simulated(row), items=[clean(r) for r in got], total=total, limit=limit, offset=offset)
+    return m.ExperimentPage(task=task, simulate=simulated(row), real_cpu=on_cpu(row), items=[clean(r) for r in got], total=total, limit=limit, offset=offset)
 
 
 
@@ -126,6 +127,8 @@ async def experiment_detail(nc, task: str, n: int, *, attempt: int | None = None
         parameters=params, command=ex.command_line(trow.get("spec") or {}, params), experiment=clean(exp),
         runs=[clean(r) for r in runs], attempts=[{c: finite(x.get(c)) for c in summary_cols} for x in attempts],
         telemetry=telemetry_points(telemetry), telemetry_bucket_s=bucket, failure=failure, log_excerpt=[r["line"] for r in logs],
+        real_cpu=on_cpu(trow) or exp.get("device") == "cpu", device=exp.get("device"),
+        engine_env=exp.get("engine_env") if isinstance(exp.get("engine_env"), dict) else {}, engine_telemetry=engine_telemetry(exp),
     )  # fmt: skip
 
 
@@ -145,3 +148,14 @@ async def log_excerpt(nc, task: str, n: int, attempt: int, *, lines: int = 200, 
         rows(nc, "SELECT coalesce(max(seq), 0) AS seq FROM log_lines WHERE task = ? AND n = ?", [task, n], min_seq=min_seq),
     )
     return got, last[0]["seq"]
+
+
+def engine_telemetry(exp: dict) -> dict | None:
+    """The engine's own /metrics summary of an attempt's row, or None when none was scraped."""
+    if not exp.get("engine_source"):
+        return None
+    out = {"source": exp.get("engine_source"), "samples": exp.get("engine_samples")}
+    out.update({f: finite(exp.get(f"engine_{f}")) for f in EngineMetricsSummary.__struct_fields__ if f not in out})
+    return out
+
+

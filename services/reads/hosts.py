@@ -171,6 +171,9 @@ def _host(row: dict, live: LiveHost | None, samples: dict[tuple[str, int], dict]
         gpu_count=len(gpus), gpus=gpus, runtimes=list((live.runtimes if live else None) or row.get("runtimes") or []),
         engines=list((live.engines if live else None) or row.get("engines") or []), running=running,
         registered_at=row.get("registered_at"),
+        cpu_slots=(live.cpu_slots if live else None) or row.get("cpu_slots") or 0,
+        cpu_engines=list((live.cpu_engines if live else None) or row.get("cpu_engines") or []),
+        engine_paths=dict((live.engine_paths if live else None) or (row.get("engine_paths") if isinstance(row.get("engine_paths"), dict) else None) or {}),
         last_heartbeat=datetime.fromtimestamp(live.at, UTC).isoformat() if live and live.at else None,
     )  # fmt: skip
     if kind is m.HostDetail:

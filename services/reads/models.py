@@ -49,6 +49,7 @@ class Task(msgspec.Struct, kw_only=True):
     name: str | None = None
     status: str | None = None
     simulate: bool = False  # rehearsed on simulated engines and GPUs: figures are not real hardware
+    real_cpu: bool = False  # a real engine serving on CPU (gpu_type: cpu): real, but its speeds say nothing about GPUs
     strategy: str | None = None
     objective: str | None = None
     engine: str | None = None
@@ -111,6 +112,7 @@ class Export(msgspec.Struct, kw_only=True):
     content: str
     parameters: dict[str, Any]
     simulate: bool = False
+    real_cpu: bool = False
     note: str | None = None
 
 
@@ -124,6 +126,7 @@ class ExperimentPage(msgspec.Struct, kw_only=True):
     total: int
     limit: int
     offset: int
+    real_cpu: bool = False
 
 
 class TelemetryPoint(msgspec.Struct, kw_only=True):
@@ -152,6 +155,11 @@ class ExperimentDetail(msgspec.Struct, kw_only=True):
     telemetry_bucket_s: int
     failure: dict[str, Any] | None
     log_excerpt: list[str]
+    real_cpu: bool = False  # a real engine serving on CPU: real, but its speeds say nothing about GPUs
+    device: str | None = None  # "cpu" for a real engine on CPU
+    engine_env: dict[str, str] = {}  # what autotune set in the engine's environment at start
+    # the engine's own /metrics during the benchmark (source, samples, running, waiting, KV cache, preemptions, tokens)
+    engine_telemetry: dict[str, Any] | None = None
 
 
 # --- hosts -----------------------------------------------------------------------------------------------
@@ -190,6 +198,9 @@ class Host(msgspec.Struct, kw_only=True):
     running: list[str] = []
     registered_at: str | None = None
     last_heartbeat: str | None = None
+    cpu_slots: int = 0  # real engines it serves on its CPU at once (no GPU needed)
+    cpu_engines: list[str] = []
+    engine_paths: dict[str, str] = {}  # engine → its executable on this host
 
 
 class HostDetail(Host, kw_only=True):

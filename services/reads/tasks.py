@@ -12,7 +12,8 @@ import msgspec
 
 from autotune.reads import export as ex
 from autotune.reads import models as m
-from autotune.reads.common import BadRequest, NotFound, as_time, finite, headline, redact, rows, simulated
+from autotune.reads.common import BadRequest, NotFound, as_time, finite, headline, on_cpu, redact, rows, simulated
+from autotune.schemas.spec import REAL_CPU_NOTE
 from autotune.schemas.status import EXPERIMENT_ON_HOST, sql_list
 from autotune.shared.pareto import front
 
@@ -27,6 +28,7 @@ TASK_COLUMNS = (
 def _task(row: dict) -> m.Task:
     fields = {f: row.get(f) for f in m.Task.__struct_fields__ if f in row}
     fields["simulate"] = simulated(row)
+    fields["real_cpu"] = on_cpu(row)
     fields["experiments_completed"] = row.get("experiments_completed") or 0
     fields["experiments_failed"] = row.get("experiments_failed") or 0
     fields["best_score"] = finite(row.get("best_score"))
@@ -171,11 +173,11 @@ async def export(nc, task: str, fmt: str, *, n: int | None = None, attempt: int 
     spec = ex.spec_of(spec_dict)
     if spec is None:
         raise NotFound(f"the recorded spec of task `{task}` no longer validates; cannot build a command line")
-    sim = simulated(row)
-    note = "measured on SIMULATED engines and GPUs: confirm on real hardware before relying on it" if sim else None
+    sim, cpu = simulated(row), on_cpu(row)
+    note = "measured on SIMULATED engines and GPUs: confirm on real hardware before relying on it" if sim else (REAL_CPU_NOTE if cpu else None)
     return m.Export(
         task=task, n=n, attempt=attempt or 0, score=finite(score), format=fmt,  # type: ignore[arg-type]
-        content=ex.render(fmt, spec, params, port=port, note=note), parameters=params, simulate=sim, note=note,
+        content=ex.render(fmt, spec, params, port=port, note=note), parameters=params, simulate=sim, real_cpu=cpu, note=note,
     )
 
 

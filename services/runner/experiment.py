@@ -21,20 +21,19 @@ from dataclasses import dataclass, field
 import nats.errors
 import nats.js.errors
 
+from autotune.runner.engine_metrics import EngineScraper
+from autotune.runner.failures import EngineExited, Failure, classify_exit, error_tail, lost_connections
 from autotune.runner.runtimes import Handle, Launch, simulated_argv
 from autotune.runner.telemetry import TelemetryWindow
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import running_key
 from autotune.schemas.metrics import ExperimentMetrics, RunMetrics
-from autotune.schemas.spec import SpecError, TaskSpec, spec_from_obj
+from autotune.schemas.spec import SpecError, TaskSpec, is_cpu_serving, spec_from_obj
 from autotune.shared import bus
 from autotune.shared.log import get_logger
 
 log = get_logger("runner")
-
-OOM_MARKERS = ("out of memory", "outofmemoryerror", "cuda error", "cublas_status_alloc_failed", "not enough memory", "no available memory for the cache blocks")
-
 
 # the stream has no leader for a moment (a node of the cluster died) or the connection is reconnecting
 TRANSIENT: tuple[type[Exception], ...] = (
@@ -45,21 +44,6 @@ TRANSIENT: tuple[type[Exception], ...] = (
 
 class Superseded(Exception):
     """Someone else wrote to this experiment: it is no longer ours to run."""
-
-
-class Failure(Exception):
-    """An attempt failed in a way we classified; `metrics` holds the runs that finished before it."""
-
-    def __init__(self, kind: str, message: str, *, retryable: bool | None = None, metrics: ExperimentMetrics | None = None) -> None:
-        super().__init__(message)
-        self.kind, self.message = kind, message
-        self.retryable = kind in ev.RETRYABLE if retryable is None else retryable
-        self.metrics = metrics
-
-
-class EngineExited(Exception):
-    def __init__(self, code: int | None, stage: str, metrics: ExperimentMetrics | None = None) -> None:
-        self.code, self.stage, self.metrics = code, stage, metrics
 
 
 class Writer:
@@ -139,6 +123,7 @@ class Context:
     health_timeout_s: float = 10.0
     health_failures: int = 3  # consecutive failed probes, engine still alive → `unhealthy`
     stop_grace_s: float = 10.0
+    engine_metrics_interval_s: float = 1.0  # during the benchmark: how often to scrape the engine's /metrics
 
 
 def free_port() -> int:
@@ -169,6 +154,7 @@ class AttemptRun:
         self.startup_s: float | None = None
         self.stage = "launch"
         self.prompts: list[str] | None = None
+        self.scraper: EngineScraper | None = None
 
     def note(self, line: str) -> None:
         self.runner_lines.append(f"{ev.now().isoformat(timespec='milliseconds')} {line}")
@@ -235,7 +221,8 @@ class AttemptRun:
         bind = getattr(runtime, "bind_host", None) or ctx.engine_host
         cluster = cluster_launch(spec)  # storage claim, OME model and runtime; the model path they imply
         argv = engine_command(spec, {**cluster.served_name, **dict(a.parameters)}, port=port, host=bind, model_path=cluster.model_path)
-        env: dict[str, str] = {}
+        env: dict[str, str] = dict(spec.engine_env)
+        device = "cpu" if is_cpu_serving(spec.gpu_type) and not a.simulated else ""
         if a.simulated or getattr(runtime, "always_simulate", False):
             env.update(
                 AUTOTUNE_SIM_GPU_TYPE=a.gpu_type.removeprefix("Simulated ").removeprefix("NVIDIA ") or "H100",
@@ -249,6 +236,7 @@ class AttemptRun:
             gpu_indices=list(a.gpu_indices), gpu_uuids=list(a.gpu_uuids), real_gpus=real, simulated=a.simulated, env=env,
             ome=spec.deployment_mode == "ome", image_pinned=spec.runtime_image_tag is not None, storage=cluster.storage,
             ome_model=cluster.ome_model, ome_runtime=cluster.ome_runtime, ome_resources=cluster.ome_resources,
+            device=device,
         )
         async with asyncio.timeout(a.timeout_s):
             self.note(f"launching on {runtime.name}: GPUs {list(a.gpu_indices)}, port {port}")  # type: ignore[attr-defined]
@@ -263,15 +251,20 @@ class AttemptRun:
             command = getattr(self.handle, "command", None) or (simulated_argv(argv) if a.simulated else argv)
             await self.w.append(
                 "started",
-                ev.ExperimentStarted(id=ev.exp_id(*self.ids, "started"), **self.base, instance=ctx.instance, runtime=runtime.name, command=command, handle=self.handle.ident),  # type: ignore[attr-defined]
+                ev.ExperimentStarted(
+                    id=ev.exp_id(*self.ids, "started"), **self.base, instance=ctx.instance, runtime=runtime.name, command=command,  # type: ignore[attr-defined]
+                    handle=self.handle.ident, device=device, env=dict(getattr(self.handle, "env", None) or env),
+                ),
             )
             self.stage = "startup"
             self.startup_s = await _wait_ready(self.handle, min(ctx.startup_timeout_s, a.timeout_s))
             await self.w.append("ready", ev.ExperimentReady(id=ev.exp_id(*self.ids, "ready"), **self.base, startup_s=self.startup_s))
             self.stage = "benchmark"
-            async with TelemetryWindow(ctx.nc or getattr(ctx.js, "_nc", None), ctx.host, list(a.gpu_indices)) as window:
+            self.scraper = EngineScraper(self.handle.base_url, interval_s=ctx.engine_metrics_interval_s)
+            async with TelemetryWindow(ctx.nc or getattr(ctx.js, "_nc", None), ctx.host, list(a.gpu_indices)) as window, self.scraper:
                 metrics = await self._benchmark(spec)
             telemetry = window.summary()
+            engine = self.scraper.summary()
         from autotune.shared.scoring import score_experiment
 
         s = score_experiment(spec, metrics)
@@ -279,17 +272,12 @@ class AttemptRun:
         return "completed", lambda: ev.ExperimentCompleted(
             id=ev.exp_id(*self.ids, "completed"), **self.base, metrics=metrics, score=s.value, objective_value=s.objective_value,
             objectives=list(s.objectives), slo_met=s.slo_met, slo_violations=dict(s.violations), hard_fail=s.hard_fail,
-            startup_s=self.startup_s or 0.0, duration_s=duration, telemetry=telemetry,
+            startup_s=self.startup_s or 0.0, duration_s=duration, telemetry=telemetry, engine=engine,
         )
 
     def _classify_exit(self, e: EngineExited) -> Failure:
         h = self.handle
-        reason = h.exit_reason if h else ""
-        tail = "\n".join(h.tail if h else []).lower()
-        kind = "oom" if reason == "OOMKilled" or any(m in tail for m in OOM_MARKERS) else "crashed"
-        how = f"code {e.code}" if e.code is not None else "no exit code"
-        why = f" ({reason})" if reason and reason != "OOMKilled" else (" (killed: out of memory)" if reason == "OOMKilled" else "")
-        return Failure(kind, f"the engine exited with {how}{why} during {e.stage}", retryable=False, metrics=e.metrics)
+        return classify_exit(list(h.tail) if h else [], h.exit_reason if h else "", e)
 
     def _failed(self, f: Failure) -> tuple[str, Callable[[], ev.Event]]:
         stage = self.stage
@@ -300,6 +288,7 @@ class AttemptRun:
                 id=ev.exp_id(*self.ids, "failed"), **self.base, kind=f.kind, stage=stage, retryable=f.retryable, message=f.message,
                 log_tail=error_tail(list(self.handle.tail)) if self.handle else [], startup_s=self.startup_s,
                 duration_s=time.monotonic() - self.t0, metrics=f.metrics,
+                engine=self.scraper.summary() if self.scraper is not None else ev.EngineMetricsSummary(),
             )
 
         return "failed", build
@@ -361,8 +350,16 @@ class AttemptRun:
         unhealthy = asyncio.create_task(_watch_health(handle, ctx))
         try:
             await asyncio.wait([bench, exited, unhealthy], return_when=asyncio.FIRST_COMPLETED)
+            if bench.done() and not bench.exception():
+                result = bench.result()
+                if lost_connections(result):  # requests failed fast because the server went away: did it?
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(handle.exited.wait(), 3)
+                if handle.exited.is_set():  # an engine that died mid-benchmark crashed, whatever the client counted
+                    raise EngineExited(handle.exit_code, "benchmark", result)
+                return result
             if bench.done():
-                return bench.result()
+                return bench.result()  # raises the client's own error
             stop.set()  # the engine is gone or not answering: keep what finished
             partial = None
             try:
@@ -417,18 +414,6 @@ class AttemptRun:
                 if attempt == 2:
                     log.warning("log lines not published", experiment=self.key, error=repr(err))
                 await asyncio.sleep(0.2)
-
-
-def error_tail(lines: list[str], keep: int = 30) -> list[str]:
-    """The engine's last lines, with the first traceback or error line kept in view when it is earlier."""
-    tail = lines[-keep:]
-    markers = ("traceback", "error", "exception")
-    if any(any(m in line.lower() for m in markers) for line in tail):
-        return tail
-    for i in range(len(lines) - keep - 1, -1, -1):
-        if any(m in lines[i].lower() for m in markers):
-            return [lines[i], "..."] + lines[-(keep - 2):]
-    return tail
 
 
 async def _maybe_await(v):

@@ -24,7 +24,7 @@ from autotune import __version__
 from autotune.runner.experiment import Context, Writer, run_attempt
 from autotune.runner.gpus import nvml_gpus, parse_simulated, wait_gpus_free
 from autotune.runner.runtimes.local import LocalRuntime, SimulatedRuntime
-from autotune.runner.settings import RunnerSettings
+from autotune.runner.settings import CPU_ENGINES, RunnerSettings
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveGpu, LiveHost, running_key
@@ -54,6 +54,7 @@ class Runner:
         self.drained_sent = False
         self.nvml_missing = False
         self.gpus, self.simulated = self._discover_gpus()
+        self.cpu_slots, self.cpu_engines = self._cpu_serving()
         self.runtimes: dict[str, object] = {}
         self.rev = 0
         self.kv = None
@@ -69,6 +70,12 @@ class Runner:
             return real, False
         self.nvml_missing = True
         return parse_simulated("4xH100"), True
+
+    def _cpu_serving(self) -> tuple[int, list[str]]:
+        """How many real engines this host serves on its CPU at once, and which (RunnerSettings.cpu_slots)."""
+        engines = sorted(e for e in self.rs.engines if e in CPU_ENGINES)
+        slots = self.rs.cpu_slots if self.rs.cpu_slots is not None else (1 if engines and self.simulated else 0)
+        return (slots, engines) if engines else (0, [])
 
     async def _node_gpus(self) -> None:
         """No NVML in this pod, but a Kubernetes node: its allocatable GPUs (the device plugin hands them out)."""
@@ -97,7 +104,7 @@ class Runner:
             rts["simulated"] = await self._simulated_runtime()
         if not self.simulated:
             if wanted is None or "local" in wanted:
-                rts["local"] = LocalRuntime(models_dir=rs.models_dir)
+                rts["local"] = LocalRuntime(models_dir=rs.models_dir, engines=rs.engines, engine_env=rs.engine_env)
             want_docker = wanted is None or "docker" in wanted
             if want_docker and (d := await self._probe(self._docker(), "docker", required=wanted is not None)):
                 rts["docker"] = d
@@ -105,6 +112,9 @@ class Runner:
             want_k8s = "kubernetes" in wanted if wanted is not None else in_cluster
             if want_k8s and (k := await self._probe(self._kubernetes(), "kubernetes", required=wanted is not None)):
                 rts["kubernetes"] = k
+        elif self.cpu_slots:  # no GPU, but real engines on the CPU: as local processes
+            rts["local"] = LocalRuntime(models_dir=rs.models_dir, engines=rs.engines, engine_env=rs.engine_env)
+            log.info("this host serves real engines on its CPU", engines=",".join(self.cpu_engines), slots=self.cpu_slots)
         elif wanted and wanted - {"simulated"}:
             log.warning("this host's GPUs are simulated: it runs simulated engines only", asked=sorted(wanted))
         if not rts:
@@ -153,6 +163,7 @@ class Runner:
                 host=self.host, instance=self.instance, hostname=socket.gethostname(), pid=os.getpid(), gpus=self.gpus,
                 runtimes=sorted(self.runtimes), engines=["sglang", "vllm"], simulated=self.simulated,
                 draining=self.draining, running=sorted(self.running), at=time.time(), node=self.rs.k8s_node,
+                engine_paths=dict(self.rs.engines), cpu_slots=self.cpu_slots, cpu_engines=self.cpu_engines,
             )
         )
 
@@ -262,6 +273,7 @@ class Runner:
             id=f"host.{self.host}.{self.instance}.registered", host=self.host, instance=self.instance, hostname=socket.gethostname(),
             gpus=[ev.GpuInfo(index=g.index, uuid=g.uuid, name=g.name, memory_total_mib=g.memory_total_mib) for g in self.gpus],
             runtimes=sorted(self.runtimes), engines=["sglang", "vllm"], simulated=self.simulated, version=__version__, node=self.rs.k8s_node,
+            engine_paths=dict(self.rs.engines), cpu_slots=self.cpu_slots, cpu_engines=self.cpu_engines,
         )
         await bus.append(js, subj.host(self.host, "registered"), e)
 

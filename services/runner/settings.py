@@ -12,6 +12,20 @@ import msgspec
 from autotune.shared.settings import Settings
 
 SIMULATED_RUNTIMES = ("process", "docker", "kubernetes")
+CPU_ENGINES = ("vllm",)  # engines with a CPU build that autotune serves on a host without GPUs
+
+
+def parse_pairs(items: list[str] | str, what: str) -> dict[str, str]:
+    """`NAME=VALUE` items (a list, or one comma-separated string from the environment) as a dict."""
+    if isinstance(items, str):
+        items = [i for i in items.split(",") if i.strip()]
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"{what}: `{item}` is not NAME=VALUE (e.g. {'vllm=/opt/vllm/bin/vllm' if what == 'engine' else 'VLLM_CPU_KVCACHE_SPACE=4'})")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def default_host_id() -> str:
@@ -44,6 +58,14 @@ class RunnerSettings(msgspec.Struct, kw_only=True):
     gpu_busy_wait_s: float = 5.0  # a leased GPU still busy after this long fails the attempt as `gpus_busy`
     stop_grace_s: float = 10.0  # SIGTERM → SIGKILL (process), docker stop timeout, pod grace
     models_dir: str | None = None  # where `model.id_or_path` names without a `/` live (local and docker)
+    # where each engine's executable lives on this host (local runtime): {"vllm": "/opt/vllm/bin/vllm",
+    # "sglang": "/opt/sglang/bin/python3"}; an engine not named runs as its command line says (PATH)
+    engines: dict[str, str] = {}
+    engine_env: dict[str, str] = {}  # set in every engine's environment on this host (a task's engine_env overrides it)
+    # real engines served on this host's CPU at once; None: one when the host has no GPU and an engine
+    # that has a CPU build (CPU_ENGINES) is configured, else none. Two engines on a small machine would
+    # share its cores and measure each other.
+    cpu_slots: int | None = None
     # where simulated engines run: a local process, a Docker container, or a Kubernetes workload
     simulated_runtime: str = "process"
     # docker
@@ -76,6 +98,9 @@ class RunnerSettings(msgspec.Struct, kw_only=True):
             time_scale=float(env.get("AUTOTUNE_SIM_TIME_SCALE", "1")),
             runtimes=[r for r in env.get("AUTOTUNE_RUNTIMES", "").split(",") if r],
             models_dir=opt("AUTOTUNE_MODELS_DIR"),
+            engines=parse_pairs(env.get("AUTOTUNE_ENGINES", ""), "engine"),
+            engine_env=parse_pairs(env.get("AUTOTUNE_ENGINE_ENV", ""), "engine-env"),
+            cpu_slots=int(env["AUTOTUNE_CPU_SLOTS"]) if env.get("AUTOTUNE_CPU_SLOTS") else None,
             simulated_runtime=env.get("AUTOTUNE_SIMULATED_RUNTIME", "process"),
             docker_image=opt("AUTOTUNE_DOCKER_IMAGE"),
             docker_hf_cache=opt("AUTOTUNE_HF_CACHE"),
@@ -92,9 +117,16 @@ class RunnerSettings(msgspec.Struct, kw_only=True):
         for k, v in overrides.items():
             if v is not None:
                 setattr(s, k, v)
+        for engine, path in s.engines.items():
+            if engine not in ("vllm", "sglang"):
+                raise ValueError(f"engine `{engine}` is not vllm or sglang (--engine vllm=/path/to/bin/vllm)")
+            if not Path(path).is_file() or not os.access(path, os.X_OK):
+                raise ValueError(f"engine {engine}: `{path}` is not an executable file (install it first, e.g. infra/engines/vllm-cpu.sh)")
+        if s.cpu_slots is not None and s.cpu_slots < 0:
+            raise ValueError(f"cpu_slots must be 0 or more, got {s.cpu_slots}")
         if s.simulated_runtime not in SIMULATED_RUNTIMES:
             raise ValueError(f"simulated_runtime `{s.simulated_runtime}` is not one of {', '.join(SIMULATED_RUNTIMES)}")
         return s
 
 
-__all__ = ["RunnerSettings", "Settings", "default_host_id"]
+__all__ = ["CPU_ENGINES", "RunnerSettings", "Settings", "default_host_id", "parse_pairs"]

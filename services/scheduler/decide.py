@@ -21,6 +21,7 @@ from autotune.scheduler.state import Attempt, State, Task
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveHost
+from autotune.schemas.spec import is_cpu_serving
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ def decide(
     actions: list[Action] = []
     actions += _hosts_lost(state, fleet)
     leased = _leases(state)
+    cpu_used = _cpu_slots_used(state)
     foreign_busy = {h: gpus - leased.get(h, set()) for h, gpus in (occupied or {}).items()}
     to_place: list[tuple[Task, Attempt]] = []
     for task in sorted(state.tasks.values(), key=lambda t: t.submitted_at):
@@ -79,7 +81,7 @@ def decide(
             actions.append(plan)
         elif not task.active_attempts() and not touched and _retry_pending(task) == 0:
             actions.append(_finish_task(task, now))
-    actions += _placements(to_place, state, fleet, leased, foreign_busy, now, limits)
+    actions += _placements(to_place, state, fleet, leased, foreign_busy, now, limits, cpu_used)
     # decisions are stamped with the decision's clock, so the pure core never reads the time
     return [Action(a.subject, msgspec.structs.replace(a.event, at=now), a.expect_seq, a.expect_filter) for a in actions]
 
@@ -241,6 +243,18 @@ def _experiment_actions(task: Task, fleet: dict[str, LiveHost], now: datetime, l
     return out
 
 
+def _cpu_slots_used(state: State) -> dict[str, int]:
+    """Real engines serving on each host's CPU now (tasks with gpu_type cpu, not simulated)."""
+    used: dict[str, int] = {}
+    for task in state.tasks.values():
+        if task.spec is None or task.simulate or not is_cpu_serving(task.spec.gpu_type):
+            continue
+        for a in task.active_attempts():
+            if a.host and a.status in ("assigned", "running"):
+                used[a.host] = used.get(a.host, 0) + 1
+    return used
+
+
 def _leases(state: State) -> dict[str, set[int]]:
     leased: dict[str, set[int]] = {}
     for task in state.tasks.values():
@@ -258,6 +272,7 @@ def _placements(
     foreign_busy: dict[str, set[int]],
     now: datetime,
     limits: Limits = Limits(),
+    cpu_used: dict[str, int] | None = None,
 ) -> list[Action]:
     """Fair share: repeatedly give the next GPU block to the task with the fewest running attempts.
     An attempt that finds no room says why (waiting.py), and fails when nothing could ever run it."""
@@ -277,7 +292,7 @@ def _placements(
         hosts = {h: v for h, v in fleet.items() if state.hosts.get(h) is None or state.hosts[h].status not in ("removed", "draining", "drained")}
         p = place(
             gpus_needed=a.gpus, engine=spec.engine, deployment_mode=spec.deployment_mode, gpu_type=spec.gpu_type,
-            simulate=task.simulate, fleet=hosts, leased=leased, foreign_busy=foreign_busy,
+            simulate=task.simulate, fleet=hosts, leased=leased, foreign_busy=foreign_busy, cpu_used=cpu_used,
         )
         if p is None:  # stays queued while some host could run it; says why, fails once none can
             noted = waiting.note(task, a, waiting.explain(task, a, state, fleet, holders), state, now, limits.waiting)
@@ -286,6 +301,8 @@ def _placements(
             continue
         leased.setdefault(p.host, set()).update(p.gpu_indices)
         holders.setdefault(p.host, set()).add(task.id)
+        if cpu_used is not None and is_cpu_serving(p.gpu_type):
+            cpu_used[p.host] = cpu_used.get(p.host, 0) + 1
         running[task.id] = running.get(task.id, 0) + 1
         assigned = ev.ExperimentAssigned(
             id=ev.exp_id(task.id, a.n, a.attempt, "assigned"), task=task.id, n=a.n, attempt=a.attempt, host=p.host, instance=p.instance,

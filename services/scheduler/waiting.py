@@ -64,7 +64,7 @@ def _could_run(task: Task, reg: ev.HostRegistered, need: int) -> bool:
     """Whether a host, as it registered, could run this attempt (for when the last one went away)."""
     host = LiveHost(
         host=reg.host, instance=reg.instance, gpus=[LiveGpu(index=g.index, uuid=g.uuid, name=g.name) for g in reg.gpus],
-        runtimes=list(reg.runtimes), engines=list(reg.engines), simulated=reg.simulated,
+        runtimes=list(reg.runtimes), engines=list(reg.engines), simulated=reg.simulated, cpu_slots=reg.cpu_slots, cpu_engines=list(reg.cpu_engines),
     )
     cap = capacity(host, **_kw(task))
     return cap is not None and cap >= need

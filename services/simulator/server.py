@@ -166,6 +166,7 @@ class Stream:
 
     def token(self) -> None:
         self.count += 1
+        self.server.generation_tokens += 1
         if not self.stream:
             return
         if self.count == 1 and self.chat:
@@ -467,6 +468,21 @@ class Connection(asyncio.Protocol):
             asyncio.get_running_loop().call_soon(self.process)
 
 
+# (name, Prometheus type, what it shows) of each engine's own metrics (runner/engine_metrics.py reads them)
+ENGINE_METRICS = {
+    "vllm": (
+        ("vllm:num_requests_running", "gauge", "running"), ("vllm:num_requests_waiting", "gauge", "waiting"),
+        ("vllm:kv_cache_usage_perc", "gauge", "kv"), ("vllm:num_preemptions_total", "counter", "preemptions"),
+        ("vllm:prompt_tokens_total", "counter", "prompt_tokens"), ("vllm:generation_tokens_total", "counter", "generation_tokens"),
+    ),
+    "sglang": (
+        ("sglang:num_running_reqs", "gauge", "running"), ("sglang:num_queue_reqs", "gauge", "waiting"),
+        ("sglang:token_usage", "gauge", "kv"), ("sglang:num_retracted_reqs_total", "counter", "preemptions"),
+        ("sglang:prompt_tokens_total", "counter", "prompt_tokens"), ("sglang:generation_tokens_total", "counter", "generation_tokens"),
+    ),
+}
+
+
 class SimServer:
     def __init__(self, plan: Plan, sim: SimSettings):
         self.plan = plan
@@ -480,6 +496,7 @@ class SimServer:
         self.dirty: list[Stream] = []
         self.rng = random.Random(sim.seed)
         self.completed = self.failed = self.cancelled = self.preempted = self.received = 0
+        self.prompt_tokens = self.generation_tokens = 0
 
     def sim_clock(self) -> float:
         return (time.monotonic() - self.wall0) * self.sim.time_scale
@@ -554,6 +571,14 @@ class SimServer:
             f"autotune_sim_requests_completed_total {self.completed}", f"autotune_sim_requests_failed_total {self.failed}",
             f"autotune_sim_requests_cancelled_total {self.cancelled}", f"autotune_sim_preemptions_total {self.preempted}",
         ]
+        # the engine's own names, as its /metrics shows them, so engine telemetry is tested without a real engine
+        model = self.model_name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        labels = f'{{engine="0",model_name="{model}"}}' if self.cfg.engine == "vllm" else f'{{model_name="{model}"}}'
+        for name, kind, value in ENGINE_METRICS[self.cfg.engine]:
+            figure = {"running": running, "waiting": waiting, "kv": round(kv, 6), "preemptions": self.preempted,
+                      "prompt_tokens": self.prompt_tokens, "generation_tokens": self.generation_tokens}[value]  # fmt: skip
+            family = name.removesuffix("_total")
+            lines += [f"# TYPE {family} {kind}", f"{name}{labels} {float(figure)}"]
         return "\n".join(lines) + "\n"
 
     def record(self, body: dict, chat: bool) -> None:
@@ -614,6 +639,7 @@ class SimServer:
         self.received += 1
         if self.sim.record_prompts:
             self.record(body, chat)
+        self.prompt_tokens += prompt
         compute = max(1, int(round(prompt * (1.0 - self.plan.prefix_hit))))
         replica.submit(stream, prompt, compute)
 

@@ -42,6 +42,7 @@ class Launch:
     real_gpus: bool = False  # the leased GPUs exist (NVML saw them): only then ask for devices
     simulated: bool = False  # run the engine simulator with this command line instead of the engine
     env: dict[str, str] = field(default_factory=dict)
+    device: str = ""  # "cpu": a real engine on the host's CPU (no GPUs leased)
     ome: bool = False  # Kubernetes: an OME InferenceService instead of a Deployment + Service
     image_pinned: bool = False  # the task set runtime_image_tag (OME: else the ClusterServingRuntime's image runs)
     # Kubernetes/OME: the task's `storage` claim, mounted read-only (pvc_name, pvc_subpath, mount_path)
@@ -53,6 +54,15 @@ class Launch:
     @property
     def labels(self) -> dict[str, str]:
         return {LABEL_HOST: self.host, LABEL_EXPERIMENT: self.key, LABEL_INSTANCE: self.instance, LABEL_TASK: self.task}
+
+
+def served_as(argv: list[str], engine: str, name: str) -> list[str]:
+    """The command line with `--served-model-name name` unless it names one already: when a runtime
+    rewrites the model into a path, the engine would otherwise serve it under that path and answer
+    404 to requests for the model as the task names it."""
+    if any(a == "--served-model-name" or a.startswith("--served-model-name=") for a in argv):
+        return argv
+    return [*argv, "--served-model-name", name]
 
 
 def simulated_argv(argv: list[str], python: str = sys.executable, module: str = "autotune.simulator") -> list[str]:
@@ -74,6 +84,7 @@ class Handle:
     def __init__(self, ident: str, base_url: str) -> None:
         self.ident = ident  # pid, container id, deployment name
         self.command: list[str] = []  # what actually runs (after the runtime's rewrites)
+        self.env: dict[str, str] = {}  # what the runtime set in the engine's environment (no labels, no secrets)
         self.base_url = base_url
         self.tail: collections.deque[str] = collections.deque(maxlen=200)
         self.lines: asyncio.Queue[str | None] = asyncio.Queue(maxsize=10_000)  # None: the end (queued at teardown)

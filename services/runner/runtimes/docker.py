@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from autotune.runner.runtimes import Handle, Launch, simulated_argv
+from autotune.runner.runtimes import Handle, Launch, served_as, simulated_argv
 from autotune.shared.log import get_logger
 
 log = get_logger("runner")
@@ -150,6 +150,7 @@ class DockerRuntime:
         elif "/" not in model and self.models_dir and i is not None:
             binds.append(f"{self.models_dir}:{MODELS_IN_CONTAINER}:ro")
             argv[i] = f"{MODELS_IN_CONTAINER}/{model}"
+            argv = served_as(argv, spec.engine, model)  # requests name the model as the task does
         elif Path(self.hf_cache).is_dir():
             binds.append(f"{self.hf_cache}:{HF_CACHE_IN_CONTAINER}")
         if simulate:

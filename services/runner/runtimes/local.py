@@ -13,7 +13,7 @@ import os
 import signal
 from pathlib import Path
 
-from autotune.runner.runtimes import LABEL_EXPERIMENT, LABEL_HOST, Handle, Launch, simulated_argv
+from autotune.runner.runtimes import LABEL_EXPERIMENT, LABEL_HOST, Handle, Launch, served_as, simulated_argv
 from autotune.shared.log import get_logger
 
 log = get_logger("runner")
@@ -24,18 +24,32 @@ class ProcessHandle(Handle):
         super().__init__(str(proc.pid), base_url)
         self.proc = proc
         self.key = key
-        self._reader = asyncio.create_task(self._read())
+        self._lines = asyncio.create_task(self._read_lines())
+        self._reader = asyncio.create_task(self._watch())
 
-    async def _read(self) -> None:
+    async def _read_lines(self) -> None:
         assert self.proc.stdout
         while True:
             raw = await self.proc.stdout.readline()
             if not raw:
                 break
             self.add_line(raw.decode("utf-8", "replace").rstrip())
-        self.exit_code = await self.proc.wait()
-        if self.exit_code is not None and self.exit_code < 0:
-            self.exit_reason = signal.Signals(-self.exit_code).name if -self.exit_code in signal.valid_signals() else ""
+
+    async def _watch(self) -> None:
+        """`exited` once the engine's main process is gone and its output read: to the end, or for a
+        moment when children it left behind still hold the pipe (vLLM's engine core and worker do,
+        when its API server is killed), so an engine that died is noticed at once."""
+        # Python 3.11's Process.wait() also waits for the pipes to close (it wakes with connection_lost),
+        # so a child holding them hides the exit: the return code, set by the child watcher, is read instead
+        while (code := self.proc.returncode) is None and not self._lines.done():
+            await asyncio.sleep(0.2)
+        if code is None:
+            code = await self.proc.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._lines), 2.0)
+        self.exit_code = code
+        if code is not None and code < 0:
+            self.exit_reason = signal.Signals(-code).name if -code in signal.valid_signals() else ""
         self.exited.set()
 
     async def stop(self, grace_s: float = 10.0) -> None:
@@ -52,8 +66,12 @@ class ProcessHandle(Handle):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._lines), 5)
+        if not self._lines.done():  # a grandchild still holds the pipe open: stop reading it
+            self._lines.cancel()
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._reader), 5)
-        if not self._reader.done():  # a grandchild still holds the pipe open: stop reading it
+        if not self._reader.done():
             self._reader.cancel()
             self.exited.set()
 
@@ -69,8 +87,10 @@ class LocalRuntime:
     name = "local"
     always_simulate = False
 
-    def __init__(self, models_dir: str | None = None) -> None:
+    def __init__(self, models_dir: str | None = None, engines: dict[str, str] | None = None, engine_env: dict[str, str] | None = None) -> None:
         self.models_dir = models_dir
+        self.engines = dict(engines or {})  # engine → its executable on this host (RunnerSettings.engines)
+        self.engine_env = dict(engine_env or {})  # the host's engine environment (RunnerSettings.engine_env)
 
     async def available(self) -> str | None:
         return None
@@ -80,13 +100,28 @@ class LocalRuntime:
         model = spec.model
         if self.models_dir and model and "/" not in model and model in argv:  # a directory under the models dir
             argv[argv.index(model)] = str(Path(self.models_dir) / model)
-        return simulated_argv(argv) if (spec.simulated or self.always_simulate) else argv
+            argv = served_as(argv, spec.engine, model)
+        if spec.simulated or self.always_simulate:
+            return simulated_argv(argv)
+        exe = self.engines.get(spec.engine)
+        if exe and argv[:2] == ["vllm", "serve"]:
+            argv[0] = exe
+        elif exe and argv[:3] == ["python3", "-m", "sglang.launch_server"]:
+            argv[0] = exe  # the Python of SGLang's environment
+        return argv
+
+    def environment(self, spec: Launch) -> dict[str, str]:
+        """What this runtime sets for the engine (recorded with the experiment): the host's engine
+        environment, the task's and the runner's, the devices."""
+        env = {**self.engine_env, **spec.env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, spec.gpu_indices))}
+        if spec.real_gpus:
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's indices then match NVML's, which the lease uses
+        return env
 
     async def launch(self, spec: Launch) -> Handle:
         argv = self.command(spec)
-        env = {**os.environ, **spec.env, **spec.labels, "CUDA_VISIBLE_DEVICES": ",".join(map(str, spec.gpu_indices))}
-        if spec.real_gpus:
-            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's indices then match NVML's, which the lease uses
+        own = self.environment(spec)
+        env = {**os.environ, **own, **spec.labels}
         if spec.hf_token:
             env["HF_TOKEN"] = spec.hf_token
         proc = await asyncio.create_subprocess_exec(
@@ -99,6 +134,7 @@ class LocalRuntime:
         )
         handle = ProcessHandle(proc, f"http://127.0.0.1:{spec.port}", spec.key)
         handle.command = argv
+        handle.env = own
         return handle
 
     async def reap_orphans(self, host: str, keep: set[str]) -> list[str]:
