@@ -5,7 +5,7 @@ task file."""
 from __future__ import annotations
 
 import re
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Annotated
 
@@ -41,20 +41,28 @@ async def sql(
 
 
 def task_file_reference() -> str:
-    """The task-file reference: the installed copy, else the source tree's docs/task-file.md, else
-    the README's "Task files" section."""
-    packaged = resources.files("autotune.mcp").joinpath("task-file.md")
-    if packaged.is_file():
-        return packaged.read_text(encoding="utf-8")
-    doc = SOURCE_TREE / "docs" / "task-file.md"
+    """docs/task-file.md, which ships as package data of `autotune.docs` (a wheel has it as the
+    source tree does); where this copy of autotune has none, the README's "Task files" section."""
+    doc = resources.files("autotune.docs").joinpath("task-file.md")
     if doc.is_file():
         return doc.read_text(encoding="utf-8")
-    readme = SOURCE_TREE / "README.md"
-    if readme.is_file():
-        match = re.search(r"^## Task files\n(.*?)(?=^## )", readme.read_text(encoding="utf-8"), re.S | re.M)
-        if match:
-            return "# Task files\n" + match.group(1).rstrip() + f"\n\nThe JSON schema of every field: {TASK_SCHEMA_URI}\n"
+    match = re.search(r"^## Task files\n(.*?)(?=^## )", _readme(), re.S | re.M)
+    if match:
+        return "# Task files\n" + match.group(1).rstrip() + f"\n\nThe JSON schema of every field: {TASK_SCHEMA_URI}\n"
     return f"The task-file reference is not installed with this copy of autotune. {TASK_SCHEMA_URI} gives the JSON schema, and validate_task checks a spec.\n"
+
+
+def _readme() -> str:
+    """The README: from the source tree, else the installed distribution's description (which is
+    the README: pyproject's `readme`)."""
+    path = SOURCE_TREE / "README.md"
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    try:
+        meta = metadata.metadata("autotune")
+    except metadata.PackageNotFoundError:
+        return ""
+    return meta.get_payload() or meta.get("Description") or ""  # type: ignore[attr-defined]
 
 
 def task_spec_schema() -> str:
