@@ -60,19 +60,11 @@ async def projector(settings, nc, tmp_path):
 
 async def known_state(js) -> int:
     """seed_fleet's task `m` (experiment 0 completed, 1 running on h1's GPU 1, 2 failed oom) plus one
-    planned and not placed; h1 alive, h2 dead; h3 alive but its gpumon silent for 5 minutes; a
-    scheduler that decided twice in 3 ms each."""
+    planned and not placed; h1 alive, h2 dead; a scheduler that decided twice in 3 ms each."""
     await commands.submit_task(js, spec_from_obj(small_spec("m")))
     await seed_fleet(js, "m")
-    last = await publish(
-        js,
-        (subj.experiment("m", 3, "planned"), golden("experiment.planned", id="m.3.0.planned", task="m", n=3, attempt=0)),
-        (subj.host("h3", "registered"), golden("host.registered", id="h3.reg", host="h3", instance="h3-1", node="node-c")),
-    )
-    old = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
-    await bus.append(js, subj.gpu("h3", 0), golden("gpu.sample", id="h3.0.old", host="h3", index=0, uuid="GPU-0", util_gpu=99, at=old))
+    last = await publish(js, (subj.experiment("m", 3, "planned"), golden("experiment.planned", id="m.3.0.planned", task="m", n=3, attempt=0)))
     await alive(js, "h1", running=["m/1/0"])
-    await alive(js, "h3")
     h = Histogram()
     h.observe(0.003)
     h.observe(0.003)
@@ -81,8 +73,18 @@ async def known_state(js) -> int:
     return last
 
 
+async def silent_gpumon(js) -> int:
+    """h3: online, but its only GPU sample is 5 minutes old."""
+    last = await publish(js, (subj.host("h3", "registered"), golden("host.registered", id="h3.reg", host="h3", instance="h3-1", node="node-c")))
+    old = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    await bus.append(js, subj.gpu("h3", 0), golden("gpu.sample", id="h3.0.old", host="h3", index=0, uuid="GPU-0", util_gpu=99, at=old))
+    await alive(js, "h3")
+    return last
+
+
 async def test_metrics_carry_the_fleet_tasks_and_pipeline(settings, nc, js, projector):
-    last = await known_state(js)
+    await known_state(js)
+    last = await silent_gpumon(js)
     await applied(nc, last, gpu_samples=25)
     for _ in range(100):  # the projector publishes its figures every few seconds: wait for one after its first queries
         if any(st.service == "projector" and st.histograms["query_seconds"].counts[-1] for st in await service_stats(js)):
