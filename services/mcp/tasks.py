@@ -194,7 +194,7 @@ async def list_experiments(
     link = link_of(ctx)
     page = await reads.list_experiments(await link.nc(), task, status=status, sort=sort, order=order, latest=latest, limit=limit, offset=offset,
                                         min_seq=link.min_seq)  # fmt: skip
-    lines = [f"{r['n']:.0f}.{r['attempt']:.0f} {r['status']}" + (f" score {r['score']:.4g}" if isinstance(r.get("score"), float) else "")
+    lines = [f"#{r['n']:.0f} (attempt {r['attempt']:.0f}) {r['status']}" + (f" score {r['score']:.4g}" if isinstance(r.get("score"), float) else "")
              + (f" {r['failure_kind']}" if r.get("failure_kind") else "") for r in page.items[:20]]  # fmt: skip
     more = f" (first 20 of {len(page.items)})" if len(page.items) > 20 else ""
     summary = f"{len(page.items)} of {page.total} experiment(s) of {task} by {sort} {order}{_sim(page.simulate)}" + (f"{more}: " + "; ".join(lines) if lines else "")
