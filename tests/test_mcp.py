@@ -101,6 +101,7 @@ async def agent_loop(agent: Agent, js) -> None:
     assert best["n"] == t["best"]["n"] and best["content"] == t["best"]["command"] and best["content"].startswith("python3 -m sglang.launch_server")
     page = await agent("list_experiments", task=task, sort="score")
     assert [r["n"] for r in page["items"]][0] == t["best"]["n"] and page["total"] == 4
+    assert f": #{t['best']['n']} (attempt 0) completed score" in agent.calls[-1][2], "rows are named #n (attempt a), never n.a"
     exp = await agent("get_experiment", task=task, n=t["best"]["n"])
     assert exp["status"] == "completed" and exp["runs"] and exp["telemetry_summary"]["samples"] > 0
 
