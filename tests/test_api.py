@@ -119,7 +119,10 @@ async def client(settings, nc, projector):
 
 
 async def applied(nc, seq: int, *, gpu_samples: int | None = None) -> None:
-    """Wait until the projector applied `seq` (and holds `gpu_samples` samples: telemetry joins later)."""
+    """Wait until the projector applied `seq` (and holds `gpu_samples` samples: telemetry joins later).
+    A projector started just before is waited for: it answers queries only once its store is open
+    (test_schemathesis seeded right after the API came up and met "no projector is answering")."""
+    await answering(nc)
     await q.sql(nc, "SELECT 1", min_seq=seq)
     for _ in range(100):
         if gpu_samples is None or (await q.sql(nc, "SELECT count(*) FROM gpu_samples")).rows[0][0] >= gpu_samples:
