@@ -248,6 +248,7 @@ async def test_services_run_a_task_with_their_own_credentials(secure, tmp_path):
     from autotune.gpumon.service import run as gpumon_run
     from autotune.projector.service import run as projector_run
     from autotune.shared import query
+    from tests.test_api import answering
 
     svc = Services()
     svc.start(lambda stop: scheduler_run(secure.settings("scheduler"), stop=stop), "scheduler")
@@ -257,6 +258,9 @@ async def test_services_run_a_task_with_their_own_credentials(secure, tmp_path):
     svc.start(lambda stop: gpumon_run(secure.settings("gpumon-gpu-1"), stop=stop, host="gpu-1", simulate="2xH100", interval_s=0.5), "gpumon")
     try:
         api = await secure.connect("api")
+        # the projector answers once its store is open and its telemetry sidecar (a forkserver child)
+        # has started: seconds on a loaded machine, longer than this task takes
+        await answering(api.nc)
         spec = small_spec("secure-e2e", optimization={"max_iterations": 2})
         task = (await commands.submit_task(api.js, spec_from_obj(spec))).task
         final = await task_finished(api.js, task, timeout=60)
