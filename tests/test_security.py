@@ -574,3 +574,18 @@ async def test_each_service_publishes_only_its_own_figures_and_the_api_reads_the
     got = sorted((s.service, s.instance, s.histograms["seconds"].counts[-1]) for s in await service_stats(api.js))
     assert got == [("projector", "i1", 1), ("scheduler", "i1", 1)]
     await api.assert_denied(f"$KV.{subj.STATS_BUCKET}.scheduler.i1")
+
+
+async def test_the_api_reads_the_fleets_liveness_in_batched_gets(secure):
+    """/metrics and the host list read the liveness bucket with batched direct gets: allowed to the
+    api role, refused nothing."""
+    from autotune.reads.hosts import live_hosts
+    from autotune.schemas.liveness import LiveHost
+
+    runner = await secure.connect("runner-gpu-1")
+    kv = await runner.js.key_value(subj.HOSTS_BUCKET)
+    await kv.put("gpu-1", msgspec.json.encode(LiveHost(host="gpu-1", instance="gpu-1-1", hostname="box")))
+    api = await secure.connect("api")
+    assert set(await live_hosts(api.js, ["gpu-1", "gpu-2"])) == {"gpu-1"}
+    assert api.errors == [] and runner.errors == []
+    assert [line for line in secure.server.lines if "Violation" in line] == []
