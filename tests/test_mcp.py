@@ -36,7 +36,7 @@ from tests.test_api import answering
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "hf_agent_secret_0123456789"
-FLEET_CHANGES = {"drain_host", "remove_host", "cancel_task"}
+FLEET_CHANGES = {"drain_host", "remove_host", "cancel_task", "deploy_host", "undeploy_host"}
 
 
 @pytest.fixture
@@ -205,3 +205,23 @@ async def test_get_task_says_why_its_experiments_wait(settings, nc, js, tmp_path
         assert "; waiting: 1 experiment(s) planned" in r.content[0].text
     finally:
         await svc.stop_all()
+
+
+async def test_deploy_tools_refuse_with_the_clis_messages_before_touching_a_machine(settings, nc):
+    """deploy_host and undeploy_host run autotune.deploy as `autotune deploy` does (tests/test_deploy_ssh.py
+    deploys for real over SSH); here what is refused before any machine changes: a target that is not
+    one, a machine whose host key nobody trusted (a port where nothing answers SSH), a host the log
+    never deployed."""
+    closed = free_port()  # nothing listens there
+    async with Client(build_server(fixed_link(lambda: nc, settings), allow_fleet_changes=True)) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert tools["deploy_host"].annotations.open_world_hint is True and tools["undeploy_host"].annotations.destructive_hint is True
+        cases = [
+            ("deploy_host", {"target": "gpu-7.lab", "host": "gpu-7"}, "`gpu-7.lab` names no user; write ssh://user@host[:port]"),
+            ("deploy_host", {"target": f"ssh://root@127.0.0.1:{closed}", "host": "gpu-7", "dry_run": True}, "its host key is not known"),
+            ("undeploy_host", {"host": "nowhere", "dry_run": True}, "the log has no deploy of host `nowhere`"),
+        ]
+        for name, arguments, message in cases:
+            r = await client.call_tool(name, arguments)
+            text = r.content[0].text
+            assert r.is_error and message in text and "Traceback" not in text, text

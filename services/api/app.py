@@ -71,7 +71,7 @@ def create_app(*, nc: NATS | None, settings: Settings, debug: bool = False, metr
 
     # the MCP tools over streamable HTTP, on the API's own connection, behind its token
     mcp = McpEndpoint(
-        build_server(fixed_link(lambda: app.state.nc), allow_fleet_changes=settings.mcp_allow_fleet_changes), token=settings.api_token
+        build_server(fixed_link(lambda: app.state.nc, settings), allow_fleet_changes=settings.mcp_allow_fleet_changes), token=settings.api_token
     )
 
     @asgi("/mcp", is_mount=True, copy_scope=True, guards=[requires_token], include_in_schema=False)

@@ -1,8 +1,10 @@
-"""Fleet tools: hosts, their GPUs and GPU history, the fleet's GPUs by model; drain and remove a host
-(destructive: offered only when fleet changes are allowed)."""
+"""Fleet tools: hosts, their GPUs and GPU history, the fleet's GPUs by model; drain, remove, deploy and
+undeploy a host (destructive: offered only when fleet changes are allowed)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
@@ -158,3 +160,80 @@ async def remove_host(
     link.wrote(seq)
     note = "; its runner is still alive: stop it there" if live is not None else ""
     return await answer(link, f"host {host} removed from the fleet{note}", {"id": host, "seq": seq, "status": "removed"})
+
+
+# --- deploying (autotune.deploy: what `autotune deploy` / `undeploy` run) --------------------------------
+
+
+async def _deploying(ctx: Context, op) -> CallToolResult:
+    """Run `op(controller)` to its end, each step reported as progress; the answer is its Outcome
+    (the JSON `autotune deploy --json` prints). A refusal (nothing was changed) is a tool error."""
+    from autotune import deploy as d
+
+    link = link_of(ctx)
+    if link.settings is None:
+        raise ToolError("this MCP server was started without the stack's settings, which deploying needs; use `autotune mcp`")
+    nc = await link.nc()
+    steps: list[str] = []
+    notes: set[asyncio.Task] = set()
+
+    def on_step(step) -> None:  # the engine reports synchronously; the progress notification goes out on its own
+        steps.append(step.step)
+        with contextlib.suppress(RuntimeError):
+            note = asyncio.get_running_loop().create_task(ctx.report_progress(len(steps), message=f"{step.step} {step.status} {step.detail}"[:300]))
+            notes.add(note)
+            note.add_done_callback(notes.discard)
+
+    ctl = d.Controller(js=nc.jetstream(), nats_url=link.settings.nats_url, data_dir=link.settings.data_dir, on_step=on_step)
+    out = await op(ctl)
+    summary = (f"plan for {out.host} ({out.action}, dry run: nothing was changed):\n{out.message}" if out.outcome == "planned"
+               else f"{out.action} {out.host}: {out.outcome} in {out.seconds:.1f} s: {out.message}")  # fmt: skip
+    if not out.ok and out.log_tail:
+        summary += "\nthe node's log:\n" + "\n".join(out.log_tail[-20:])
+    if out.ok:
+        return await answer(link, summary, out)
+    result = await answer(link, summary, out)
+    result.is_error = True  # failed or rolled back: the agent must not read it as done
+    return result
+
+
+@tool("Deploy a host over SSH", reads=False, changes_fleet=True, idempotent=True, open_world=True)
+async def deploy_host(
+    ctx: Context,
+    target: Annotated[str, Field(description="ssh://user@host[:port] of the machine", max_length=512)],
+    host: Annotated[str, Field(description="the host's name in the fleet", max_length=256)],
+    simulate: Annotated[str | None, Field(description="e.g. 4xH100: simulated GPUs, for a machine without any", max_length=64)] = None,
+    via: Literal["direct", "ssh-tunnel"] = "direct",
+    offline: Annotated[bool, Field(description="upload every wheel from here: the machine has no internet")] = False,
+    dry_run: Annotated[bool, Field(description="only say what would be done")] = False,
+    rollback: Annotated[bool, Field(description="switch back to the previous release")] = False,
+    accept_new_host_key: Annotated[bool, Field(description="trust the machine's SSH host key on first contact")] = False,
+    timeout_s: Annotated[float, Field(gt=0, le=3600, description="how long to wait for the host to register")] = 120.0,
+) -> CallToolResult:  # fmt: skip
+    """Install autotune on a machine over SSH, start its node (runner + GPU monitor) and check that it
+    registers; deploying again upgrades it (or changes nothing). What `autotune deploy` does; SSH keys
+    are the server's (its agent, ~/.ssh, AUTOTUNE_SSH_IDENTITY)."""
+    from autotune import deploy as d
+    from autotune.deploy.engine import check_request
+
+    req = d.DeployRequest(
+        target=target, host=host, simulate=simulate, via=via, offline=offline, dry_run=dry_run, rollback=rollback,
+        accept_new_host_key=accept_new_host_key, timeout_s=timeout_s, requested_by=d.who("mcp"),
+    )  # fmt: skip
+    check_request(req)
+    return await _deploying(ctx, lambda ctl: d.deploy(req, ctl))
+
+
+@tool("Undeploy a host", reads=False, changes_fleet=True, idempotent=True, open_world=True)
+async def undeploy_host(
+    ctx: Context, host: HostId,
+    target: Annotated[str | None, Field(description="ssh://user@host[:port]; default: where the log says it was deployed", max_length=512)] = None,
+    force: Annotated[bool, Field(description="the machine is gone: only take it out of the fleet and revoke its NATS users")] = False,
+    dry_run: Annotated[bool, Field(description="only say what would be done")] = False,
+) -> CallToolResult:  # fmt: skip
+    """Remove a deployed host: drain it, stop its node, remove its files and unit, take it out of the
+    fleet, revoke its NATS users. What `autotune undeploy` does."""
+    from autotune import deploy as d
+
+    req = d.UndeployRequest(host=host, target=target, force=force, dry_run=dry_run, requested_by=d.who("mcp"))
+    return await _deploying(ctx, lambda ctl: d.undeploy(req, ctl))

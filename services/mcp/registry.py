@@ -3,8 +3,7 @@ stops work), how it reaches autotune (`Link`), how its answer is shaped (`answer
 errors reach the agent (the CLI's messages, never a traceback).
 
 A tool is a plain async function registered with `@tool(...)` in fleet.py, tasks.py or data.py; its
-typed parameters become the input schema. Adding one (e.g. `deploy_host` once `autotune deploy`
-lands) is a function and a decorator.
+typed parameters become the input schema. Adding one is a function and a decorator.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from autotune.schemas.subjects import SubjectError
 from autotune.shared import commands
 from autotune.shared import query as q
 from autotune.shared.log import get_logger
+from autotune.shared.settings import Settings
 
 log = get_logger("mcp")
 
@@ -38,8 +38,9 @@ class Link:
     """How the tools reach autotune: a NATS connection (`connect` may make it on first use), and the
     sequence of this server's own last write, which every read then waits for (read-your-writes)."""
 
-    def __init__(self, connect: Callable[[], Awaitable[NATS]]) -> None:
+    def __init__(self, connect: Callable[[], Awaitable[NATS]], settings: Settings | None = None) -> None:
         self._connect = connect
+        self.settings = settings  # the stack's (NATS URL, data dir): what deploying needs besides the connection
         self.last_seq = 0
 
     async def nc(self) -> NATS:
@@ -114,6 +115,10 @@ UNREACHABLE = "autotune is not reachable: {}; is `autotune up` running (or the A
 def message_of(e: BaseException) -> str:
     """The message the CLI would print for `e`."""
     if isinstance(e, NotFound | BadRequest | BadSubject | commands.UnknownTask | commands.UnknownHost | commands.DuplicateTask):
+        return str(e)
+    from autotune.deploy import BadInput, Refused
+
+    if isinstance(e, BadInput | Refused):  # a deploy refused before the machine was changed
         return str(e)
     if isinstance(e, SpecError):
         return f"invalid task spec: {e}"

@@ -12,13 +12,15 @@ from mcp.server import MCPServer
 from autotune import __version__
 from autotune.mcp import data, fleet, tasks  # noqa: F401  - importing them registers their tools
 from autotune.mcp.registry import TOOLS, Link
+from autotune.shared.settings import Settings
 
 INSTRUCTIONS = """autotune finds the best serving configuration of an LLM inference engine (SGLang, vLLM) by running
 real experiments on a fleet of GPU hosts. To tune: read the resource autotune://docs/task-file, write a
 task file, check it with validate_task, submit it with submit_task, follow it with get_task (wait_s waits
 for its end), compare experiments with list_experiments and get_experiment, and take the winner with
 best_config. Results measured on simulated engines and GPUs say SIMULATED. Tools that change the fleet or
-stop work (drain_host, remove_host, cancel_task) exist only when the server was started to allow them."""
+stop work (drain_host, remove_host, cancel_task, deploy_host, undeploy_host) exist only when the server was
+started to allow them."""
 
 
 def build_server(link: Callable[[], AbstractAsyncContextManager[Link]], *, allow_fleet_changes: bool = False) -> MCPServer:
@@ -43,14 +45,15 @@ def build_server(link: Callable[[], AbstractAsyncContextManager[Link]], *, allow
     return server
 
 
-def fixed_link(nc_of: Callable[[], object]) -> Callable[[], AbstractAsyncContextManager[Link]]:
-    """A `link` over a connection someone else owns (the API's, a test's): nothing to open or close."""
+def fixed_link(nc_of: Callable[[], object], settings: Settings | None = None) -> Callable[[], AbstractAsyncContextManager[Link]]:
+    """A `link` over a connection someone else owns (the API's, a test's): nothing to open or close.
+    `settings`: the stack's, for deploy_host and undeploy_host."""
 
     async def connect():
         return nc_of()
 
     @contextlib.asynccontextmanager
     async def opened() -> AsyncIterator[Link]:
-        yield Link(connect)
+        yield Link(connect, settings)
 
     return opened

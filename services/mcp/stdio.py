@@ -55,7 +55,7 @@ def serve(settings: Settings, *, allow_fleet_changes: bool = False) -> int:
     @contextlib.asynccontextmanager
     async def link() -> AsyncIterator[Link]:
         try:
-            yield Link(conn.get)
+            yield Link(conn.get, settings)
         finally:
             await conn.close()
 
