@@ -44,8 +44,11 @@ def submitted(name="t", **over) -> tuple[str, ev.TaskSubmitted]:
     return f"autotune.task.{name}.submitted", ev.TaskSubmitted(id=f"{name}.submitted", task=name, name=name, spec=spec_to_dict(spec), at=T0)
 
 
-def complete(log: Log, a: ev.ExperimentAssigned, score: float) -> None:
-    log.add(f"autotune.task.{a.task}.exp.{a.n}.completed", ev.ExperimentCompleted(id=f"{a.task}.{a.n}.{a.attempt}.completed", task=a.task, n=a.n, attempt=a.attempt, host=a.host, metrics=ExperimentMetrics(), score=score))
+def complete(log: Log, a: ev.ExperimentAssigned, score: float, objectives: list[float] | None = None) -> None:
+    log.add(
+        f"autotune.task.{a.task}.exp.{a.n}.completed",
+        ev.ExperimentCompleted(id=f"{a.task}.{a.n}.{a.attempt}.completed", task=a.task, n=a.n, attempt=a.attempt, host=a.host, metrics=ExperimentMetrics(), score=score, objectives=objectives or []),
+    )
 
 
 def assigned(actions) -> list[ev.ExperimentAssigned]:
@@ -209,3 +212,67 @@ def test_two_tasks_share_the_fleet_fairly():
     for _ in range(6):
         placed += assigned(log.step(fleet))
     assert sorted(a.task for a in placed) == ["a", "b"], "one task took every GPU"
+
+
+# --- stopping, through decide ------------------------------------------------------------------------
+
+WIDE = {"mem-fraction-static": [0.7, 0.75, 0.8, 0.85, 0.88], "max-running-requests": [8, 16, 32, 64]}  # 20 points
+
+
+def run_task(results, *, clock=lambda i: T0, **over) -> tuple[ev.TaskCompleted | ev.TaskFailed, int]:
+    """Drive one task through `decide` alone, one experiment at a time; the i-th result (a score, or a
+    list of objective values) is told when experiment i is placed, at `clock(i)`. Returns the task's
+    terminal event and how many experiments were planned."""
+    log = Log()
+    log.add(*submitted(**over))
+    fleet = {"h": host("h", 1)}
+    results = iter(results)
+    i = 0
+    for _ in range(200):
+        for a in log.step(fleet, now=clock(i)):
+            if isinstance(a.event, ev.ExperimentAssigned):
+                r = next(results)
+                complete(log, a.event, r[0] if isinstance(r, list) else r, r if isinstance(r, list) else None)
+                i += 1
+            if isinstance(a.event, (ev.TaskCompleted, ev.TaskFailed)):
+                return a.event, len(log.state.tasks["t"].experiments)
+    raise AssertionError("the task never ended")
+
+
+def test_max_iterations_stops_a_task_through_decide():
+    final, planned = run_task([5.0, 4.0, 3.0, 2.0], parameters=WIDE, optimization={"strategy": "random", "seed": 3, "max_iterations": 3, "max_parallel": 1})
+    assert (final.reason, planned, final.best_score) == ("max_iterations", 3, 3.0)
+
+
+def test_grid_exhaustion_stops_a_task_through_decide():
+    # a 2×2 grid, three repeats each: 12 experiments, though max_iterations allows 50
+    final, planned = run_task([float(i) for i in range(12)], optimization={"max_iterations": 50, "max_parallel": 1, "repeats": 3})
+    assert (final.reason, planned) == ("grid_exhausted", 12)
+
+
+def test_time_budget_stops_a_task_through_decide():
+    # experiment i is placed 25 s after experiment i-1: the third is placed at 50 s, none at 75 s
+    final, planned = run_task(
+        [3.0, 2.0, 1.0, 0.5], clock=lambda i: T0 + timedelta(seconds=25 * i), parameters=WIDE,
+        optimization={"strategy": "random", "seed": 3, "max_iterations": 20, "max_parallel": 1, "time_budget_s": 60.0},
+    )
+    assert (final.reason, planned) == ("time_budget", 3)
+
+
+def test_patience_stops_a_task_through_decide():
+    # the best comes second; two results without a lower score after it end the search
+    final, planned = run_task(
+        [5.0, 3.0, 4.0, 3.5, 1.0], parameters=WIDE, optimization={"strategy": "random", "seed": 3, "max_iterations": 20, "max_parallel": 1, "patience": 2},
+    )
+    assert (final.reason, planned, final.best_experiment) == ("converged", 4, 1)
+
+
+def test_multi_objective_patience_counts_new_pareto_points_as_progress():
+    # (throughput, latency) as minimized values: the second result is worse on the first objective but
+    # better on the second, a new Pareto point, so patience counts from there
+    results = [[1.0, 1.0], [2.0, 0.5], [1.5, 1.5], [3.0, 3.0], [0.1, 0.1]]
+    final, planned = run_task(
+        results, parameters=WIDE,
+        optimization={"strategy": "multi_objective", "objectives": ["maximize_throughput", "minimize_latency"], "seed": 3, "max_iterations": 20, "max_parallel": 1, "patience": 2},
+    )
+    assert (final.reason, planned) == ("converged", 4)

@@ -7,7 +7,8 @@ import math
 import msgspec
 import pytest
 
-from autotune.scheduler.strategies import Strategy, make_strategy, should_stop
+from autotune.scheduler.stopping import should_stop
+from autotune.scheduler.strategies import Strategy, make_strategy
 from autotune.schemas.spec import TaskSpec, spec_from_obj
 from autotune.shared.expand import experiment_space
 

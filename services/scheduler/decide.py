@@ -18,6 +18,7 @@ from autotune.scheduler import waiting
 from autotune.scheduler.datasets import needs_dataset
 from autotune.scheduler.placement import place
 from autotune.scheduler.state import Attempt, State, Task
+from autotune.scheduler.stopping import should_stop
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveHost
@@ -120,33 +121,17 @@ def _start_or_reject(task: Task, now: datetime) -> Action:
 
 
 def _stop_reason(task: Task, now: datetime) -> str | None:
+    """The task's reason to plan no more experiments (`stopping.should_stop`), from what the log says."""
     spec = task.spec
-    assert spec is not None
-    opt = spec.optimization
-    if len(task.experiments) >= opt.max_iterations:
-        return "max_iterations"
-    if opt.time_budget_s is not None and task.started_at and (now - task.started_at).total_seconds() >= opt.time_budget_s:
-        return "time_budget"
-    if opt.patience is not None:
-        done = sorted((e for e in task.experiments.values() if e.outcome), key=lambda e: e.n)
-        best: float | None = None
-        since = 0
-        for e in done:
-            if e.outcome == "completed" and e.score is not None and (best is None or e.score < best):
-                best, since = e.score, 0
-            else:
-                since += 1
-        if best is not None and since >= opt.patience:
-            return "converged"
-    if task.exhausted:
-        return "grid_exhausted"
-    return None
+    assert spec is not None and task.strategy is not None
+    elapsed = (now - task.started_at).total_seconds() if task.started_at else 0.0
+    return should_stop(spec, task.strategy.history(), elapsed, planned=len(task.experiments), exhausted=task.exhausted, space=task.space)
 
 
 def _next_plan(task: Task, now: datetime) -> Action | None:
     spec = task.spec
     assert spec is not None and task.strategy is not None
-    if task.exhausted or _stop_reason(task, now):
+    if _stop_reason(task, now):
         return None
     in_flight = len(task.active_attempts()) + _retry_pending(task)
     if in_flight >= spec.optimization.max_parallel:

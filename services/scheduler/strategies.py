@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -28,6 +28,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
+from autotune.scheduler.stopping import ScoreValue
 from autotune.schemas.spec import Scalar, TaskSpec
 from autotune.shared.expand import Dimension, SearchSpace
 from autotune.shared.pareto import dominates
@@ -41,12 +42,10 @@ __all__ = [
     "Strategy",
     "derive_seed",
     "make_strategy",
-    "should_stop",
 ]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-ScoreValue = float | list[float]
 _TPE_ATTEMPTS = 8  # TPE proposals tried before falling back to a random unseen configuration
 _ENUMERATE_LIMIT = 200_000  # spaces up to this size are enumerated when random draws keep colliding
 
@@ -402,63 +401,3 @@ def make_strategy(spec: TaskSpec, space: SearchSpace) -> Strategy:
     except KeyError:
         raise ValueError(f"unknown strategy `{spec.optimization.strategy}`; use one of {', '.join(_STRATEGIES)}") from None
     return cls(spec, space)
-
-
-# --- stopping ---------------------------------------------------------------------------------------
-
-
-def should_stop(
-    spec: TaskSpec,
-    history: Sequence[ScoreValue | None],
-    elapsed_s: float,
-    *,
-    planned: int | None = None,
-    exhausted: bool = False,
-    space: SearchSpace | None = None,
-) -> str | None:
-    """Why to plan no more experiments, or None to go on.
-
-    `history`: finished experiments in the order they finished, each its score (a float, or a list for
-    multi_objective) or None when it failed (`Strategy.history()` gives exactly this). `planned`:
-    experiments planned so far (default: len(history)). `exhausted`: the strategy's ask returned None.
-    Reasons, checked in this order: `max_iterations` (planned ≥ max_iterations), `grid_exhausted`
-    (exhausted, or planned ≥ space.size × repeats), `time_budget` (elapsed_s ≥ time_budget_s),
-    `converged` (the last `patience` finished experiments, counted after the first success, brought no
-    improvement: no lower score, or for multi_objective no point outside the dominated region).
-    """
-    opt = spec.optimization
-    planned = len(history) if planned is None else planned
-    if planned >= opt.max_iterations:
-        return "max_iterations"
-    size = space.size if space is not None else None
-    if exhausted or (size is not None and planned >= size * max(1, opt.repeats)):
-        return "grid_exhausted"
-    if opt.time_budget_s is not None and elapsed_s >= opt.time_budget_s:
-        return "time_budget"
-    if opt.patience is not None:
-        since = _since_improvement(history)
-        if since is not None and since >= opt.patience:
-            return "converged"
-    return None
-
-
-def _since_improvement(history: Sequence[ScoreValue | None]) -> int | None:
-    """Finished experiments since the last improvement; None before the first success."""
-    best: float | None = None
-    front: list[list[float]] = []
-    since: int | None = None
-    for item in history:
-        improved = False
-        if item is not None:
-            if isinstance(item, (list, tuple)):
-                v = [float(x) for x in item]
-                if not any(dominates(f, v) or f == v for f in front):
-                    improved = True
-                    front = [f for f in front if not dominates(v, f)] + [v]
-            elif best is None or item < best:
-                best, improved = float(item), True
-        if improved:
-            since = 0
-        elif since is not None:
-            since += 1
-    return since
