@@ -26,6 +26,12 @@ QUERY_SQL = "autotune.query.sql"  # request/reply: read-only SQL on the projecti
 QUERY_SNAPSHOT = "autotune.query.snapshot"  # request/reply: the projector writes a DuckDB snapshot file
 QUERY_REOPEN = "autotune.query.reopen"  # .<key>: a rebuild asks the projector owning a file to swap it in
 
+# wildcards: everything, and what each stream holds
+ALL = f"{PREFIX}.>"
+EVENTS_SUBJECTS = (f"{PREFIX}.task.>", f"{PREFIX}.host.>")  # AUTOTUNE_EVENTS: the truth
+GPU_ALL = f"{PREFIX}.gpu.>"  # AUTOTUNE_TELEMETRY: every GPU sample of every host
+LOG_ALL = f"{PREFIX}.log.>"  # AUTOTUNE_LOGS: engine and runner output
+
 TASK_EVENTS = ("submitted", "dataset_fetched", "started", "rejected", "cancel_requested", "completed", "failed", "cancelled")
 EXP_EVENTS = ("planned", "waiting", "started", "ready", "progress", "completed", "failed", "cancelled")
 EXP_ADDRESSED = ("assigned", "cancel_requested")

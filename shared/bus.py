@@ -102,7 +102,7 @@ def stream_configs(settings: Settings) -> list[jsapi.StreamConfig]:
     return [
         jsapi.StreamConfig(
             name=subj.EVENTS_STREAM,
-            subjects=["autotune.task.>", "autotune.host.>"],
+            subjects=list(subj.EVENTS_SUBJECTS),
             retention=jsapi.RetentionPolicy.LIMITS,
             storage=jsapi.StorageType.FILE,
             num_replicas=r,
@@ -112,7 +112,7 @@ def stream_configs(settings: Settings) -> list[jsapi.StreamConfig]:
         ),
         jsapi.StreamConfig(
             name=subj.TELEMETRY_STREAM,
-            subjects=["autotune.gpu.>"],
+            subjects=[subj.GPU_ALL],
             storage=jsapi.StorageType.FILE,
             num_replicas=r,
             max_age=settings.telemetry_max_age_s,
@@ -121,7 +121,7 @@ def stream_configs(settings: Settings) -> list[jsapi.StreamConfig]:
         ),
         jsapi.StreamConfig(
             name=subj.LOGS_STREAM,
-            subjects=["autotune.log.>"],
+            subjects=[subj.LOG_ALL],
             storage=jsapi.StorageType.FILE,
             num_replicas=r,
             max_age=settings.logs_max_age_s,

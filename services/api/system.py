@@ -28,7 +28,7 @@ class EventController(Controller):
          media_type="text/event-stream")  # fmt: skip
     async def events(
         self, request: Request,
-        subject: Annotated[str, QueryParameter(description="e.g. autotune.task.<task>.>, autotune.host.>, autotune.gpu.<host>.*, autotune.log.<task>.<n>", max_length=512)] = "autotune.>",
+        subject: Annotated[str, QueryParameter(description="e.g. autotune.task.<task>.>, autotune.host.>, autotune.gpu.<host>.*, autotune.log.<task>.<n>", max_length=512)] = subj.ALL,
         since_seq: Seq = None, since_time: SinceTime = None, follow: Follow = False, limit: StreamLimit = None,
     ) -> ServerSentEvent:  # fmt: skip
         """One SSE event per message: `id` is its stream sequence (reconnect with since_seq = id + 1),

@@ -96,11 +96,12 @@ def run_demo(args) -> int:
 
 
 async def _show_sql(nc, task: str) -> None:
+    from autotune.schemas import subjects as subj
     from autotune.shared import bus
     from autotune.shared import query as q
 
     # read-your-writes: the projection answers once it has applied the task's last event
-    last = await bus.last_seq(nc.jetstream(), f"autotune.task.{task}.>")
+    last = await bus.last_seq(nc.jetstream(), subj.task_all(task))
     try:
         res = await q.sql(
             nc,

@@ -68,7 +68,7 @@ class Scheduler:
             asyncio.create_task(self._decide_loop(js, stop, burst), name="decide"),
             asyncio.create_task(StatsPublisher("scheduler", self.instance, decision_seconds=self.decision_seconds).run(js, stop), name="stats"),
         ]
-        await nc.subscribe("autotune.gpu.>", cb=self._on_gpu_sample)
+        await nc.subscribe(subj.GPU_ALL, cb=self._on_gpu_sample)
         log.info("scheduler started", instance=self.instance)
         try:
             # every task runs until stop; one that ends early (an error it could not ride out) ends the
@@ -104,7 +104,7 @@ class Scheduler:
                 self.caught_up.set()
             self.wake.set()
 
-        async for d in bus.replay(js, "autotune.>", stop=stop, on_bad=undecodable):
+        async for d in bus.replay(js, subj.ALL, stop=stop, on_bad=undecodable):
             try:
                 evolve(self.state, d.seq, d.subject, d.event)
             except Exception:
