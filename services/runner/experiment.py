@@ -23,7 +23,7 @@ import nats.js.errors
 
 from autotune.runner.engine_metrics import EngineScraper
 from autotune.runner.failures import EngineExited, Failure, classify_exit, error_tail, lost_connections
-from autotune.runner.runtimes import Handle, Launch, simulated_argv
+from autotune.runner.runtimes import Handle, Launch, Runtime, simulated_argv
 from autotune.runner.telemetry import TelemetryWindow
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
@@ -108,7 +108,7 @@ class Context:
     js: object
     host: str
     instance: str
-    runtimes: dict[str, object]
+    runtimes: dict[str, Runtime]
     time_scale: float = 1.0
     startup_timeout_s: float = 900.0
     engine_host: str = "127.0.0.1"
@@ -211,19 +211,19 @@ class AttemptRun:
             raise Failure("launch_error", f"runtime `{a.deployment_mode}` is not available on {ctx.host} (it offers {', '.join(sorted(ctx.runtimes))})", retryable=True)
         real = ctx.real_gpus and not a.simulated
         # Kubernetes' device plugin picks the GPUs and keeps them exclusive: NVML indices say nothing there
-        if real and getattr(runtime, "leases_gpus_itself", False) is False and (busy := await _maybe_await(ctx.gpus_busy(list(a.gpu_indices)))):
+        if real and not runtime.leases_gpus_itself and (busy := await _maybe_await(ctx.gpus_busy(list(a.gpu_indices)))):
             raise Failure("gpus_busy", f"GPUs {busy} are in use by processes autotune did not start", retryable=True)
         from autotune.runner.launch import cluster_launch, replay_prompts
         from autotune.shared.expand import engine_command, image_for
 
         self.prompts = await replay_prompts(ctx.js, a, spec, ctx.host, note=self.note)  # before any engine starts
         port = free_port()
-        bind = getattr(runtime, "bind_host", None) or ctx.engine_host
+        bind = runtime.bind_host or ctx.engine_host
         cluster = cluster_launch(spec)  # storage claim, OME model and runtime; the model path they imply
         argv = engine_command(spec, {**cluster.served_name, **dict(a.parameters)}, port=port, host=bind, model_path=cluster.model_path)
         env: dict[str, str] = dict(spec.engine_env)
         device = "cpu" if is_cpu_serving(spec.gpu_type) and not a.simulated else ""
-        if a.simulated or getattr(runtime, "always_simulate", False):
+        if a.simulated or runtime.always_simulate:
             env.update(
                 AUTOTUNE_SIM_GPU_TYPE=a.gpu_type.removeprefix("Simulated ").removeprefix("NVIDIA ") or "H100",
                 AUTOTUNE_SIM_GPU_COUNT=str(max(1, len(a.gpu_indices))),
@@ -239,8 +239,8 @@ class AttemptRun:
             device=device,
         )
         async with asyncio.timeout(a.timeout_s):
-            self.note(f"launching on {runtime.name}: GPUs {list(a.gpu_indices)}, port {port}")  # type: ignore[attr-defined]
-            launching = asyncio.ensure_future(runtime.launch(launch))  # type: ignore[attr-defined]
+            self.note(f"launching on {runtime.name}: GPUs {list(a.gpu_indices)}, port {port}")
+            launching = asyncio.ensure_future(runtime.launch(launch))
             try:
                 self.handle = await asyncio.shield(launching)
             except asyncio.CancelledError:  # cancelled or timed out mid-launch: let it finish, so teardown removes it
@@ -252,7 +252,7 @@ class AttemptRun:
             await self.w.append(
                 "started",
                 ev.ExperimentStarted(
-                    id=ev.exp_id(*self.ids, "started"), **self.base, instance=ctx.instance, runtime=runtime.name, command=command,  # type: ignore[attr-defined]
+                    id=ev.exp_id(*self.ids, "started"), **self.base, instance=ctx.instance, runtime=runtime.name, command=command,
                     handle=self.handle.ident, device=device, env=dict(getattr(self.handle, "env", None) or env),
                 ),
             )

@@ -23,6 +23,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from autotune import __version__
 from autotune.runner.experiment import Context, Writer, run_attempt
 from autotune.runner.gpus import nvml_gpus, parse_simulated, wait_gpus_free
+from autotune.runner.runtimes import Runtime
 from autotune.runner.runtimes.local import LocalRuntime, SimulatedRuntime
 from autotune.runner.settings import CPU_ENGINES, RunnerSettings
 from autotune.schemas import events as ev
@@ -55,7 +56,7 @@ class Runner:
         self.nvml_missing = False
         self.gpus, self.simulated = self._discover_gpus()
         self.cpu_slots, self.cpu_engines = self._cpu_serving()
-        self.runtimes: dict[str, object] = {}
+        self.runtimes: dict[str, Runtime] = {}
         self.rev = 0
         self.kv = None
         self.js = None
@@ -99,7 +100,7 @@ class Runner:
         """Which runtimes this host offers: asked for (`runtimes`), else what answers here."""
         rs = self.rs
         wanted = set(rs.runtimes) if rs.runtimes else None
-        rts: dict[str, object] = {}
+        rts: dict[str, Runtime] = {}
         if wanted is None or "simulated" in wanted or self.simulated:
             rts["simulated"] = await self._simulated_runtime()
         if not self.simulated:
@@ -121,7 +122,7 @@ class Runner:
             raise RuntimeError(f"no runtime is available on this host (asked for {sorted(wanted or [])}); see the lines above")
         self.runtimes = rts
 
-    async def _simulated_runtime(self):
+    async def _simulated_runtime(self) -> Runtime:
         where, rt = self.rs.simulated_runtime, None
         if where == "docker":
             rt = await self._probe(self._docker(always_simulate=True), "docker (simulated engines)", required=True)
@@ -150,7 +151,7 @@ class Runner:
             always_simulate=always_simulate,
         )
 
-    async def _probe(self, rt, what: str, *, required: bool):
+    async def _probe(self, rt: Runtime, what: str, *, required: bool) -> Runtime | None:
         why = await rt.available()
         if why is None:
             return rt
@@ -205,7 +206,7 @@ class Runner:
         finally:
             for rt in {id(r): r for r in self.runtimes.values()}.values():
                 with contextlib.suppress(Exception):
-                    await rt.close()  # type: ignore[attr-defined]
+                    await rt.close()
             await bus.close(nc)
             log.info("runner stopped", host=self.host, instance=self.instance)
 
@@ -264,9 +265,9 @@ class Runner:
     async def _reap(self) -> None:
         for rt in {id(r): r for r in self.runtimes.values()}.values():
             try:
-                await rt.reap_orphans(self.host, keep=set(self.running))  # type: ignore[attr-defined]
+                await rt.reap_orphans(self.host, keep=set(self.running))
             except Exception as e:
-                log.error("could not reap orphans", runtime=getattr(rt, "name", "?"), error=repr(e))
+                log.error("could not reap orphans", runtime=rt.name, error=repr(e))
 
     async def _register(self, js) -> None:
         e = ev.HostRegistered(

@@ -122,7 +122,16 @@ class Handle:
 
 
 class Runtime(Protocol):
+    """What the runner needs of a runtime: its capabilities, and how to launch, reap and close."""
+
     name: str
+    always_simulate: bool  # runs the engine simulator whatever the assignment says (simulated GPUs on this host)
+    leases_gpus_itself: bool  # its own scheduler hands out GPUs (Kubernetes' device plugin): the lease is a count, NVML indices say nothing
+    bind_host: str | None  # the address engines listen on; None: the runner's `engine_host`
+
+    async def available(self) -> str | None:
+        """None when the runtime answers here; else why not (one clear log line)."""
+        ...
 
     async def launch(self, spec: Launch) -> Handle: ...
 

@@ -93,6 +93,9 @@ class DockerHandle(Handle):
 class DockerRuntime:
     """Engines as Docker containers on this host's Docker Engine."""
 
+    leases_gpus_itself = False  # the lease's indices become the container's device request
+    bind_host: str | None = None
+
     def __init__(
         self,
         *,

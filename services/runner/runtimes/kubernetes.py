@@ -181,7 +181,7 @@ class KubernetesRuntime:
     """Engines as Kubernetes workloads in one namespace, pinned to this runner's node when it has one."""
 
     name = "kubernetes"
-    bind_host = "0.0.0.0"  # the pod's own network namespace: reachable through the Service
+    bind_host: str | None = "0.0.0.0"  # the pod's own network namespace: reachable through the Service
     leases_gpus_itself = True  # the device plugin allocates `nvidia.com/gpu`; the lease is a count here
 
     def __init__(

@@ -86,6 +86,8 @@ class LocalRuntime:
 
     name = "local"
     always_simulate = False
+    leases_gpus_itself = False
+    bind_host: str | None = None
 
     def __init__(self, models_dir: str | None = None, engines: dict[str, str] | None = None, engine_env: dict[str, str] | None = None) -> None:
         self.models_dir = models_dir
