@@ -1,10 +1,8 @@
-"""The host runner: claim the host, register, heartbeat, run what is addressed to this host.
+"""The host runner: hold the host (liveness.py), register, run what is addressed to this host.
 
-One live instance per host, enforced by an atomic create of the host's liveness key (per-key TTL,
-renewed by the heartbeat). A second instance refuses to start while the first is alive, unless told
-to take over — or the first is provably dead (same machine, its pid gone). Taking over, it reports
-the previous instance's unfinished experiments failed (retryable) and removes every engine labelled
-with this host that no live experiment owns, before it takes any work.
+It offers the runtimes that answer here, claims the host's liveness key, reports and removes what a
+previous instance left, registers, then consumes the assignments, cancels and host commands addressed
+to its host and runs each attempt (experiment.py) until it is stopped or replaced.
 """
 
 from __future__ import annotations
@@ -15,14 +13,13 @@ import os
 import socket
 import time
 import uuid
-from pathlib import Path
 
 import msgspec
-from nats.js.errors import KeyWrongLastSequenceError
 
 from autotune import __version__
 from autotune.runner.experiment import Context, Writer, run_attempt
 from autotune.runner.gpus import nvml_gpus, parse_simulated, wait_gpus_free
+from autotune.runner.liveness import HostLiveness, HostTaken, report_unfinished
 from autotune.runner.runtimes import Runtime
 from autotune.runner.runtimes.local import LocalRuntime, SimulatedRuntime
 from autotune.runner.settings import CPU_ENGINES, RunnerSettings
@@ -35,9 +32,7 @@ from autotune.shared.settings import Settings
 
 log = get_logger("runner")
 
-
-class HostTaken(RuntimeError):
-    """Another live runner instance holds this host."""
+__all__ = ["HandedOver", "HostTaken", "Runner", "RunnerSettings", "run"]  # HostTaken: the CLI maps it to a clear error
 
 
 class HandedOver(Exception):
@@ -57,11 +52,7 @@ class Runner:
         self.gpus, self.simulated = self._discover_gpus()
         self.cpu_slots, self.cpu_engines = self._cpu_serving()
         self.runtimes: dict[str, Runtime] = {}
-        self.rev = 0
-        self.kv = None
         self.js = None
-        self._kv_lock = asyncio.Lock()
-        self.taken_over = False
 
     def _discover_gpus(self) -> tuple[list[LiveGpu], bool]:
         if self.rs.simulate:
@@ -180,8 +171,15 @@ class Runner:
             if self.simulated and self.nvml_missing:
                 log.info("no NVIDIA GPU found through NVML; this host offers simulated GPUs (4xH100)")
             await self._setup_runtimes()
-            self.kv = await js.key_value(subj.HOSTS_BUCKET)
-            await self._claim(js)
+            self.liveness = HostLiveness(
+                await js.key_value(subj.HOSTS_BUCKET), host=self.host, instance=self.instance, ttl_s=self.settings.host_ttl_s,
+                heartbeat_s=self.rs.heartbeat_s, value=self.live_value, on_taken_over=stop.set,
+            )
+            previous = await self.liveness.claim(takeover=self.rs.takeover)
+            if previous is not None:
+                await report_unfinished(js, self.host, previous)
+            await self._reap()
+            log.info("runner started", host=self.host, instance=self.instance, gpus=len(self.gpus), simulated=self.simulated, runtimes=",".join(sorted(self.runtimes)))
             self.ctx = Context(
                 js=js, host=self.host, instance=self.instance, runtimes=self.runtimes, time_scale=self.rs.time_scale,
                 startup_timeout_s=self.rs.startup_timeout_s, engine_host=self.rs.engine_host, sim_seed=self.rs.sim_seed,
@@ -189,7 +187,7 @@ class Runner:
                 gpus_busy=(lambda idx: wait_gpus_free(idx, self.rs.gpu_busy_wait_s)) if not self.simulated else (lambda _: []),
             )
             await self._register(js)
-            hb = asyncio.create_task(self._heartbeat(stop))
+            hb = asyncio.create_task(self.liveness.heartbeat(stop))
             try:
                 await bus.durable_consume(
                     js, stream=subj.EVENTS_STREAM, durable=f"runner-{self.host}", subjects=subj.addressed_to(self.host),
@@ -200,67 +198,13 @@ class Runner:
                 hb.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await hb
-                if not self.taken_over:
-                    with contextlib.suppress(Exception):
-                        await self.kv.delete(self.host)
+                await self.liveness.release()
         finally:
             for rt in {id(r): r for r in self.runtimes.values()}.values():
                 with contextlib.suppress(Exception):
                     await rt.close()
             await bus.close(nc)
             log.info("runner stopped", host=self.host, instance=self.instance)
-
-    async def _claim(self, js) -> None:
-        kv, ttl = self.kv, self.settings.host_ttl_s
-        rev = await bus.kv_claim(kv, self.host, self.live_value(), ttl=ttl)
-        entry = await kv.get(self.host) if rev is None else None
-        for _ in range(10):  # the holder's key expired between the claim and the read: claim again
-            if entry is None or entry.value:
-                break
-            await asyncio.sleep(0.2)
-            rev = await bus.kv_claim(kv, self.host, self.live_value(), ttl=ttl)
-            entry = await kv.get(self.host) if rev is None else None
-        if rev is None:
-            if entry is None or not entry.value:
-                raise HostTaken(f"host `{self.host}`: its liveness key keeps changing under this runner; start it again")
-            previous = msgspec.json.decode(entry.value, type=LiveHost)
-            dead_here = previous.hostname == socket.gethostname() and not _pid_alive(previous.pid)
-            if not (self.rs.takeover or dead_here):
-                raise HostTaken(
-                    f"host `{self.host}` is already served by runner instance {previous.instance} (pid {previous.pid} on "
-                    f"{previous.hostname}, last heartbeat {time.time() - previous.at:.0f}s ago); stop it first, or start this "
-                    f"one with --takeover to replace it"
-                )
-            log.warning("taking over the host from a previous instance", previous=previous.instance, alive=not dead_here)
-            rev = await kv.put(self.host, self.live_value())  # its next heartbeat fails: it stops
-            rev = await bus.kv_renew(kv, self.host, self.live_value(), last=rev, ttl=ttl)
-            self.rev = rev
-            await self._reconcile(js, previous)
-        self.rev = rev
-        await self._reap()
-        log.info("runner started", host=self.host, instance=self.instance, gpus=len(self.gpus), simulated=self.simulated, runtimes=",".join(sorted(self.runtimes)))
-
-    async def _reconcile(self, js, previous: LiveHost) -> None:
-        """Report the previous instance's unfinished experiments as failed (retryable), exactly once.
-
-        Each append expects the experiment's last sequence as read here, so a racing writer (the
-        scheduler noticing the restart, the old instance itself) and this one never both land."""
-        for key in previous.running:
-            task, n, attempt = key.split("/")
-            f = subj.experiment_all(task, int(n))
-            last = await bus.last_seq(js, f)
-            newest = await bus.messages_after(js, f, max(0, last - 1))
-            if newest:
-                e = newest[-1][1]
-                if e is None or isinstance(e, ev.TERMINAL_EXPERIMENT + (ev.ExperimentPlanned,)) or getattr(e, "attempt", None) != int(attempt):
-                    continue
-            e = ev.ExperimentFailed(
-                id=ev.exp_id(task, int(n), int(attempt), "failed"), task=task, n=int(n), attempt=int(attempt), host=self.host,
-                kind="runner_restarted", retryable=True, message=f"the runner instance {previous.instance} stopped while this experiment was running",
-            )
-            with contextlib.suppress(bus.StaleWrite):
-                await bus.append(js, subj.experiment(task, int(n), "failed"), e, expect_seq=last, expect_filter=f)
-                log.warning("reported an experiment the previous instance left unfinished", experiment=key)
 
     async def _reap(self) -> None:
         for rt in {id(r): r for r in self.runtimes.values()}.values():
@@ -278,75 +222,12 @@ class Runner:
         )
         await bus.append(js, subj.host(self.host, "registered"), e)
 
-    async def _publish_live(self) -> None:
-        """Renew the liveness key with the current value (running experiments, draining).
-
-        Raises KeyWrongLastSequenceError only when another instance holds the key. A renewal of ours
-        that landed while its ack was lost (a stream leader election) is recognized and its revision
-        adopted — reads may come from a lagging replica, so that is tried a few times; a key that
-        expired meanwhile (NATS unreachable longer than the TTL) is claimed again."""
-        from nats.js.errors import KeyDeletedError, KeyNotFoundError
-
-        ttl = self.settings.host_ttl_s
-        async with self._kv_lock:
-            last = self.rev
-            for attempt in range(5):
-                try:
-                    self.rev = await bus.kv_renew(self.kv, self.host, self.live_value(), last=last, ttl=ttl)
-                    return
-                except KeyWrongLastSequenceError:
-                    pass
-                try:
-                    entry = await self.kv.get(self.host)
-                    holder = msgspec.json.decode(entry.value or b"", type=LiveHost).instance
-                except (KeyDeletedError, KeyNotFoundError, msgspec.DecodeError):
-                    holder = None
-                if holder is None:  # expired: ours again unless someone else claims it first
-                    rev = await bus.kv_claim(self.kv, self.host, self.live_value(), ttl=ttl)
-                    if rev is None:
-                        continue
-                    self.rev = rev
-                    log.warning("the liveness key had expired; claimed it again", host=self.host)
-                    return
-                if holder != self.instance:
-                    raise KeyWrongLastSequenceError()
-                last = entry.revision
-                await asyncio.sleep(0.1 * (attempt + 1))
-            raise RuntimeError("the liveness key keeps changing under this instance; retrying at the next heartbeat")
-
-    async def _still_ours(self) -> bool:
-        try:
-            await self._publish_live()
-            return True
-        except KeyWrongLastSequenceError:
-            self._taken_over()
-            return False
-        except Exception:
-            return True
-
-    def _taken_over(self) -> None:
-        if not self.taken_over:
-            log.error("another instance took this host over; stopping", host=self.host)
-        self.taken_over = True
-        self.stop.set()
-
-    async def _heartbeat(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await asyncio.sleep(min(self.rs.heartbeat_s, self.settings.host_ttl_s / 4))  # several beats per TTL: a busy machine must not look dead
-            try:
-                await self._publish_live()
-            except KeyWrongLastSequenceError:
-                self._taken_over()
-                return
-            except Exception as e:
-                log.warning("heartbeat failed; retrying", error=repr(e))
-
     async def _handle(self, js, d: bus.Delivery) -> None:
         match d.event:
             case ev.ExperimentAssigned() as a:
                 key = running_key(a.task, a.n, a.attempt)
                 if a.instance and a.instance != self.instance:
-                    if not await self._still_ours():  # nak: the durable consumer redelivers it to the new instance
+                    if not await self.liveness.still_ours():  # nak: the durable consumer redelivers it to the new instance
                         raise HandedOver(f"{key} is for instance {a.instance}, which took this host over")
                     log.info("assignment was for a previous instance; the scheduler re-plans it", experiment=key)
                     return
@@ -359,7 +240,7 @@ class Runner:
                 self.running[key] = t
                 t.add_done_callback(lambda t, key=key: self._task_gone(key, t))
                 with contextlib.suppress(Exception):  # a restart now finds it in the liveness value
-                    await self._publish_live()
+                    await self.liveness.publish()
                 log.info("experiment assigned", experiment=key, gpus=a.gpu_indices, runtime=a.deployment_mode)
             case ev.ExperimentCancelRequested() as c:
                 key = running_key(c.task, c.n, c.attempt)
@@ -373,7 +254,7 @@ class Runner:
                     log.info(f"{why}: taking no new experiments", host=self.host, running=len(self.running))
                 self.draining = True
                 with contextlib.suppress(Exception):
-                    await self._publish_live()
+                    await self.liveness.publish()
                 await self._maybe_drained()
             case _:
                 pass
@@ -396,7 +277,7 @@ class Runner:
     async def _done(self, key: str) -> None:
         self.running.pop(key, None)
         with contextlib.suppress(Exception):
-            await self._publish_live()
+            await self.liveness.publish()
         with contextlib.suppress(Exception):
             await self._maybe_drained()
 
@@ -411,21 +292,6 @@ class Runner:
             self.ctx.shutdown_reason[key] = "shutdown"
             t.cancel()
         await asyncio.gather(*self.running.values(), return_exceptions=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed runner whose parent has not reaped it yet is a zombie: dead
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 async def run(settings: Settings, *, stop: asyncio.Event, runner: RunnerSettings | None = None) -> None:
