@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 
 import pytest
 
 from autotune.shared import bus
 from autotune.shared.natsserver import NatsServer
 from autotune.shared.settings import Settings
+
+pytest_plugins = ("tests.fixtures.api_kit",)  # the API's `projector` and `client` fixtures
 
 
 @pytest.fixture
@@ -35,12 +36,6 @@ async def nc(settings):
 @pytest.fixture
 def js(nc):
     return nc.jetstream()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def docker_available() -> bool:

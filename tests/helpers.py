@@ -6,12 +6,26 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
-from autotune.schemas.spec import spec_from_obj
+from autotune.schemas.spec import TaskSpec, spec_from_obj
 from autotune.shared import bus, commands
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def golden(tag: str, **over) -> ev.Event:
+    """The golden sample of event type `tag` (tests/golden/<tag>.json), stamped now, with `over` replacing fields."""
+    raw = {**json.loads((GOLDEN / f"{tag}.json").read_text()), "at": datetime.now(UTC).isoformat(), **over}
+    return ev.decode(json.dumps(raw).encode())
+
+
+def spec_of(**fields) -> TaskSpec:
+    """A parsed spec with only the fields a test is about (task `t`, a Llama model, the rest defaults)."""
+    return spec_from_obj({"task_name": "t", "model": "meta-llama/Llama-3.1-8B", **fields})
 
 
 def small_spec(name: str = "slice", **over) -> dict:

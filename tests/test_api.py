@@ -6,202 +6,32 @@ engines: what the API shows is a function of the log, whoever wrote it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import threading
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import msgspec
 import pytest
 import yaml
 from litestar.testing import AsyncTestClient
 
 from autotune.api.app import create_app
 from autotune.projector.service import run as projector_run
-from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
-from autotune.schemas.liveness import LiveGpu, LiveHost
 from autotune.shared import bus
 from autotune.shared import query as q
-from tests.helpers import small_spec
-
-GOLDEN = Path(__file__).parent / "golden"
-TOKEN = "s3cret-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def golden(tag: str, **over) -> ev.Event:
-    raw = {**json.loads((GOLDEN / f"{tag}.json").read_text()), "at": datetime.now(UTC).isoformat(), **over}
-    return ev.decode(json.dumps(raw).encode())
-
-
-# --- fixtures -----------------------------------------------------------------------------------------------
-
-
-class Background:
-    """Services on their own thread and event loop. Litestar's AsyncTestClient runs the app in a
-    portal thread and blocks the test's loop while a request is in flight, so whatever a request
-    waits for (the projector answering its SQL, a publisher feeding a live stream) must not live on
-    the test's loop."""
-
-    def __init__(self, factory: Callable[[asyncio.Event], Awaitable[object]]) -> None:
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.stop: asyncio.Event | None = None
-        self.error: BaseException | None = None
-        started = threading.Event()
-
-        async def main() -> None:
-            self.loop, self.stop = asyncio.get_running_loop(), asyncio.Event()
-            started.set()
-            await factory(self.stop)
-
-        def run() -> None:
-            try:
-                asyncio.run(main())
-            except BaseException as e:  # surfaced by close()
-                self.error = e
-            started.set()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        started.wait(10)
-
-    def close(self, timeout: float = 30) -> None:
-        if self.loop is not None and not self.loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(timeout)
-        if self.error is not None:
-            raise self.error
-
-
-def publish_later(settings, delay: float, *events: tuple[str, ev.Event], gap: float = 0.3) -> Background:
-    """Publish `events` from another thread after `delay` (while the test's loop waits on a request)."""
-
-    async def pub(stop: asyncio.Event) -> None:
-        conn = await bus.connect(settings, "later")
-        try:
-            await asyncio.sleep(delay)
-            for subject, e in events:
-                await bus.append(conn.jetstream(), subject, e)
-                await asyncio.sleep(gap)
-        finally:
-            await conn.close()
-
-    return Background(pub)
-
-
-async def answering(nc) -> None:
-    for _ in range(300):
-        try:
-            await q.sql(nc, "SELECT 1", timeout=2)
-            return
-        except q.QueryError:
-            await asyncio.sleep(0.05)
-    raise AssertionError("the projector does not answer")
-
-
-@pytest.fixture
-async def projector(settings, nc, tmp_path):
-    bg = Background(lambda stop: projector_run(settings, stop=stop, db_path=str(tmp_path / "view.duckdb")))
-    await answering(nc)
-    yield bg
-    bg.close()
-
-
-@pytest.fixture
-async def client(settings, nc, projector):
-    settings.api_token = TOKEN
-    async with AsyncTestClient(app=create_app(nc=None, settings=settings), timeout=30) as c:
-        yield c
-
-
-async def applied(nc, seq: int, *, gpu_samples: int | None = None) -> None:
-    """Wait until the projector applied `seq` (and holds `gpu_samples` samples: telemetry joins later).
-    A projector started just before is waited for: it answers queries only once its store is open
-    (test_schemathesis seeded right after the API came up and met "no projector is answering")."""
-    await answering(nc)
-    await q.sql(nc, "SELECT 1", min_seq=seq)
-    for _ in range(100):
-        if gpu_samples is None or (await q.sql(nc, "SELECT count(*) FROM gpu_samples")).rows[0][0] >= gpu_samples:
-            return
-        await asyncio.sleep(0.05)
-
-
-async def submit(client, name: str = "t1", **over) -> dict:
-    r = await client.post("/api/tasks", content=yaml.safe_dump(small_spec(name, **over)), headers={**AUTH, "content-type": "application/yaml"})
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-async def publish(js, *events: tuple[str, ev.Event]) -> int:
-    last = 0
-    for subject, e in events:
-        last = (await bus.append(js, subject, e)).seq
-    return last
-
-
-async def seed_fleet(js, task: str) -> int:
-    """Two hosts (h1 alive with 2 GPUs running experiment 1; h2 registered but dead), a task with one
-    completed, one running and one failed experiment, GPU samples and log lines. Returns the last
-    AUTOTUNE_EVENTS sequence."""
-    x = ev.exp_id
-    spec = small_spec(task)
-    gpus = [ev.GpuInfo(index=i, uuid=f"GPU-{i}", name="NVIDIA H100 80GB HBM3", memory_total_mib=81559) for i in range(2)]
-    await publish(
-        js,
-        (subj.host("h1", "registered"), golden("host.registered", id="h1.reg", host="h1", instance="h1-1", gpus=[msgspec.to_builtins(g) for g in gpus])),
-        (subj.host("h2", "registered"), golden("host.registered", id="h2.reg", host="h2", instance="h2-1", gpus=[msgspec.to_builtins(gpus[0])], node="node-b")),
-        (subj.task(task, "started"), golden("task.started", id=f"{task}.started", task=task, strategy="grid_search", budget=4, space_size=4)),
-    )
-    for n, params in enumerate([{"mem-fraction-static": 0.8, "max-running-requests": 8}, {"mem-fraction-static": 0.88, "max-running-requests": 8},
-                                {"mem-fraction-static": 0.88, "max-running-requests": 64}]):  # fmt: skip
-        await publish(
-            js,
-            (subj.experiment(task, n, "planned"), golden("experiment.planned", id=x(task, n, 0, "planned"), task=task, n=n, attempt=0, parameters=params)),
-            (subj.experiment(task, n, "assigned", "h1"), golden("experiment.assigned", id=x(task, n, 0, "assigned"), task=task, n=n, attempt=0,
-                                                                host="h1", gpu_indices=[n % 2], gpu_uuids=[f"GPU-{n % 2}"], parameters=params, spec=spec)),
-            (subj.experiment(task, n, "started"), golden("experiment.started", id=x(task, n, 0, "started"), task=task, n=n, attempt=0, host="h1")),
-        )  # fmt: skip
-    now = datetime.now(UTC)
-    for k in range(12):  # one reading a second for both GPUs, after the experiments started
-        for i in range(2):
-            e = golden("gpu.sample", id=f"h1.{i}.{k}", host="h1", index=i, uuid=f"GPU-{i}", util_gpu=50 + 10 * i + k, temperature_c=60 + k,
-                       at=(now + timedelta(milliseconds=k)).isoformat())  # fmt: skip
-            await bus.append(js, subj.gpu("h1", i), e)
-    await bus.append(js, subj.log(task, 0), golden("log.lines", id=f"{task}.0.log0", task=task, n=0, attempt=0, lines=["loading weights", "server ready"]))
-    await bus.append(js, subj.log(task, 2), golden("log.lines", id=f"{task}.2.log0", task=task, n=2, attempt=0, lines=["allocating KV cache"]))
-    await asyncio.sleep(0.05)
-    return await publish(
-        js,
-        (subj.experiment(task, 0, "ready"), golden("experiment.ready", id=x(task, 0, 0, "ready"), task=task, n=0, attempt=0, host="h1")),
-        (subj.experiment(task, 0, "progress"), golden("experiment.progress", id=x(task, 0, 0, "progress"), task=task, n=0, attempt=0, host="h1")),
-        (subj.experiment(task, 0, "completed"), golden("experiment.completed", id=x(task, 0, 0, "completed"), task=task, n=0, attempt=0, host="h1", score=1.25)),
-        (subj.experiment(task, 2, "failed"), golden("experiment.failed", id=x(task, 2, 0, "failed"), task=task, n=2, attempt=0, host="h1")),
-    )
-
-
-async def alive(js, host: str, *, running: list[str] = (), draining: bool = False) -> None:
-    kv = await js.key_value(subj.HOSTS_BUCKET)
-    value = LiveHost(host=host, instance=f"{host}-1", hostname="box", gpus=[LiveGpu(index=i, uuid=f"GPU-{i}", name="NVIDIA H100 80GB HBM3") for i in range(2)],
-                     runtimes=["local", "simulated"], engines=["sglang", "vllm"], running=list(running), draining=draining, at=datetime.now(UTC).timestamp())  # fmt: skip
-    await kv.put(host, msgspec.json.encode(value))
-
-
-def sse_events(text: str) -> list[dict]:
-    out = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        e: dict = {}
-        for line in block.splitlines():
-            key, _, value = line.partition(": ")
-            if key in ("id", "event", "data"):
-                e[key] = json.loads(value) if key == "data" else value
-        if e:
-            out.append(e)
-    return out
-
+from tests.fixtures.api_kit import (
+    AUTH,
+    TOKEN,
+    Background,
+    alive,
+    answering,
+    applied,
+    publish_later,
+    seed_fleet,
+    sse_events,
+    submit,
+)
+from tests.helpers import golden, small_spec
 
 # --- tasks ----------------------------------------------------------------------------------------------------
 

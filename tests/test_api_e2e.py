@@ -15,8 +15,8 @@ from autotune.runner.runtimes.local import labelled_processes
 from autotune.runner.service import run as runner_run
 from autotune.runner.settings import RunnerSettings
 from autotune.scheduler.service import run as scheduler_run
+from tests.fixtures.api_kit import AUTH, TOKEN, Background, answering, sse_events
 from tests.helpers import small_spec
-from tests.test_api import AUTH, TOKEN, Background, answering, sse_events
 
 
 async def test_a_rehearsal_runs_end_to_end_through_the_api(settings, nc, tmp_path):

@@ -14,8 +14,9 @@ from autotune.bench import BenchmarkStopped, run_benchmark
 from autotune.bench.cli import bench_main
 from autotune.schemas.metrics import ExperimentMetrics
 from autotune.schemas.spec import SLO, Benchmark, SLOTerm
+from autotune.shared.net import free_port
 from autotune.simulator import steady_state
-from autotune.simulator.process import SimProcess, free_port
+from autotune.simulator.process import SimProcess
 
 SCALE = 20.0
 ENGINE = ["sglang", "--model-path", "Llama-3.1-8B"]

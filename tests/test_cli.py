@@ -23,9 +23,9 @@ import yaml
 from autotune.runner.runtimes.local import labelled_processes
 from autotune.schemas import subjects as subj
 from autotune.shared import bus
-from tests.conftest import free_port
-from tests.helpers import small_spec
-from tests.test_api import Background, alive, applied, golden, seed_fleet
+from autotune.shared.net import free_port
+from tests.fixtures.api_kit import Background, alive, applied, seed_fleet
+from tests.helpers import golden, small_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ("up", "run", "demo", "submit", "tasks", "task", "experiments", "experiment", "cancel", "clone", "best", "hosts", "host", "gpus",
@@ -64,7 +64,7 @@ class Cli:
 @pytest.fixture
 async def cli(settings, nc, tmp_path):
     from autotune.projector.service import run as projector_run
-    from tests.test_api import answering
+    from tests.fixtures.api_kit import answering
 
     bg = Background(lambda stop: projector_run(settings, stop=stop, db_path=str(tmp_path / "view.duckdb")))
     await answering(nc)

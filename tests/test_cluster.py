@@ -24,8 +24,8 @@ from autotune.schemas import subjects as subj
 from autotune.schemas.spec import spec_from_obj
 from autotune.shared import bus, commands, security
 from autotune.shared.natsserver import NatsServer
+from autotune.shared.net import free_port
 from autotune.shared.settings import Settings
-from tests.conftest import free_port
 from tests.helpers import Services, events_of, small_spec, task_finished, wait_for
 
 pytestmark = pytest.mark.slow

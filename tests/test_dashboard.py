@@ -19,8 +19,8 @@ from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.shared import bus
 from autotune.shared.pareto import front
-from tests.helpers import small_spec
-from tests.test_api import AUTH, alive, applied, client, golden, projector, publish, seed_fleet, submit  # noqa: F401 (fixtures)
+from tests.fixtures.api_kit import alive, applied, publish, seed_fleet, submit
+from tests.helpers import golden, small_spec
 
 
 def script_json(html: str, element_id: str):

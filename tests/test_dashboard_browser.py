@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from autotune.shared.net import free_port
 from autotune.shared.pareto import front
-from tests.conftest import free_port
 from tests.helpers import small_spec
 
 CHROMIUM = os.environ.get("AUTOTUNE_CHROMIUM", "/usr/bin/chromium")

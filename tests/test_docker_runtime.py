@@ -16,7 +16,7 @@ import tarfile
 
 import pytest
 
-from autotune.runner.experiment import free_port, run_attempt
+from autotune.runner.experiment import run_attempt
 from autotune.runner.runtimes import Launch
 from autotune.runner.runtimes.docker import L_HOST, DockerRuntime, parse_size
 from autotune.runner.service import run as runner_run
@@ -24,6 +24,7 @@ from autotune.runner.settings import RunnerSettings
 from autotune.scheduler.service import run as scheduler_run
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
+from autotune.shared.net import free_port
 from tests.fixtures.runner_kit import assign, context, experiment_events, log_lines, run_one, spec
 from tests.helpers import Services, events_of, submit, task_finished, wait_for
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autotune.schemas.spec import SpecError, TaskSpec, spec_from_obj
+from autotune.schemas.spec import SpecError
 from autotune.shared.expand import (
     PARALLEL_PRESETS,
     QUANT_PRESETS,
@@ -16,15 +16,12 @@ from autotune.shared.expand import (
     gpus_for,
     image_for,
 )
-
-
-def make(**fields) -> TaskSpec:
-    return spec_from_obj({"task_name": "t", "model": "meta-llama/Llama-3.1-8B", **fields})
+from tests.helpers import spec_of
 
 
 def error_of(**fields) -> SpecError:
     with pytest.raises(SpecError) as info:
-        make(**fields)
+        spec_of(**fields)
     return info.value
 
 
@@ -32,7 +29,7 @@ def error_of(**fields) -> SpecError:
 
 
 def test_lists_become_choice_dimensions_in_spec_order_and_grid_is_stable():
-    spec = make(parameters={"mem-fraction-static": [0.8, 0.9], "schedule-policy": ["lpm", "fcfs", "random"]})
+    spec = spec_of(parameters={"mem-fraction-static": [0.8, 0.9], "schedule-policy": ["lpm", "fcfs", "random"]})
     space = experiment_space(spec)
     assert space.names == ["mem-fraction-static", "schedule-policy"]
     assert space.size == 6
@@ -50,7 +47,7 @@ def test_lists_become_choice_dimensions_in_spec_order_and_grid_is_stable():
 
 
 def test_empty_lists_skipped_single_values_fixed_and_internal_keys_kept():
-    spec = make(parameters={"a": [], "b": [1], "c": 7, "__note": "x", "d": {"type": "choice", "values": [True, False]}})
+    spec = spec_of(parameters={"a": [], "b": [1], "c": 7, "__note": "x", "d": {"type": "choice", "values": [True, False]}})
     space = experiment_space(spec)
     assert space.fixed == {"b": 1, "c": 7, "__note": "x"}
     assert space.names == ["d"]
@@ -58,7 +55,7 @@ def test_empty_lists_skipped_single_values_fixed_and_internal_keys_kept():
 
 
 def test_ranges_for_bayesian():
-    spec = make(
+    spec = spec_of(
         optimization={"strategy": "bayesian"},
         parameters={
             "mem-fraction-static": {"type": "continuous", "low": 0.7, "high": 0.95},
@@ -88,7 +85,7 @@ def test_bad_ranges_are_refused_with_path():
 
 
 def test_quant_presets_expand_into_one_bundle_dimension_for_sglang():
-    space = experiment_space(make(quant_config={"presets": ["default", "kv-cache-fp8", "dynamic-fp8"]}))
+    space = experiment_space(spec_of(quant_config={"presets": ["default", "kv-cache-fp8", "dynamic-fp8"]}))
     assert space.size == 3
     assert space.grid() == [
         {"__quant": "default"},
@@ -103,7 +100,7 @@ def test_quant_presets_expand_into_one_bundle_dimension_for_sglang():
 
 
 def test_quant_presets_for_vllm():
-    space = experiment_space(make(base_runtime="vllm", quant_config={"presets": ["dynamic-fp8", "bf16-stable"]}))
+    space = experiment_space(spec_of(base_runtime="vllm", quant_config={"presets": ["dynamic-fp8", "bf16-stable"]}))
     assert space.grid() == [
         {"__quant": "dynamic-fp8", "quantization": "fp8", "kv-cache-dtype": "fp8_e5m2"},
         {"__quant": "bf16-stable", "dtype": "bfloat16", "kv-cache-dtype": "fp8_e5m2"},
@@ -111,7 +108,7 @@ def test_quant_presets_for_vllm():
 
 
 def test_single_preset_is_fixed():
-    space = experiment_space(make(quant_config={"preset": "aggressive-moe"}))
+    space = experiment_space(spec_of(quant_config={"preset": "aggressive-moe"}))
     assert space.dims == ()
     assert space.fixed == {
         "__quant": "aggressive-moe",
@@ -124,15 +121,15 @@ def test_single_preset_is_fixed():
 
 def test_every_preset_expands_on_sglang():
     for name in QUANT_PRESETS:
-        experiment_space(make(quant_config={"preset": name}))
+        experiment_space(spec_of(quant_config={"preset": name}))
     for name in PARALLEL_PRESETS:
-        experiment_space(make(parallel_config={"preset": name}))
+        experiment_space(spec_of(parallel_config={"preset": name}))
 
 
 def test_quant_fields_grid_translates_dtypes_per_engine():
     fields = {"gemm_dtype": ["auto", "fp8"], "kvcache_dtype": ["auto", "fp8"]}
-    sg = experiment_space(make(quant_config=fields)).grid()
-    vl = experiment_space(make(base_runtime="vllm", quant_config=fields)).grid()
+    sg = experiment_space(spec_of(quant_config=fields)).grid()
+    vl = experiment_space(spec_of(base_runtime="vllm", quant_config=fields)).grid()
     assert [c["__quant"] for c in sg] == [
         "gemm_dtype=auto,kvcache_dtype=auto",
         "gemm_dtype=auto,kvcache_dtype=fp8",
@@ -174,18 +171,18 @@ def test_quant_mistakes_are_refused_never_dropped(fields, path, words):
 
 def test_parallel_fields_grid_sglang_and_vllm():
     pc = {"tp": [1, 2], "dp": 2}
-    sg = experiment_space(make(parallel_config=pc)).grid()
+    sg = experiment_space(spec_of(parallel_config=pc)).grid()
     assert sg == [
         {"__parallel": "tp=1,dp=2", "tp-size": 1, "dp-size": 2},
         {"__parallel": "tp=2,dp=2", "tp-size": 2, "dp-size": 2},
     ]
-    vl = experiment_space(make(base_runtime="vllm", parallel_config=pc)).grid()
+    vl = experiment_space(spec_of(base_runtime="vllm", parallel_config=pc)).grid()
     assert vl[1] == {"__parallel": "tp=2,dp=2", "tensor-parallel-size": 2, "data-parallel-size": 2}
     assert [gpus_for(c) for c in sg] == [2, 4]
 
 
 def test_parallel_presets_and_expert_parallel_flags():
-    space = experiment_space(make(parallel_config={"presets": ["tp-only", "expert-parallel"]}))
+    space = experiment_space(spec_of(parallel_config={"presets": ["tp-only", "expert-parallel"]}))
     labels = space.dim("__parallel").values
     assert labels == (
         "tp-only:tp=1",
@@ -197,14 +194,14 @@ def test_parallel_presets_and_expert_parallel_flags():
         "expert-parallel:tp=8,enable_expert_parallel=true",
     )
     assert space.config_at(4) == {"__parallel": labels[4], "tp-size": 2, "enable-ep-moe": True}
-    v = experiment_space(make(base_runtime="vllm", parallel_config={"preset": "expert-parallel"}))
+    v = experiment_space(spec_of(base_runtime="vllm", parallel_config={"preset": "expert-parallel"}))
     assert v.config_at(0) == {"__parallel": labels[4], "tensor-parallel-size": 2, "enable-expert-parallel": True}
 
 
 def test_moe_sizes_translate_or_are_refused():
-    sg = experiment_space(make(parallel_config={"tp": 8, "moe_tp": 2}))
+    sg = experiment_space(spec_of(parallel_config={"tp": 8, "moe_tp": 2}))
     assert sg.fixed == {"__parallel": "tp=8,moe_tp=2", "tp-size": 8, "ep-size": 4}
-    vl = experiment_space(make(base_runtime="vllm", parallel_config={"tp": 4, "dp": 2, "moe_ep": 8}))
+    vl = experiment_space(spec_of(base_runtime="vllm", parallel_config={"tp": 4, "dp": 2, "moe_ep": 8}))
     assert vl.fixed["enable-expert-parallel"] is True
     e = error_of(base_runtime="vllm", parallel_config={"tp": 4, "moe_ep": 2})
     assert e.path == "$.parallel_config" and "tp × dp" in e.message
@@ -259,7 +256,7 @@ def test_gpus_for(params, gpus):
 def test_engine_command_sglang_and_vllm():
     params = {"tp-size": 2, "enable-torch-compile": True, "disable-radix-cache": False, "x": None, "__quant": "default",
               "mem-fraction-static": 0.85}
-    spec = make()
+    spec = spec_of()
     argv = engine_command(spec, params, port=30001)
     assert argv == [
         "python3", "-m", "sglang.launch_server", "--model-path", "meta-llama/Llama-3.1-8B",
@@ -267,20 +264,20 @@ def test_engine_command_sglang_and_vllm():
         "--tp-size", "2", "--enable-torch-compile", "--mem-fraction-static", "0.85",
     ]  # fmt: skip
     assert engine_flags(params) == argv[9:]
-    vargv = engine_command(make(base_runtime="vllm"), {"tensor-parallel-size": 2}, port=8000, host="127.0.0.1", model_path="/m")
+    vargv = engine_command(spec_of(base_runtime="vllm"), {"tensor-parallel-size": 2}, port=8000, host="127.0.0.1", model_path="/m")
     assert vargv == ["vllm", "serve", "/m", "--host", "127.0.0.1", "--port", "8000", "--tensor-parallel-size", "2"]
     assert display_command(["a b", "c"]) == "'a b' c"
 
 
 def test_image_for():
-    assert image_for(make()) == "lmsysorg/sglang:latest"
-    assert image_for(make(base_runtime="vllm", runtime_image_tag="v0.6.3")) == "vllm/vllm-openai:v0.6.3"
+    assert image_for(spec_of()) == "lmsysorg/sglang:latest"
+    assert image_for(spec_of(base_runtime="vllm", runtime_image_tag="v0.6.3")) == "vllm/vllm-openai:v0.6.3"
 
 
 def test_point_and_key_round_trip_through_json():
     import msgspec
 
-    spec = make(parameters={"a": [1, 2]}, quant_config={"presets": ["default", "kv-cache-fp8"]})
+    spec = spec_of(parameters={"a": [1, 2]}, quant_config={"presets": ["default", "kv-cache-fp8"]})
     space = experiment_space(spec)
     for config in space.grid():
         wire = msgspec.json.decode(msgspec.json.encode(config))

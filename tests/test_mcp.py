@@ -30,9 +30,9 @@ from autotune.runner.runtimes.local import labelled_processes
 from autotune.runner.service import run as runner_run
 from autotune.runner.settings import RunnerSettings
 from autotune.scheduler.service import Scheduler
-from tests.conftest import free_port
+from autotune.shared.net import free_port
+from tests.fixtures.api_kit import answering
 from tests.helpers import Services, small_spec, wait_for
-from tests.test_api import answering
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "hf_agent_secret_0123456789"
@@ -190,7 +190,7 @@ async def test_fleet_changes_are_offered_only_when_allowed_and_http_needs_the_to
 
 async def test_get_task_says_why_its_experiments_wait(settings, nc, js, tmp_path):
     """A planned experiment with no placement: get_task names the free GPUs it is waiting for."""
-    from tests.test_api import applied
+    from tests.fixtures.api_kit import applied
     from tests.test_metrics import known_state
 
     svc = Services()

@@ -31,10 +31,10 @@ from autotune.schemas import subjects as subj
 from autotune.schemas.spec import spec_from_obj
 from autotune.schemas.stats import ServiceStats
 from autotune.shared import bus, commands
+from autotune.shared.net import free_port
 from autotune.shared.stats import Histogram, StatsPublisher
-from tests.conftest import free_port
-from tests.helpers import Services, small_spec
-from tests.test_api import alive, answering, applied, golden, publish, seed_fleet
+from tests.fixtures.api_kit import alive, answering, applied, publish, seed_fleet
+from tests.helpers import Services, golden, small_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 H100 = "NVIDIA H100 80GB HBM3"

@@ -23,6 +23,7 @@ from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.metrics import ExperimentMetrics, RequestSample, RunMetrics, Stats
 from autotune.shared import bus, query
+from autotune.shared.net import free_port
 
 
 def traffic(seed: int, tasks: int = 3, experiments: int = 6):
@@ -307,14 +308,10 @@ async def test_survives_a_nats_server_restart(tmp_path):
     """The server goes away mid-stream and comes back on the same port: the feeds' lean connection
     reconnects, the consumers (memory storage, gone with the server) are re-created where delivery
     stopped, and nothing is lost or applied twice."""
-    import socket
-
     from autotune.shared.natsserver import NatsServer
     from autotune.shared.settings import Settings
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = NatsServer(tmp_path / "nats", port=port).start()
     settings = Settings(nats_url=server.url, data_dir=str(tmp_path / "data"))
     path = str(tmp_path / "restart.duckdb")

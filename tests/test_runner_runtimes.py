@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 
 import pytest
 
 from autotune.runner.runtimes import Launch, simulated_argv
 from autotune.runner.runtimes.local import LocalRuntime, SimulatedRuntime, labelled_processes
+from autotune.shared.net import free_port
 
 
 def launch(key: str, argv: list[str], *, host: str = "rt", gpus: list[int] | None = None, port: int = 1, simulated: bool = False) -> Launch:
@@ -48,9 +48,7 @@ async def test_an_engine_that_exits_reports_its_code_after_its_last_line():
 
 
 async def test_simulated_runtime_runs_the_simulator_with_the_engine_flags():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     argv = ["python3", "-m", "sglang.launch_server", "--model-path", "meta-llama/Llama-3.1-8B-Instruct", "--host", "127.0.0.1", "--port", str(port), "--mem-fraction-static", "0.8"]
     h = await SimulatedRuntime().launch(launch("sim/0/0", argv, port=port))
     assert h.command == simulated_argv(argv) and h.base_url == f"http://127.0.0.1:{port}"

@@ -12,8 +12,7 @@ import pytest
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.spec import SpecError, parse_spec
-
-GOLDEN = Path(__file__).parent / "golden"
+from tests.helpers import GOLDEN
 
 
 def test_every_event_type_has_a_golden_sample():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 
 import httpx
@@ -22,20 +21,15 @@ from schemathesis.checks import not_a_server_error  # noqa: E402
 from autotune.api.app import create_app  # noqa: E402
 from autotune.shared import bus  # noqa: E402
 from autotune.shared.natsserver import NatsServer  # noqa: E402
+from autotune.shared.net import free_port  # noqa: E402
 from autotune.shared.settings import Settings  # noqa: E402
-from tests.test_api import TOKEN, Background, alive, applied, seed_fleet  # noqa: E402
+from tests.fixtures.api_kit import TOKEN, Background, alive, applied, seed_fleet  # noqa: E402
 
 OPENAPI = create_app(nc=None, settings=Settings()).openapi_schema.to_schema()  # the document the server serves
 OPERATIONS = sum(len(methods) for methods in OPENAPI["paths"].values())
 EXAMPLES = max(2, int(os.environ.get("AUTOTUNE_FUZZ_EXAMPLES", "240")) // OPERATIONS)
 
 schema = schemathesis.openapi.from_dict(OPENAPI)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +57,7 @@ def api_url(tmp_path_factory):
             await nc.close()
 
         projector = Background(lambda stop: projector_run(s, stop=stop, db_path=str(tmp / "view.duckdb")))
-        port = _free_port()
+        port = free_port()
 
         async def serve(stop: asyncio.Event) -> None:
             srv = uvicorn.Server(uvicorn.Config(create_app(nc=None, settings=s), host="127.0.0.1", port=port, log_level="warning", lifespan="on"))

@@ -8,12 +8,8 @@ import msgspec
 import pytest
 
 from autotune.schemas.metrics import ExperimentMetrics, RequestSample, RunMetrics, Stats
-from autotune.schemas.spec import TaskSpec, spec_from_obj
 from autotune.shared.scoring import Score, failure_penalty, percentile, score_experiment
-
-
-def make(**fields) -> TaskSpec:
-    return spec_from_obj({"task_name": "t", "model": "m/x", **fields})
+from tests.helpers import spec_of
 
 
 def sample(run: int, e2e: float, ttft: float = 0.1, tpot: float | None = 0.01, ok: bool = True) -> RequestSample:
@@ -39,7 +35,7 @@ def test_percentile_is_linear_between_ranks():
 
 
 def test_worked_example_run_dropped_and_soft_ttft_penalty():
-    spec = make(slo=LATENCY_SLO)
+    spec = spec_of(slo=LATENCY_SLO)
     metrics = ExperimentMetrics(
         runs=[run(1, 4), run(8, 4)],
         samples=[
@@ -64,7 +60,7 @@ def test_worked_example_run_dropped_and_soft_ttft_penalty():
 
 
 def test_worked_example_all_runs_dropped_keeps_all_and_hard_fails():
-    spec = make(slo=LATENCY_SLO)
+    spec = spec_of(slo=LATENCY_SLO)
     metrics = ExperimentMetrics(
         runs=[run(1, 4), run(8, 4)],
         samples=[*[sample(0, e, 0.3) for e in (3.5, 3.7, 4.0, 4.2)], *[sample(1, e, 0.3) for e in (3.2, 3.4, 3.6, 3.8)]],
@@ -81,7 +77,7 @@ def test_worked_example_all_runs_dropped_keeps_all_and_hard_fails():
 
 
 def test_worked_example_request_weighting_without_samples():
-    spec = make()
+    spec = spec_of()
     # 10 requests at 1.0 s and 30 requests at 2.0 s: (10 × 1 + 30 × 2)/40 = 1.75 (the unweighted mean, 1.5, was the bug)
     metrics = ExperimentMetrics(
         runs=[run(1, 10, e2e_latency=Stats(count=10, mean=1.0)), run(16, 30, e2e_latency=Stats(count=30, mean=2.0))]
@@ -92,14 +88,14 @@ def test_worked_example_request_weighting_without_samples():
 
 
 def test_worked_example_pooled_samples_weight_by_requests():
-    spec = make()
+    spec = spec_of()
     # run 0: one request at 1.0 s; run 1: three at 2.0 s. Pooled mean (1 + 2 + 2 + 2)/4 = 1.75, not (1 + 2)/2.
     metrics = ExperimentMetrics(runs=[run(1, 1), run(4, 3)], samples=[sample(0, 1.0), *[sample(1, 2.0)] * 3])
     assert score_experiment(spec, metrics).value == pytest.approx(1.75)
 
 
 def test_worked_example_throughput_per_gpu_with_soft_latency_penalty_and_objectives():
-    spec = make(
+    spec = spec_of(
         optimization={"strategy": "multi_objective", "objective": "maximize_throughput",
                       "objectives": ["maximize_throughput", "minimize_latency"]},
         slo={"latency": {"p50": {"threshold": 1.5}}},
@@ -128,13 +124,13 @@ def test_ttft_and_tpot_objectives_use_means_of_successful_requests():
         samples=[sample(0, 1.0, 0.2, 0.010), sample(0, 1.0, 0.4, None), sample(0, 9.0, 5.0, 0.5, ok=False)],
     )
     # ttft: (0.2 + 0.4)/2 = 0.3 (the failed request is ignored); tpot: only one request has one: 0.010
-    assert score_experiment(make(optimization={"objective": "minimize_ttft"}), metrics).value == pytest.approx(0.3)
-    assert score_experiment(make(optimization={"objective": "minimize_tpot"}), metrics).value == pytest.approx(0.010)
+    assert score_experiment(spec_of(optimization={"objective": "minimize_ttft"}), metrics).value == pytest.approx(0.3)
+    assert score_experiment(spec_of(optimization={"objective": "minimize_tpot"}), metrics).value == pytest.approx(0.010)
 
 
 def test_absurd_violations_stay_finite():
     # TTFT 100 s against 0.1 s: ratio 999, exp(999 / 0.1) would overflow; the exponent is capped at 100
-    spec = make(slo={"ttft": {"threshold": 0.1}})
+    spec = spec_of(slo={"ttft": {"threshold": 0.1}})
     s = score_experiment(spec, ExperimentMetrics(runs=[run(1, 1)], samples=[sample(0, 120.0, 100.0)]))
     assert s.penalty == pytest.approx(math.exp(100)) and math.isfinite(s.value)
     assert msgspec.json.decode(msgspec.json.encode(s), type=Score) == s
@@ -142,19 +138,19 @@ def test_absurd_violations_stay_finite():
 
 def test_no_successful_request_is_a_failure_not_a_perfect_latency():
     metrics = ExperimentMetrics(runs=[run(1, 2)], samples=[sample(0, 0.0, ok=False), sample(0, 0.0, ok=False)])
-    s = score_experiment(make(), metrics)
+    s = score_experiment(spec_of(), metrics)
     assert (s.hard_fail, s.failure) == (True, "no_successful_requests")
 
 
 def test_aggregate_only_metrics_are_scored_from_the_experiment_fields():
     metrics = ExperimentMetrics(gpus=4, completed=10, mean_e2e_latency=2.5, mean_total_tps=4000.0)
-    assert score_experiment(make(), metrics).value == 2.5
+    assert score_experiment(spec_of(), metrics).value == 2.5
     # no per-GPU figure given: 4000 / 4 GPUs = 1000
-    assert score_experiment(make(optimization={"objective": "maximize_throughput"}), metrics).value == -1000.0
+    assert score_experiment(spec_of(optimization={"objective": "maximize_throughput"}), metrics).value == -1000.0
 
 
 def test_score_is_a_frozen_json_struct():
-    s = score_experiment(make(), ExperimentMetrics(runs=[run(1, 1)], samples=[sample(0, 1.0)]))
+    s = score_experiment(spec_of(), ExperimentMetrics(runs=[run(1, 1)], samples=[sample(0, 1.0)]))
     assert msgspec.json.decode(msgspec.json.encode(s), type=Score) == s
     with pytest.raises(AttributeError):
         s.value = 0.0  # type: ignore[misc]

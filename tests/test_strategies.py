@@ -9,8 +9,9 @@ import pytest
 
 from autotune.scheduler.stopping import should_stop
 from autotune.scheduler.strategies import Strategy, make_strategy
-from autotune.schemas.spec import TaskSpec, spec_from_obj
+from autotune.schemas.spec import TaskSpec
 from autotune.shared.expand import experiment_space
+from tests.helpers import spec_of
 
 DISCRETE = {
     "mem-fraction-static": [0.7, 0.75, 0.8, 0.85, 0.9],
@@ -27,10 +28,10 @@ MIXED = {
 
 
 def make(strategy: str, parameters=DISCRETE, **opt) -> TaskSpec:
-    fields = {"task_name": "t", "model": "m/x", "parameters": parameters, "optimization": {"strategy": strategy, **opt}}
+    """A spec for `strategy` over `parameters`; `opt`: optimization fields (multi_objective gets two objectives)."""
     if strategy == "multi_objective":
-        fields["optimization"].setdefault("objectives", ["maximize_throughput", "minimize_latency"])
-    return spec_from_obj(fields)
+        opt.setdefault("objectives", ["maximize_throughput", "minimize_latency"])
+    return spec_of(parameters=parameters, optimization={"strategy": strategy, **opt})
 
 
 def strategy_for(spec: TaskSpec) -> Strategy:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from autotune.shared.net import free_port
 from tests.helpers import small_spec
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from autotune.schemas.spec import SpecError, load_spec_file, spec_from_obj
+from autotune.shared.net import free_port
 
 
 def _demo_file(args) -> Path:
@@ -61,7 +62,7 @@ def run_demo(args) -> int:
                 (data / "logs").mkdir(parents=True, exist_ok=True)
                 nats = sv.start_nats(data, -1)
                 url = nats.url
-                api_port = _free_port()
+                api_port = free_port()
                 api_url = f"http://127.0.0.1:{api_port}"
                 children = sv.build_children(url, data, api_port=api_port, hosts=2, simulate="2xH100", time_scale=args.time_scale, api_token=None)
                 sup = asyncio.create_task(sv.supervise(children, data / "logs", stop))
@@ -117,9 +118,3 @@ async def _show_sql(nc, task: str) -> None:
         print(f"\n(the projection did not answer: {e})")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from autotune.schemas.metrics import ExperimentMetrics, RunMetrics
 from autotune.schemas.spec import SpecError, TaskSpec, is_cpu_serving, spec_from_obj
 from autotune.shared import bus
 from autotune.shared.log import get_logger
+from autotune.shared.net import free_port
 
 log = get_logger("runner")
 
@@ -124,12 +124,6 @@ class Context:
     health_failures: int = 3  # consecutive failed probes, engine still alive → `unhealthy`
     stop_grace_s: float = 10.0
     engine_metrics_interval_s: float = 1.0  # during the benchmark: how often to scrape the engine's /metrics
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def run_attempt(ctx: Context, a: ev.ExperimentAssigned, assigned_seq: int) -> None:

@@ -51,18 +51,11 @@ from autotune.schemas.liveness import LiveGpu, LiveHost, running_key
 from autotune.shared import bus, query
 from autotune.shared.log import setup_logging
 from autotune.shared.natsserver import NatsServer
+from autotune.shared.net import free_port
 from autotune.shared.settings import Settings
 
 MODEL = "NVIDIA H100 80GB HBM3"
 TASK = "fleet"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def build_fleet(nc, hosts: int, gpus: int, samples: int) -> tuple[int, int]:

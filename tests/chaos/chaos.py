@@ -44,9 +44,9 @@ from autotune.shared import bus  # noqa: E402
 from autotune.shared.audit import audit, peak_parallelism  # noqa: E402
 from autotune.shared.log import setup_logging  # noqa: E402
 from autotune.shared.natsserver import NatsServer  # noqa: E402
+from autotune.shared.net import free_port  # noqa: E402
 from autotune.shared.settings import Settings  # noqa: E402
 from tests.chaos.cluster import LocalCluster, healthy  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
 from tests.helpers import events_of, small_spec, submit  # noqa: E402
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from autotune.schemas import subjects as subj
 from autotune.shared import security
 from autotune.shared.natsserver import NatsServer
+from autotune.shared.net import free_port
 from autotune.shared.settings import Settings
-from tests.conftest import free_port
 
 # A liveness key must outlive a stream leader election (up to ~10 s after a node dies), or every node
 # failure also declares the hosts lost: 15 s, as infra/nats/README.md recommends for clusters.
