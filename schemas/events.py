@@ -413,6 +413,30 @@ class HostDeployFinished(Event, frozen=True, kw_only=True, tag="host.deploy_fini
     requested_by: str = ""
 
 
+class HostReturned(Event, frozen=True, kw_only=True, tag="host.returned"):
+    """A runner instance whose liveness key had expired (it was paused, partitioned, or declared lost)
+    holds its host again, after fencing: `kept` are the attempts still its own, `fenced` those it
+    found taken from it, whose engines it stopped before it took any new work. Online again (or still
+    draining)."""
+
+    host: str
+    instance: str
+    kept: list[str] = []  # "<task>/<n>/<attempt>"
+    fenced: list[str] = []
+    unaccounted: list[str] = []  # engines labelled for this host that it could not stop (their GPUs stay busy)
+    draining: bool = False
+    away_s: float = 0.0  # from its last confirmed renewal to the moment it held the key again
+
+
+class HostStopped(Event, frozen=True, kw_only=True, tag="host.stopped"):
+    """The runner stopped cleanly (asked to), after its own attempts were accounted for (each ended, or
+    reported failed as `runner_restarted`); its liveness key is removed next. A stop, not a loss."""
+
+    host: str
+    instance: str
+    reason: str = ""
+
+
 # --- telemetry and logs ------------------------------------------------------------------------------
 
 
@@ -482,6 +506,8 @@ AnyEvent = (
     | HostDeployStarted
     | HostDeployStep
     | HostDeployFinished
+    | HostReturned
+    | HostStopped
     | GpuSample
     | LogLines
 )

@@ -29,6 +29,10 @@ class LiveHost(msgspec.Struct, kw_only=True):
     engine_paths: dict[str, str] = {}  # engine → executable (host configuration)
     cpu_slots: int = 0  # real engines it serves on CPU at once; placement never exceeds it
     cpu_engines: list[str] = []
+    # GPU indices in use on this host: by attempts its runner runs (whatever the log says of them), or
+    # by engines labelled for this host that it cannot account for. The scheduler places nothing there.
+    busy_gpus: list[int] = []
+    unaccounted: list[str] = []  # experiment labels of engines running here that no attempt of this runner owns
 
 
 def running_key(task: str, n: int, attempt: int) -> str:

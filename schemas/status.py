@@ -50,13 +50,20 @@ EXPERIMENT_RANK = {
 
 
 class HostLifecycle(StrEnum):
-    """What the log says about a host (the `hosts` table's `status`)."""
+    """What the log says about a host (the `hosts` table's `status`, the scheduler's view of it)."""
 
-    REGISTERED = "registered"
+    ONLINE = "online"  # its runner registered, or came back after a loss (`host.returned`)
     DRAINING = "draining"
     DRAINED = "drained"
     REMOVED = "removed"
-    LOST = "lost"  # its liveness key expired while it was registered
+    LOST = "lost"  # its liveness key expired while it was online (the scheduler's `host.lost`)
+    STOPPED = "stopped"  # its runner stopped cleanly after accounting for its attempts (`host.stopped`)
+
+
+# a host the scheduler expects to hear from: its key vanishing means it was lost
+HOST_EXPECTED = frozenset({HostLifecycle.ONLINE, HostLifecycle.DRAINING, HostLifecycle.DRAINED})
+# a host the scheduler places no new work on, even while its key is live
+HOST_CLOSED = frozenset({HostLifecycle.DRAINING, HostLifecycle.DRAINED, HostLifecycle.REMOVED})
 
 
 class HostStatus(StrEnum):
@@ -65,7 +72,9 @@ class HostStatus(StrEnum):
     ONLINE = "online"
     BUSY = "busy"
     DRAINING = "draining"
-    OFFLINE = "offline"
+    OFFLINE = "offline"  # no liveness key, and the log says nothing of why (yet)
+    LOST = "lost"  # no liveness key: it stopped answering (the log says `lost`)
+    STOPPED = "stopped"  # no liveness key: its runner stopped cleanly
     REMOVED = "removed"
 
 

@@ -35,7 +35,7 @@ LOG_ALL = f"{PREFIX}.log.>"  # AUTOTUNE_LOGS: engine and runner output
 TASK_EVENTS = ("submitted", "dataset_fetched", "started", "rejected", "cancel_requested", "completed", "failed", "cancelled")
 EXP_EVENTS = ("planned", "waiting", "started", "ready", "progress", "completed", "failed", "cancelled")
 EXP_ADDRESSED = ("assigned", "cancel_requested")
-HOST_EVENTS = ("registered", "drain_requested", "drained", "removed", "lost", "deploy_started", "deploy_step", "deploy_finished")
+HOST_EVENTS = ("registered", "drain_requested", "drained", "removed", "lost", "returned", "stopped", "deploy_started", "deploy_step", "deploy_finished")
 DEPLOY_EVENTS = ("deploy_started", "deploy_step", "deploy_finished")
 
 
@@ -104,7 +104,7 @@ def gpu(host_id: str, index: int) -> str:
 
 
 def host_all(host_id: str) -> str:
-    """Every event of one host (registered, drain_requested, drained, removed, lost)."""
+    """Every event of one host (its lifecycle): also the optimistic-concurrency filter of `host.lost`."""
     return f"{PREFIX}.host.{token(host_id, 'host')}.>"
 
 

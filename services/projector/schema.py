@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from autotune.schemas.status import EXPERIMENT_ON_HOST, sql_list
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9  # v9: host_rows.returned_at and stopped_at (host.returned, host.stopped)
 
 ARROW = {
     "VARCHAR": pa.string(),
@@ -219,7 +219,7 @@ HOSTS = Table(
         ("runtimes", "VARCHAR[]"), ("engines", "VARCHAR[]"), ("simulated", "BOOLEAN"),
         ("cpu_slots", "BIGINT"), ("cpu_engines", "VARCHAR[]"), ("engine_paths", "JSON"),
         ("registered_at", "TIMESTAMPTZ"), ("drain_requested_at", "TIMESTAMPTZ"), ("drained_at", "TIMESTAMPTZ"),
-        ("removed_at", "TIMESTAMPTZ"), ("lost_at", "TIMESTAMPTZ"),
+        ("removed_at", "TIMESTAMPTZ"), ("lost_at", "TIMESTAMPTZ"), ("returned_at", "TIMESTAMPTZ"), ("stopped_at", "TIMESTAMPTZ"),
         ("release", "VARCHAR"), ("deploy_outcome", "VARCHAR"), ("deployed_at", "TIMESTAMPTZ"), ("deployed_by", "VARCHAR"),
         ("last_seq", "BIGINT"), ("last_event_at", "TIMESTAMPTZ"),
     ],

@@ -29,7 +29,7 @@ from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.metrics import ExperimentMetrics
 from autotune.schemas.runtime import engine_of_recorded
-from autotune.schemas.status import EXPERIMENT_RANK, EXPERIMENT_TERMINAL, TASK_TERMINAL
+from autotune.schemas.status import EXPERIMENT_RANK, EXPERIMENT_TERMINAL, TASK_TERMINAL, HostLifecycle
 
 EVENTS = subj.EVENTS_STREAM
 KNOWN_TYPES = frozenset(ev.tag_of(t) for t in ev.ALL_EVENT_TYPES)
@@ -462,7 +462,7 @@ def _time(v: Any) -> datetime | None:
 _TASK_EVENTS = frozenset(
     {ev.TaskSubmitted, ev.TaskDatasetFetched, ev.TaskStarted, ev.TaskRejected, ev.TaskCancelRequested, ev.TaskCompleted, ev.TaskFailed, ev.TaskCancelled}
 )
-_HOST_EVENTS = frozenset({ev.HostRegistered, ev.HostDrainRequested, ev.HostDrained, ev.HostRemoved, ev.HostLost, ev.HostDeployStarted, ev.HostDeployStep, ev.HostDeployFinished})
+_HOST_EVENTS = frozenset({ev.HostRegistered, ev.HostDrainRequested, ev.HostDrained, ev.HostRemoved, ev.HostLost, ev.HostReturned, ev.HostStopped, ev.HostDeployStarted, ev.HostDeployStep, ev.HostDeployFinished})
 _DEPLOY_EVENTS = frozenset({ev.HostDeployStarted, ev.HostDeployStep, ev.HostDeployFinished})
 
 
@@ -555,7 +555,7 @@ def _host_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
     match e:
         case ev.HostRegistered():  # `online`; the `hosts` view says `busy` while it runs attempts
             row.update(
-                status="online",
+                status=HostLifecycle.ONLINE.value,
                 instance=e.instance,
                 hostname=e.hostname or None,
                 node=e.node,
@@ -571,13 +571,22 @@ def _host_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
                 registered_at=e.at,
             )
         case ev.HostDrainRequested():
-            row.update(status="draining", drain_requested_at=e.at)
+            row.update(status=HostLifecycle.DRAINING.value, drain_requested_at=e.at)
         case ev.HostDrained():
-            row.update(status="drained", drained_at=e.at)
+            row.update(status=HostLifecycle.DRAINED.value, drained_at=e.at)
         case ev.HostRemoved():
-            row.update(status="removed", removed_at=e.at)
-        case ev.HostLost():
-            row.update(status="lost", lost_at=e.at)
+            row.update(status=HostLifecycle.REMOVED.value, removed_at=e.at)
+        # the runner instance's own lifecycle: a late event of an instance replaced since changes nothing
+        case ev.HostLost() if _same_instance(row, e):
+            row.update(status=HostLifecycle.LOST.value, lost_at=e.at)
+        case ev.HostStopped() if _same_instance(row, e):
+            if row["status"] != HostLifecycle.REMOVED:
+                row["status"] = HostLifecycle.STOPPED.value
+            row["stopped_at"] = e.at
+        case ev.HostReturned() if _same_instance(row, e):
+            if row["status"] in (HostLifecycle.LOST, HostLifecycle.STOPPED, HostLifecycle.ONLINE):
+                row["status"] = (HostLifecycle.DRAINING if e.draining else HostLifecycle.ONLINE).value
+            row["returned_at"] = e.at
         case ev.HostDeployStarted():
             row.update(deploy_outcome="deploying")
         case ev.HostDeployStep():
@@ -586,6 +595,11 @@ def _host_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
             row.update(release=e.release or None, deploy_outcome=e.outcome if e.action != "undeploy" else "undeployed", deployed_at=e.at,
                        deployed_by=e.requested_by or None)  # fmt: skip
     _touch(ch, sc.HOSTS, key, row, m, e.at)
+
+
+def _same_instance(row: dict, e: Any) -> bool:
+    """Whether a lifecycle event speaks of the runner instance the row knows (or of any, when either is unknown)."""
+    return not e.instance or not row["instance"] or e.instance == row["instance"]
 
 
 def _experiment_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:

@@ -110,11 +110,11 @@ async def _key_gets(js, hosts: list[str], out: dict[str, LiveHost]) -> None:
 
 
 def _host_status(row: dict, live: LiveHost | None) -> HostStatus:
+    """The live key says whether the host answers; the log says why one that does not is gone."""
     lifecycle = row.get("status")
-    if lifecycle == HostLifecycle.REMOVED and live is None:
-        return HostStatus.REMOVED
     if live is None:
-        return HostStatus.OFFLINE
+        gone = {HostLifecycle.REMOVED: HostStatus.REMOVED, HostLifecycle.LOST: HostStatus.LOST, HostLifecycle.STOPPED: HostStatus.STOPPED}
+        return gone.get(lifecycle, HostStatus.OFFLINE)  # type: ignore[call-overload]
     if live.draining or lifecycle in (HostLifecycle.DRAINING, HostLifecycle.DRAINED):
         return HostStatus.DRAINING
     return HostStatus.BUSY if live.running else HostStatus.ONLINE
@@ -177,7 +177,7 @@ def _host(row: dict, live: LiveHost | None, samples: dict[tuple[str, int], dict]
         last_heartbeat=datetime.fromtimestamp(live.at, UTC).isoformat() if live and live.at else None,
     )  # fmt: skip
     if kind is m.HostDetail:
-        for c in ("drain_requested_at", "drained_at", "removed_at", "lost_at", "deployed_at", "deployed_by"):
+        for c in ("drain_requested_at", "drained_at", "removed_at", "lost_at", "returned_at", "stopped_at", "deployed_at", "deployed_by"):
             fields[c] = row.get(c)
     return kind(**fields)
 

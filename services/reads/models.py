@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from autotune.schemas.status import HostStatus
+
 # --- tasks ---------------------------------------------------------------------------------------------
 
 
@@ -181,8 +183,8 @@ class HostGpu(msgspec.Struct, kw_only=True):
 
 class Host(msgspec.Struct, kw_only=True):
     host: str
-    status: Literal["online", "busy", "draining", "offline", "removed"]
-    lifecycle: str | None = None  # the log's view: online, busy, draining, drained, lost, removed
+    status: HostStatus  # online, busy, draining; without a live key: lost, stopped, removed, else offline
+    lifecycle: str | None = None  # the log's view: online, busy, draining, drained, lost, stopped, removed
     alive: bool = False  # its liveness key exists (the runner heartbeats)
     instance: str | None = None
     hostname: str | None = None
@@ -208,6 +210,8 @@ class HostDetail(Host, kw_only=True):
     drained_at: str | None = None
     removed_at: str | None = None
     lost_at: str | None = None
+    returned_at: str | None = None  # back after a loss (host.returned)
+    stopped_at: str | None = None  # its runner stopped cleanly (host.stopped)
     deployed_at: str | None = None
     deployed_by: str | None = None
     experiments: list[dict[str, Any]] = []  # the latest attempts placed on this host

@@ -23,6 +23,7 @@ from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveHost
 from autotune.schemas.spec import is_cpu_serving
+from autotune.schemas.status import HOST_CLOSED, HOST_EXPECTED
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,16 @@ def decide(
     limits: Limits = Limits(),
 ) -> list[Action]:
     """`occupied`: GPUs that telemetry shows running processes; those autotune holds no lease on
-    are busy with someone else's work and are avoided."""
+    are busy with someone else's work and are avoided. GPUs a host itself reports in use (by an
+    attempt its runner runs, or an engine it cannot account for) are avoided too, whatever the log
+    says of that attempt (docs/fencing.md)."""
     actions: list[Action] = []
     actions += _hosts_lost(state, fleet)
     leased = _leases(state)
     cpu_used = _cpu_slots_used(state)
     foreign_busy = {h: gpus - leased.get(h, set()) for h, gpus in (occupied or {}).items()}
+    for h, gpus in _host_reported(state, fleet).items():
+        foreign_busy[h] = foreign_busy.get(h, set()) | gpus
     to_place: list[tuple[Task, Attempt]] = []
     for task in sorted(state.tasks.values(), key=lambda t: t.submitted_at):
         if task.finished:
@@ -249,6 +254,25 @@ def _leases(state: State) -> dict[str, set[int]]:
     return leased
 
 
+def _host_reported(state: State, fleet: dict[str, LiveHost]) -> dict[str, set[int]]:
+    """GPUs each live host says are in use: its `busy_gpus`, and those of the attempts it lists as
+    running (known from their assignments, even when the log has ended them since)."""
+    out: dict[str, set[int]] = {}
+    for h, live in fleet.items():
+        gpus = set(live.busy_gpus)
+        for key in live.running:
+            task_id, _, rest = key.partition("/")
+            n, _, attempt = rest.partition("/")
+            task = state.tasks.get(task_id)
+            exp = task.experiments.get(int(n)) if task and n.isdigit() else None
+            for a in exp.attempts if exp and attempt.isdigit() else []:
+                if a.attempt == int(attempt) and a.host == h:
+                    gpus.update(a.gpu_indices)
+        if gpus:
+            out[h] = gpus
+    return out
+
+
 def _placements(
     queue: list[tuple[Task, Attempt]],
     state: State,
@@ -274,7 +298,7 @@ def _placements(
         task, a = pending.pop(0)
         spec = task.spec
         assert spec is not None
-        hosts = {h: v for h, v in fleet.items() if state.hosts.get(h) is None or state.hosts[h].status not in ("removed", "draining", "drained")}
+        hosts = {h: v for h, v in fleet.items() if state.hosts.get(h) is None or state.hosts[h].status not in HOST_CLOSED}
         p = place(
             gpus_needed=a.gpus, engine=spec.engine, deployment_mode=spec.deployment_mode, gpu_type=spec.gpu_type,
             simulate=task.simulate, fleet=hosts, leased=leased, foreign_busy=foreign_busy, cpu_used=cpu_used,
@@ -300,9 +324,12 @@ def _placements(
 
 
 def _hosts_lost(state: State, fleet: dict[str, LiveHost]) -> list[Action]:
+    """A host the log says is online whose liveness key is gone. Expected: nothing newer on the host,
+    so a clean stop (`host.stopped`, written before the runner removes its key) refuses the loss. The
+    id names the host's position, so a host lost, returned and lost again is lost twice."""
     out = []
     for h in state.hosts.values():
-        if h.status in ("registered", "draining", "drained") and h.id not in fleet:
-            e = ev.HostLost(id=f"host.{h.id}.{h.instance}.lost", host=h.id, instance=h.instance)
-            out.append(Action(subj.host(h.id, "lost"), e))
+        if h.status in HOST_EXPECTED and h.id not in fleet:
+            e = ev.HostLost(id=f"host.{h.id}.{h.instance}.lost.{h.last_seq}", host=h.id, instance=h.instance)
+            out.append(Action(subj.host(h.id, "lost"), e, h.last_seq, subj.host_all(h.id)))
     return out

@@ -15,7 +15,7 @@ from typing import Any
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.spec import SpecError, TaskSpec, spec_from_obj
-from autotune.schemas.status import EXPERIMENT_ACTIVE, TASK_TERMINAL
+from autotune.schemas.status import EXPERIMENT_ACTIVE, TASK_TERMINAL, HostLifecycle
 from autotune.shared.log import get_logger
 
 log = get_logger("scheduler")
@@ -91,9 +91,10 @@ class Task:
 class Host:
     id: str
     instance: str = ""
-    status: str = "registered"  # registered | draining | drained | removed | lost
+    status: HostLifecycle = HostLifecycle.ONLINE
     registered: ev.HostRegistered | None = None
-    gone_at: datetime | None = None  # when it stopped taking work (lost, removed, draining); None while it takes it
+    gone_at: datetime | None = None  # when it stopped taking work (lost, removed, draining, stopped); None while it takes it
+    last_seq: int = 0  # last stream sequence on autotune.host.<h>.*
 
 
 @dataclass
@@ -128,6 +129,8 @@ def saw(state: State, seq: int, subject: str) -> subj.Parsed:
     # by tokens, not `parsed`: any message under autotune.task.<t>.> counts, even one of a shape
     # this scheduler does not know (parse calls it `other`)
     tokens = subject.split(".")
+    if parsed.kind == "host" and (host := state.hosts.get(parsed.host or "")):
+        host.last_seq = seq  # what subj.host_all(host) last had
     task = state.tasks.get(tokens[2]) if len(tokens) >= 4 and tokens[0] == subj.PREFIX and tokens[1] == "task" else None
     if task is None:
         return parsed
@@ -216,21 +219,24 @@ def evolve(state: State, seq: int, subject: str, event: ev.AnyEvent) -> State:
             if exp.outcome is None:
                 exp.outcome = "cancelled"
         case ev.HostRegistered():
-            h = state.hosts.setdefault(event.host, Host(event.host))
-            h.instance, h.status, h.registered, h.gone_at = event.instance, "registered", event, None
-        case ev.HostDrainRequested() if event.host in state.hosts:
-            state.hosts[event.host].status = "draining"
-            state.hosts[event.host].gone_at = state.hosts[event.host].gone_at or event.at
-        case ev.HostDrained() if event.host in state.hosts:
-            state.hosts[event.host].status = "drained"
-            state.hosts[event.host].gone_at = state.hosts[event.host].gone_at or event.at
-        case ev.HostRemoved() if event.host in state.hosts:
-            state.hosts[event.host].status = "removed"
-            state.hosts[event.host].gone_at = state.hosts[event.host].gone_at or event.at
-        case ev.HostLost() if event.host in state.hosts:
-            if state.hosts[event.host].instance == event.instance or not event.instance:
-                state.hosts[event.host].status = "lost"
-                state.hosts[event.host].gone_at = state.hosts[event.host].gone_at or event.at
+            h = state.hosts.setdefault(event.host, Host(event.host, last_seq=seq))
+            h.instance, h.status, h.registered, h.gone_at = event.instance, HostLifecycle.ONLINE, event, None
+        case ev.HostDrainRequested() if (h := state.hosts.get(event.host)):
+            h.status, h.gone_at = HostLifecycle.DRAINING, h.gone_at or event.at
+        case ev.HostDrained() if (h := state.hosts.get(event.host)):
+            h.status, h.gone_at = HostLifecycle.DRAINED, h.gone_at or event.at
+        case ev.HostRemoved() if (h := state.hosts.get(event.host)):
+            h.status, h.gone_at = HostLifecycle.REMOVED, h.gone_at or event.at
+        case ev.HostLost() if (h := state.hosts.get(event.host)) and (h.instance == event.instance or not event.instance):
+            h.status, h.gone_at = HostLifecycle.LOST, h.gone_at or event.at
+        case ev.HostStopped() if (h := state.hosts.get(event.host)) and h.instance == event.instance:
+            if h.status != HostLifecycle.REMOVED:
+                h.status = HostLifecycle.STOPPED
+            h.gone_at = h.gone_at or event.at
+        case ev.HostReturned() if (h := state.hosts.get(event.host)) and h.instance == event.instance:
+            if h.status in (HostLifecycle.LOST, HostLifecycle.STOPPED, HostLifecycle.ONLINE):
+                h.status = HostLifecycle.DRAINING if event.draining else HostLifecycle.ONLINE
+                h.gone_at = h.gone_at if event.draining else None
         case _:
             pass
     return state

@@ -23,9 +23,10 @@ from typing import Any
 from autotune.scheduler.state import Attempt, State, Task
 from autotune.schemas import events as ev
 from autotune.schemas.liveness import LiveGpu, LiveHost
+from autotune.schemas.status import HOST_CLOSED, HostLifecycle
 from autotune.shared.fit import capacity, fit
 
-UNAVAILABLE = ("removed", "draining", "drained")
+UNAVAILABLE = HOST_CLOSED
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def unfit_since(task: Task, a: Attempt, state: State, now: datetime) -> datetime
     for h in state.hosts.values():
         if h.registered is None or not _could_run(task, h.registered, a.gpus):
             continue
-        gone = h.gone_at if h.status != "registered" else now  # registered but not live: it went just now
+        gone = h.gone_at if h.status != HostLifecycle.ONLINE else now  # online but not live: it went just now
         if gone is not None and gone > since:
             since = gone
     return since
