@@ -7,6 +7,10 @@ engine instead of writing over history. A cancel request is the one newer event 
 
 The terminal event (completed / failed / cancelled) is appended only after the engine is stopped and
 its last log lines are flushed: when the scheduler reads it, the GPUs are free again.
+
+Output is fenced too: log lines are published only while the attempt is this runner's (`Context.holds`
+waits while the runner is unsure of its host, after a pause); once the attempt was taken from it, the
+engine's remaining lines are dropped, never shown as the attempt's live output.
 """
 
 from __future__ import annotations
@@ -91,6 +95,19 @@ class Writer:
                         raise Superseded(f"experiment {self.a.task}/{self.a.n} moved on: {type(newer).__name__} at seq {seq}") from None
         raise Superseded("could not append after repeated conflicts")
 
+    async def still_ours(self) -> bool:
+        """Whether nothing but this attempt's own writes (or a cancel asked of it) came after what it
+        last saw: the fence's question, after the runner's liveness key expired."""
+        for seq, newer in await bus.messages_after(self.js, self.filter, self.last_seq):
+            if isinstance(newer, ev.ExperimentCancelRequested) and newer.attempt == self.a.attempt:
+                continue
+            if newer is not None and getattr(newer, "id", None) in self.sent:
+                continue
+            log.warning("the experiment moved on while this runner was away", experiment=f"{self.a.task}/{self.a.n}/{self.a.attempt}",
+                        newer=type(newer).__name__, seq=seq)  # fmt: skip
+            return False
+        return True
+
     async def _newer(self, deadline: float) -> list[tuple[int, ev.AnyEvent | None]]:
         delay = 0.2
         while True:
@@ -124,6 +141,8 @@ class Context:
     health_failures: int = 3  # consecutive failed probes, engine still alive → `unhealthy`
     stop_grace_s: float = 10.0
     engine_metrics_interval_s: float = 1.0  # during the benchmark: how often to scrape the engine's /metrics
+    # whether this runner may still speak for the attempt (key): waits while it is unsure of its host
+    holds: Callable[[str], Awaitable[bool]] | None = None
 
 
 async def run_attempt(ctx: Context, a: ev.ExperimentAssigned, assigned_seq: int) -> None:
@@ -149,6 +168,8 @@ class AttemptRun:
         self.stage = "launch"
         self.prompts: list[str] | None = None
         self.scraper: EngineScraper | None = None
+        self.owned = True  # False once the attempt was taken from this runner: its output is then late
+        self.late_lines = 0
 
     def note(self, line: str) -> None:
         self.runner_lines.append(f"{ev.now().isoformat(timespec='milliseconds')} {line}")
@@ -159,11 +180,14 @@ class AttemptRun:
         try:
             outcome = await self._execute()
         except Superseded as e:
+            self.owned = False
             log.warning("experiment taken from this runner; stopping its engine", experiment=self.key, detail=str(e))
         except asyncio.CancelledError as e:
             cancelled = e
             reason = self.ctx.shutdown_reason.pop(self.key, "cancel")
-            if reason == "cancel":
+            if reason == "fenced":  # not ours any more (the runner's fence): stop the engine, write nothing
+                self.owned = False
+            elif reason == "cancel":
                 self.note("cancel requested: stopping the engine")
                 outcome = ("cancelled", lambda: ev.ExperimentCancelled(id=ev.exp_id(*self.ids, "cancelled"), **self.base, reason="cancel requested"))
             else:
@@ -295,10 +319,13 @@ class AttemptRun:
                 try:
                     await self.w.append(what, build())
                 except Superseded as e:
+                    self.owned = False
                     log.warning("the experiment moved on; its outcome is not recorded", experiment=self.key, outcome=what, detail=str(e))
         except Exception:
             log.error("could not finish the experiment cleanly", exc=True, experiment=self.key)
         finally:
+            if self.late_lines:
+                log.warning("late output dropped: the attempt was no longer this runner's", experiment=self.key, lines=self.late_lines)
             if self.ctx.on_done:
                 r = self.ctx.on_done(self.key)
                 if r is not None:
@@ -398,6 +425,9 @@ class AttemptRun:
 
     async def _publish_lines(self, lines: list[str], stream: str = "engine") -> None:
         a = self.a
+        if not (self.owned and (self.ctx.holds is None or await self.ctx.holds(self.key))):
+            self.late_lines += len(lines)
+            return
         e = ev.LogLines(id=ev.exp_id(a.task, a.n, a.attempt, f"log-{self.log_seq}"), task=a.task, n=a.n, attempt=a.attempt, host=self.ctx.host, stream=stream, seq=self.log_seq, lines=lines)
         self.log_seq += 1
         for attempt in range(3):  # logs are best effort, but the last lines matter: retry a little

@@ -1,9 +1,15 @@
-"""The runner's hold on its host: the liveness key in `autotune-hosts` (claim, takeover, renew).
+"""The runner's hold on its host: the liveness key in `autotune-hosts` (claim, takeover, renew, fence).
 
 One live instance per host, enforced by an atomic create of the host's key (per-key TTL, renewed by
 the heartbeat several times per TTL). A second instance refuses to start while the first is alive,
 unless told to take over, or the first is provably dead (same machine, its pid gone). Taking over,
 it reports the previous instance's unfinished experiments failed (retryable), exactly once.
+
+A key that expired under a live instance (it was paused, partitioned, or declared lost meanwhile) is
+not simply claimed again: the renewal raises `KeyExpired`, and the heartbeat runs the runner's fence
+(which attempts are still its own, stop the others' engines) before `rejoin` holds the key again
+(docs/fencing.md). Until then `uncertain()` is true, and the runner takes no work and publishes no
+output for its attempts.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,7 @@ from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveHost
 from autotune.shared import bus
+from autotune.shared.lifecycle import wait_event
 from autotune.shared.log import get_logger
 
 log = get_logger("runner")
@@ -31,6 +38,10 @@ log = get_logger("runner")
 
 class HostTaken(RuntimeError):
     """Another live runner instance holds this host."""
+
+
+class KeyExpired(Exception):
+    """This instance's liveness key expired: it must fence before it holds the host again."""
 
 
 class HostLiveness:
@@ -48,6 +59,9 @@ class HostLiveness:
         self.value, self.on_taken_over = value, on_taken_over
         self.rev = 0
         self.taken_over = False
+        self.expired = False  # the key expired under this instance; `rejoin` clears it after the fence
+        self.confirmed_at = time.monotonic()  # when the last renewal that landed was sent
+        self.beat = asyncio.Event()  # renew now (someone needs to know whether the host is still held)
         self._lock = asyncio.Lock()
 
     async def claim(self, *, takeover: bool) -> LiveHost | None:
@@ -63,7 +77,7 @@ class HostLiveness:
             rev = await bus.kv_claim(kv, self.host, self.value(), ttl=ttl)
             entry = await kv.get(self.host) if rev is None else None
         if rev is not None:
-            self.rev = rev
+            self.rev, self.confirmed_at = rev, time.monotonic()
             return None
         if entry is None or not entry.value:
             raise HostTaken(f"host `{self.host}`: its liveness key keeps changing under this runner; start it again")
@@ -78,21 +92,27 @@ class HostLiveness:
         log.warning("taking over the host from a previous instance", previous=previous.instance, alive=not dead_here)
         rev = await kv.put(self.host, self.value())  # its next heartbeat fails: it stops
         self.rev = await bus.kv_renew(kv, self.host, self.value(), last=rev, ttl=ttl)
+        self.confirmed_at = time.monotonic()
         return previous
 
     async def publish(self) -> None:
         """Renew the key with the current value (running experiments, draining).
 
-        Raises KeyWrongLastSequenceError only when another instance holds the key. A renewal of ours
-        that landed while its ack was lost (a stream leader election) is recognized and its revision
-        adopted — reads may come from a lagging replica, so that is tried a few times; a key that
-        expired meanwhile (NATS unreachable longer than the TTL) is claimed again."""
+        Raises KeyWrongLastSequenceError only when another instance holds the key, and KeyExpired
+        when the key expired under this instance (paused, or NATS unreachable, longer than the TTL):
+        then only the fence's `rejoin` claims it again. A renewal of ours that landed while its ack was
+        lost (a stream leader election) is recognized and its revision adopted — reads may come from a
+        lagging replica, so that is tried a few times."""
         ttl = self.ttl_s
         async with self._lock:
+            if self.expired:
+                raise KeyExpired()
             last = self.rev
             for attempt in range(5):
+                sent = time.monotonic()
                 try:
                     self.rev = await bus.kv_renew(self.kv, self.host, self.value(), last=last, ttl=ttl)
+                    self.confirmed_at = sent
                     return
                 except KeyWrongLastSequenceError:
                     pass
@@ -101,18 +121,50 @@ class HostLiveness:
                     holder = msgspec.json.decode(entry.value or b"", type=LiveHost).instance
                 except (KeyDeletedError, KeyNotFoundError, msgspec.DecodeError):
                     holder = None
-                if holder is None:  # expired: ours again unless someone else claims it first
-                    rev = await bus.kv_claim(self.kv, self.host, self.value(), ttl=ttl)
-                    if rev is None:
-                        continue
-                    self.rev = rev
-                    log.warning("the liveness key had expired; claimed it again", host=self.host)
-                    return
+                if holder is None:
+                    self.expired = True
+                    log.warning("the liveness key expired under this instance; fencing before it takes any work", host=self.host,
+                                unconfirmed_s=round(time.monotonic() - self.confirmed_at, 1))  # fmt: skip
+                    raise KeyExpired()
                 if holder != self.instance:
                     raise KeyWrongLastSequenceError()
                 last = entry.revision
                 await asyncio.sleep(0.1 * (attempt + 1))
             raise RuntimeError("the liveness key keeps changing under this instance; retrying at the next heartbeat")
+
+    async def rejoin(self) -> int:
+        """Hold the key again after the fence (its value then tells the truth); returns the revision.
+        Raises KeyWrongLastSequenceError (and stops this instance) when another instance holds it now."""
+        async with self._lock:
+            for _ in range(10):
+                sent = time.monotonic()
+                rev = await bus.kv_claim(self.kv, self.host, self.value(), ttl=self.ttl_s)
+                if rev is not None:
+                    self.rev, self.confirmed_at, self.expired = rev, sent, False
+                    return rev
+                try:
+                    entry = await self.kv.get(self.host)
+                    holder = msgspec.json.decode(entry.value or b"", type=LiveHost).instance if entry.value else None
+                except (KeyDeletedError, KeyNotFoundError, msgspec.DecodeError):
+                    holder = None
+                if holder is not None and holder != self.instance:
+                    self._taken()
+                    raise KeyWrongLastSequenceError()
+                await asyncio.sleep(0.2)
+            raise RuntimeError("the liveness key keeps changing under this instance; fencing again at the next heartbeat")
+
+    def uncertain(self) -> bool:
+        """Whether this instance may have lost its host without knowing yet: the key expired, or no
+        renewal has landed for most of a TTL (a pause, a partition). Work and output wait meanwhile."""
+        return self.expired or time.monotonic() - self.confirmed_at > 0.75 * self.ttl_s
+
+    async def held(self, stop: asyncio.Event) -> bool:
+        """Wait until this instance surely holds its host (renewing now, fencing first if the key
+        expired); False once it was taken over or is stopping."""
+        while self.uncertain() and not (self.taken_over or stop.is_set()):
+            self.beat.set()
+            await asyncio.sleep(0.05)
+        return not (self.taken_over or stop.is_set())
 
     async def still_ours(self) -> bool:
         """Whether this instance still holds the host (a renewal says so); False once it was taken over."""
@@ -125,11 +177,22 @@ class HostLiveness:
         except Exception:
             return True
 
-    async def heartbeat(self, stop: asyncio.Event) -> None:
+    async def heartbeat(self, stop: asyncio.Event, *, fence: Callable[[], Awaitable[None]], refresh: Callable[[], Awaitable[None]]) -> None:
+        """Renew several times per TTL (a busy machine must not look dead), and at once when asked
+        (`beat`). `refresh` runs before each renewal (what the value says); `fence` when the key expired."""
         while not stop.is_set():
-            await asyncio.sleep(min(self.heartbeat_s, self.ttl_s / 4))  # several beats per TTL: a busy machine must not look dead
+            await wait_event(self.beat, min(self.heartbeat_s, self.ttl_s / 4))
+            self.beat.clear()
             try:
+                await refresh()
                 await self.publish()
+            except KeyExpired:
+                try:
+                    await fence()
+                except KeyWrongLastSequenceError:
+                    return
+                except Exception as e:  # NATS not back yet: still expired, so still no work; again at the next beat
+                    log.warning("fencing failed; trying again", error=repr(e))
             except KeyWrongLastSequenceError:
                 self._taken()
                 return

@@ -2,7 +2,9 @@
 
 It offers the runtimes that answer here, claims the host's liveness key, reports and removes what a
 previous instance left, registers, then consumes the assignments, cancels and host commands addressed
-to its host and runs each attempt (experiment.py) until it is stopped or replaced.
+to its host and runs each attempt (experiment.py) until it is stopped or replaced. When its key
+expired under it, it fences (fencing.py) before it takes work again. A clean stop is `host.stopped`,
+written once its attempts are accounted for and before its key is removed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import uuid
 import msgspec
 
 from autotune import __version__
-from autotune.runner.experiment import Context, Writer, run_attempt
+from autotune.runner import fencing
+from autotune.runner.experiment import AttemptRun, Context, Writer
 from autotune.runner.gpus import nvml_gpus, parse_simulated, wait_gpus_free
 from autotune.runner.liveness import HostLiveness, HostTaken, report_unfinished
 from autotune.runner.runtimes import Runtime
@@ -46,6 +49,9 @@ class Runner:
         self.host = subj.token(rs.host, "host")
         self.instance = f"{socket.gethostname()[:20]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.running: dict[str, asyncio.Task] = {}
+        self.attempts: dict[str, AttemptRun] = {}
+        self.unaccounted: dict[str, list[int] | None] = {}  # engines labelled for this host that no attempt of ours owns
+        self.returned: ev.HostReturned | None = None  # written once the log takes it
         self.draining = False
         self.drained_sent = False
         self.nvml_missing = False
@@ -156,6 +162,8 @@ class Runner:
                 runtimes=sorted(self.runtimes), engines=["sglang", "vllm"], simulated=self.simulated,
                 draining=self.draining, running=sorted(self.running), at=time.time(), node=self.rs.k8s_node,
                 engine_paths=dict(self.rs.engines), cpu_slots=self.cpu_slots, cpu_engines=self.cpu_engines,
+                busy_gpus=fencing.busy_gpus({k: r.a.gpu_indices for k, r in self.attempts.items()}, self.unaccounted, [g.index for g in self.gpus]),
+                unaccounted=sorted(self.unaccounted),
             )
         )
 
@@ -179,15 +187,17 @@ class Runner:
             if previous is not None:
                 await report_unfinished(js, self.host, previous)
             await self._reap()
+            self.unaccounted = await fencing.scan(self.runtimes, self.host, set())
             log.info("runner started", host=self.host, instance=self.instance, gpus=len(self.gpus), simulated=self.simulated, runtimes=",".join(sorted(self.runtimes)))
             self.ctx = Context(
                 js=js, host=self.host, instance=self.instance, runtimes=self.runtimes, time_scale=self.rs.time_scale,
                 startup_timeout_s=self.rs.startup_timeout_s, engine_host=self.rs.engine_host, sim_seed=self.rs.sim_seed,
                 on_done=self._done, real_gpus=not self.simulated, nc=nc, stop_grace_s=self.rs.stop_grace_s,
                 gpus_busy=(lambda idx: wait_gpus_free(idx, self.rs.gpu_busy_wait_s)) if not self.simulated else (lambda _: []),
+                holds=self._holds,
             )
             await self._register(js)
-            hb = asyncio.create_task(self.liveness.heartbeat(stop))
+            hb = asyncio.create_task(self.liveness.heartbeat(stop, fence=self._fence, refresh=self._refresh))
             try:
                 await bus.durable_consume(
                     js, stream=subj.EVENTS_STREAM, durable=f"runner-{self.host}", subjects=subj.addressed_to(self.host),
@@ -198,6 +208,7 @@ class Runner:
                 hb.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await hb
+                await self._stopped(js)
                 await self.liveness.release()
         finally:
             for rt in {id(r): r for r in self.runtimes.values()}.values():
@@ -226,6 +237,8 @@ class Runner:
         match d.event:
             case ev.ExperimentAssigned() as a:
                 key = running_key(a.task, a.n, a.attempt)
+                if not await self.liveness.held(self.stop):  # fenced first, if the key expired; nak: redelivered to whoever holds the host
+                    raise HandedOver(f"{key}: this instance no longer holds host {self.host}")
                 if a.instance and a.instance != self.instance:
                     if not await self.liveness.still_ours():  # nak: the durable consumer redelivers it to the new instance
                         raise HandedOver(f"{key} is for instance {a.instance}, which took this host over")
@@ -236,7 +249,8 @@ class Runner:
                 if self.draining:
                     await self._refuse(js, a, d.seq, "this host is draining: it takes no new experiments")
                     return
-                t = asyncio.create_task(run_attempt(self.ctx, a, d.seq), name=key)
+                self.attempts[key] = attempt = AttemptRun(self.ctx, a, d.seq)
+                t = asyncio.create_task(attempt.run(), name=key)
                 self.running[key] = t
                 t.add_done_callback(lambda t, key=key: self._task_gone(key, t))
                 with contextlib.suppress(Exception):  # a restart now finds it in the liveness value
@@ -276,6 +290,7 @@ class Runner:
 
     async def _done(self, key: str) -> None:
         self.running.pop(key, None)
+        self.attempts.pop(key, None)
         with contextlib.suppress(Exception):
             await self.liveness.publish()
         with contextlib.suppress(Exception):
@@ -285,7 +300,63 @@ class Runner:
         """Safety net: an attempt task that ended without its own bookkeeping (it never ran) frees its slot."""
         if self.running.get(key) is t:
             self.running.pop(key, None)
+            self.attempts.pop(key, None)
             log.warning("experiment task ended without finishing its attempt", experiment=key)
+
+    # --- fencing (docs/fencing.md) -----------------------------------------------------------------
+
+    async def _holds(self, key: str) -> bool:
+        """Whether this runner may still speak for attempt `key` (publish its output): waits while it
+        is unsure of its host (after a pause), and says no once the attempt was taken from it."""
+        while self.liveness.uncertain() and not self.stop.is_set():
+            if not self._owns(key):
+                return False
+            self.liveness.beat.set()
+            await asyncio.sleep(0.05)
+        return self._owns(key) and not self.liveness.uncertain()
+
+    def _owns(self, key: str) -> bool:
+        run = self.attempts.get(key)
+        return run is not None and run.owned and not self.liveness.taken_over
+
+    async def _fence(self) -> None:
+        """The key expired under this instance: settle which attempts are still ours (stopping the
+        others' engines), remove engines nobody owns, then hold the host again with that truth."""
+        away_since = self.liveness.confirmed_at
+        kept, fenced_keys = await fencing.sort_out(self.attempts, self.running, self.ctx.shutdown_reason)
+        await self._reap()
+        self.unaccounted = await fencing.scan(self.runtimes, self.host, set(self.running))
+        rev = await self.liveness.rejoin()
+        away = time.monotonic() - away_since
+        self.returned = ev.HostReturned(
+            id=f"host.{self.host}.{self.instance}.returned.{rev}", host=self.host, instance=self.instance, kept=kept, fenced=fenced_keys,
+            unaccounted=sorted(self.unaccounted), draining=self.draining, away_s=round(away, 3),
+        )
+        log.warning("holding the host again after its liveness key expired", host=self.host, kept=len(kept), fenced=len(fenced_keys),
+                    unaccounted=len(self.unaccounted), away_s=round(away, 1))  # fmt: skip
+        await self._refresh()
+
+    async def _refresh(self) -> None:
+        """Before each renewal: what runs here that no attempt of ours owns, and a `host.returned` the log has not taken yet."""
+        if not self.liveness.expired:
+            self.unaccounted = await fencing.scan(self.runtimes, self.host, set(self.running))
+        if self.returned is not None:
+            try:
+                await bus.append(self.js, subj.host(self.host, "returned"), self.returned, retries=2)
+                self.returned = None
+            except Exception as e:
+                log.warning("host.returned not written yet; again at the next heartbeat", error=repr(e))
+
+    async def _stopped(self, js) -> None:
+        """A clean stop, once the attempts are accounted for: `host.stopped`, so the scheduler does not take it for a loss."""
+        if self.liveness.taken_over:
+            return
+        e = ev.HostStopped(id=f"host.{self.host}.{self.instance}.stopped", host=self.host, instance=self.instance, reason="asked to stop")
+        try:
+            await bus.append(js, subj.host(self.host, "stopped"), e, retries=3)
+            log.info("host stopped", host=self.host)
+        except Exception as err:
+            log.warning("host.stopped not written; the scheduler will see the host lost", error=repr(err))
 
     async def _shutdown(self) -> None:
         for key, t in list(self.running.items()):

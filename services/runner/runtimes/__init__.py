@@ -19,6 +19,21 @@ LABEL_HOST = "AUTOTUNE_LABEL_HOST"
 LABEL_EXPERIMENT = "AUTOTUNE_LABEL_EXPERIMENT"
 LABEL_INSTANCE = "AUTOTUNE_LABEL_INSTANCE"
 LABEL_TASK = "AUTOTUNE_LABEL_TASK"
+LABEL_GPUS = "AUTOTUNE_LABEL_GPUS"  # the leased GPU indices, "0,1": what a machine watcher needs to see double-booking
+
+
+def gpus_label(indices: list[int]) -> str:
+    return ",".join(map(str, indices))
+
+
+def parse_gpus_label(value: str | None) -> list[int] | None:
+    """The GPU indices of a label value; None when absent or unreadable (then: any GPU of the host)."""
+    if value is None:
+        return None
+    try:
+        return [int(g) for g in value.split(",") if g.strip()]
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -53,7 +68,7 @@ class Launch:
 
     @property
     def labels(self) -> dict[str, str]:
-        return {LABEL_HOST: self.host, LABEL_EXPERIMENT: self.key, LABEL_INSTANCE: self.instance, LABEL_TASK: self.task}
+        return {LABEL_HOST: self.host, LABEL_EXPERIMENT: self.key, LABEL_INSTANCE: self.instance, LABEL_TASK: self.task, LABEL_GPUS: gpus_label(self.gpu_indices)}
 
 
 def served_as(argv: list[str], engine: str, name: str) -> list[str]:
@@ -137,6 +152,10 @@ class Runtime(Protocol):
 
     async def reap_orphans(self, host: str, keep: set[str]) -> list[str]:
         """Stop and remove everything labelled with `host` whose experiment is not in `keep`; return what was removed."""
+        ...
+
+    async def engines(self, host: str) -> dict[str, list[int] | None]:
+        """The engines labelled with `host` that are running now: experiment key → its GPU indices (None: unknown)."""
         ...
 
     async def close(self) -> None: ...

@@ -16,13 +16,14 @@ import json
 import re
 from pathlib import Path
 
-from autotune.runner.runtimes import Handle, Launch, served_as, simulated_argv
+from autotune.runner.runtimes import Handle, Launch, gpus_label, parse_gpus_label, served_as, simulated_argv
 from autotune.shared.log import get_logger
 
 log = get_logger("runner")
 
 # container labels (Docker allows any string value)
 L_HOST, L_EXPERIMENT, L_INSTANCE, L_TASK = "autotune.host", "autotune.experiment", "autotune.instance", "autotune.task"
+L_GPUS = "autotune.gpus"
 SIM_MOUNT = "/opt/autotune"  # the simulator package is mounted at /opt/autotune/simulator
 HF_CACHE_IN_CONTAINER = "/root/.cache/huggingface"
 MODELS_IN_CONTAINER = "/models"
@@ -181,7 +182,7 @@ class DockerRuntime:
             "Image": self.image or spec.image,
             "Cmd": argv,
             "Env": [f"{k}={v}" for k, v in env.items()],
-            "Labels": {L_HOST: spec.host, L_EXPERIMENT: spec.key, L_INSTANCE: spec.instance, L_TASK: spec.task, "autotune.n": str(spec.n), "autotune.attempt": str(spec.attempt)},
+            "Labels": {L_HOST: spec.host, L_EXPERIMENT: spec.key, L_INSTANCE: spec.instance, L_TASK: spec.task, "autotune.n": str(spec.n), "autotune.attempt": str(spec.attempt), L_GPUS: gpus_label(spec.gpu_indices)},
             "HostConfig": host_config,
             "AttachStdout": False,
             "AttachStderr": False,
@@ -232,6 +233,15 @@ class DockerRuntime:
                 await c.delete(force=True, v=True)
                 removed.append(c.id[:12])
         return removed
+
+    async def engines(self, host: str) -> dict[str, list[int] | None]:
+        d = await self.client()
+        out: dict[str, list[int] | None] = {}
+        for c in await d.containers.list(filters=json.dumps({"label": [f"{L_HOST}={host}"]})):  # running ones
+            labels = c._container.get("Labels") or {}
+            if key := labels.get(L_EXPERIMENT):
+                out[key] = parse_gpus_label(labels.get(L_GPUS))
+        return out
 
     async def close(self) -> None:
         if self._docker is not None:

@@ -403,9 +403,25 @@ class KubernetesRuntime:
                 log.warning("Kubernetes object not deleted", name=name, error=repr(e))
 
     async def reap_orphans(self, host: str, keep: set[str]) -> list[str]:
+        removed: list[str] = []
+        done: set[tuple[str, str]] = set()
+        for kind, name, key in await self._workloads(host):
+            if key in keep or (kind, name) in done:  # a Deployment and its Service share the name: one delete
+                continue
+            done.add((kind, name))
+            log.warning("removing a Kubernetes workload no live experiment owns", name=name, experiment=key)
+            await self.delete_workload(name, kind)
+            removed.append(name)
+        return sorted(removed)
+
+    async def engines(self, host: str) -> dict[str, list[int] | None]:
+        # the device plugin picked the GPUs: which ones, this runner cannot tell
+        return {key: None for _, _, key in await self._workloads(host) if key}
+
+    async def _workloads(self, host: str) -> list[tuple[str, str, str]]:
+        """(kind, name, experiment key) of every workload labelled with `host`."""
         await self.api()
         selector = f"{K_HOST}={label_value(host)}"
-        removed: list[str] = []
         found: list[tuple[str, str, str]] = []
         for kind, fn, args in (
             ("deployment", self.apps().list_namespaced_deployment, (self.namespace,)),
@@ -421,15 +437,7 @@ class KubernetesRuntime:
             for it in items:
                 meta = it.get("metadata") or {}
                 found.append((kind, meta.get("name", ""), (meta.get("annotations") or {}).get(A_KEY, "")))
-        done: set[tuple[str, str]] = set()
-        for kind, name, key in found:
-            if key in keep or (kind, name) in done:  # a Deployment and its Service share the name: one delete
-                continue
-            done.add((kind, name))
-            log.warning("removing a Kubernetes workload no live experiment owns", name=name, experiment=key)
-            await self.delete_workload(name, kind)
-            removed.append(name)
-        return sorted(removed)
+        return found
 
     async def close(self) -> None:
         if self._api is not None:

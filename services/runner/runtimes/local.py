@@ -13,7 +13,7 @@ import os
 import signal
 from pathlib import Path
 
-from autotune.runner.runtimes import LABEL_EXPERIMENT, LABEL_HOST, Handle, Launch, served_as, simulated_argv
+from autotune.runner.runtimes import LABEL_EXPERIMENT, LABEL_GPUS, LABEL_HOST, Handle, Launch, parse_gpus_label, served_as, simulated_argv
 from autotune.shared.log import get_logger
 
 log = get_logger("runner")
@@ -152,8 +152,22 @@ class LocalRuntime:
             stopped.append(str(pid))
         return stopped
 
+    async def engines(self, host: str) -> dict[str, list[int] | None]:
+        return engines_on(host)
+
     async def close(self) -> None:
         pass
+
+
+def engines_on(host: str) -> dict[str, list[int] | None]:
+    """Live engine processes labelled with `host`: experiment key → GPU indices (a key's processes together)."""
+    out: dict[str, list[int] | None] = {}
+    for _, labels in labelled_processes():
+        if labels.get(LABEL_HOST) != host or not (key := labels.get(LABEL_EXPERIMENT)):
+            continue
+        gpus, known = parse_gpus_label(labels.get(LABEL_GPUS)), out.get(key, [])
+        out[key] = None if gpus is None or known is None else sorted(set(known) | set(gpus))
+    return out
 
 
 def labelled_processes() -> list[tuple[int, dict[str, str]]]:
