@@ -8,9 +8,11 @@ from autotune.scheduler.decide import Limits, decide
 from autotune.scheduler.placement import place
 from autotune.scheduler.state import State, evolve
 from autotune.schemas import events as ev
+from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveGpu, LiveHost
 from autotune.schemas.metrics import ExperimentMetrics
 from autotune.schemas.spec import spec_from_obj
+from autotune.schemas.status import HostLifecycle
 from autotune.shared.commands import spec_to_dict
 from tests.helpers import small_spec
 
@@ -276,3 +278,72 @@ def test_multi_objective_patience_counts_new_pareto_points_as_progress():
         optimization={"strategy": "multi_objective", "objectives": ["maximize_throughput", "minimize_latency"], "seed": 3, "max_iterations": 20, "max_parallel": 1, "patience": 2},
     )
     assert (final.reason, planned) == ("converged", 4)
+
+
+# --- hosts: reported busy GPUs, loss, return, clean stop (issue 19) ------------------------------------
+
+
+def registered(log: Log, h: str = "a", instance: str = "a-i") -> None:
+    log.add(subj.host(h, "registered"), ev.HostRegistered(id=f"{h}.{instance}.reg", host=h, instance=instance))
+
+
+def lost_events(actions) -> list[ev.HostLost]:
+    return [a.event for a in actions if isinstance(a.event, ev.HostLost)]
+
+
+def test_gpus_a_host_reports_in_use_get_no_work_whatever_the_log_says():
+    log = Log()
+    log.add(*submitted(optimization={"max_parallel": 2, "max_iterations": 4}))
+    registered(log)
+    fleet = {"a": host("a", 2)}
+    first = []
+    for _ in range(6):
+        first += assigned(log.step(fleet))
+    assert sorted(g for a in first for g in a.gpu_indices) == [0, 1]
+    # the log says attempt 0 ended, but the host still runs it (a runner back from a pause, before its fence)
+    done = next(a for a in first if a.gpu_indices == [0])
+    complete(log, done, 1.0)
+    still = {"a": host("a", 2, running=[f"t/{done.n}/0"])}
+    for _ in range(3):
+        assert not assigned(log.step(still)), "placed on a GPU the host reports running an attempt"
+    # an engine the runner cannot account for: the GPU it names stays busy
+    assert not assigned(log.step({"a": host("a", 2, busy_gpus=[0], unaccounted=["x/0/0"])}))
+    again = assigned(log.step(fleet))
+    assert [a.gpu_indices for a in again] == [[0]]
+
+
+def test_a_stopped_host_is_not_lost_a_returned_one_is_online_and_each_loss_is_its_own_event():
+    log = Log()
+    registered(log)
+    log.step({"a": host("a")})
+    log.add(subj.host("a", "stopped"), ev.HostStopped(id="a.stopped", host="a", instance="a-i"))
+    assert log.state.hosts["a"].status == HostLifecycle.STOPPED
+    assert lost_events(log.step({})) == []  # its key is gone because it stopped: not a loss
+
+    registered(log, instance="a-2")
+    assert log.state.hosts["a"].status == HostLifecycle.ONLINE
+    (first,) = lost_events(log.step({}))
+    assert (first.instance, log.state.hosts["a"].status) == ("a-2", HostLifecycle.LOST)
+    log.add(subj.host("a", "returned"), ev.HostReturned(id="a.ret.1", host="a", instance="a-2"))
+    assert log.state.hosts["a"].status == HostLifecycle.ONLINE
+    seen = log.state.hosts["a"].last_seq
+    actions = log.step({})
+    (second,) = lost_events(actions)
+    assert second.id != first.id  # lost, back and lost again: two losses in the log, not one deduplicated
+    (action,) = [a for a in actions if isinstance(a.event, ev.HostLost)]
+    assert (action.expect_seq, action.expect_filter) == (seen, subj.host_all("a"))  # a newer host event (host.stopped) refuses it
+    # a stale event of an instance replaced since changes nothing
+    registered(log, instance="a-3")
+    log.add(subj.host("a", "stopped"), ev.HostStopped(id="a.old.stopped", host="a", instance="a-2"))
+    assert log.state.hosts["a"].status == HostLifecycle.ONLINE
+
+
+def test_a_returned_host_gets_work_again():
+    log = Log()
+    log.add(*submitted(optimization={"max_parallel": 1, "max_iterations": 2}))
+    registered(log)
+    log.step({})
+    log.step({}, now=T0 + timedelta(seconds=1))  # lost: nothing to place on
+    assert log.state.hosts["a"].status == HostLifecycle.LOST
+    log.add(subj.host("a", "returned"), ev.HostReturned(id="a.ret", host="a", instance="a-i"))
+    assert assigned(log.step({"a": host("a")})) or assigned(log.step({"a": host("a")}))
