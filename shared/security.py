@@ -11,8 +11,8 @@ Roles and what they may publish (everything else is refused by the server):
              lease (KV `autotune-leases`), its own figures (KV `autotune-stats`, keys `scheduler.*`),
              replay prompts (Object Store `autotune-datasets`)
 - runner-<h> its experiments' started/ready/progress/completed/failed/cancelled, log lines, host <h>
-             registered / drained, its own liveness key `$KV.autotune-hosts.<h>`, its durable consumer
-             `runner-<h>` (create, fetch, ack); it reads replay prompts from `autotune-datasets`
+             registered / drained / returned / stopped, its own liveness key `$KV.autotune-hosts.<h>`, its
+             durable consumer `runner-<h>` (create, fetch, ack); it reads replay prompts from `autotune-datasets`
 - gpumon-<h> `autotune.gpu.<h>.*`
 - projector  no event at all; it reads the streams (ephemeral consumers, never the runners' durables)
              and answers `autotune.query.>` (sql, snapshot, reopen), replying only to the requests it
@@ -204,7 +204,7 @@ def role_permissions(role: str, host: str | None = None, *, hosts: list[str] | t
             publish=[
                 *(f"{x}.{e}" for e in ("started", "ready", "progress", "completed", "failed", "cancelled")),
                 f"{subj.PREFIX}.log.*.*",
-                f"{subj.PREFIX}.host.{h}.registered", f"{subj.PREFIX}.host.{h}.drained",
+                *(subj.host(h, e) for e in ("registered", "drained", "returned", "stopped")),
                 f"$KV.{subj.HOSTS_BUCKET}.{h}",
                 *JS_READ,
                 *durable_consumer(subj.EVENTS_STREAM, f"runner-{h}"),

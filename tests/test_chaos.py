@@ -1,4 +1,5 @@
-"""The short form of the chaos suite, in CI: kill -9 services during a real task, then audit."""
+"""The short form of the chaos suite, in CI: kill -9 and pause services during a real task, then audit
+the log, the projection and the machine (no GPU ran two engines at once)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def _chaos(*args: str) -> dict:
 def test_chaos_short_form_finds_no_violation():
     result = _chaos("--short", "--seed", "3")
     assert sum(result["kills"].values()) >= 3 and result["restarts"] >= 3, result
+    assert result["long_pauses"].get("runner", 0) >= 1 and result["machine"]["samples"] > 100, result
 
 
 @pytest.mark.slow
@@ -36,3 +38,4 @@ def test_chaos_cluster_short_form_finds_no_violation():
     result = _chaos("--short", "--cluster", "--seed", "3")
     assert result["cluster"] and result["kills"].get("nats", 0) >= 1, result
     assert set(result["kills"]) == {"scheduler", "runner", "projector", "api", "nats"} and result["restarts"] >= 5, result
+    assert result["long_pauses"].get("runner", 0) >= 1 and result["machine"]["samples"] > 100, result

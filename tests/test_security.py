@@ -131,6 +131,8 @@ async def test_runner_does_its_job(secure):
 
     # registers its host, consumes what is addressed to it from its durable consumer, acks
     await bus.append(js, subj.host("gpu-1", "registered"), golden("host.registered", host="gpu-1", id="reg-1"))
+    for what in ("returned", "stopped"):  # back after fencing; a clean stop
+        await bus.append(js, subj.host("gpu-1", what), golden(f"host.{what}", host="gpu-1", id=f"{what}-1"))
     a = golden("experiment.assigned", task="t", n=0, attempt=0, host="gpu-1", id="t.0.0.assigned")
     await bus.append(admin.js, subj.experiment("t", 0, "assigned", "gpu-1"), a)
     await bus.append(admin.js, subj.experiment("t", 1, "assigned", "gpu-2"), golden("experiment.assigned", task="t", n=1, host="gpu-2", id="t.1.0.assigned"))
@@ -310,6 +312,8 @@ async def test_runner_is_refused_what_is_not_its_job(secure):
         "autotune.task.t.exp.0.assigned.gpu-1",
         "autotune.task.t.exp.0.cancel_requested.gpu-1",
         "autotune.host.gpu-2.registered",  # another host
+        "autotune.host.gpu-2.returned",
+        "autotune.host.gpu-2.stopped",
         "autotune.host.gpu-1.lost",
         "autotune.host.gpu-1.drain_requested",
         "autotune.gpu.gpu-2.0",  # another host's GPUs

@@ -48,7 +48,7 @@ async def scan(runtimes: Mapping[str, Runtime], host: str, ours: set[str]) -> di
     out: dict[str, list[int] | None] = {}
     for rt in {id(r): r for r in runtimes.values()}.values():
         try:
-            found = await asyncio.wait_for(rt.engines(host), 10)
+            found = await asyncio.wait_for(rt.engines(host), 3)
         except Exception as e:
             log.warning("cannot list this host's engines", runtime=rt.name, error=repr(e))
             continue

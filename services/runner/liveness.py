@@ -36,6 +36,12 @@ from autotune.shared.log import get_logger
 log = get_logger("runner")
 
 
+def _clock() -> float:
+    """Seconds that keep counting while this process is paused and while its machine is suspended
+    (CLOCK_BOOTTIME), so that a runner back from either knows how long it was away."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
+
+
 class HostTaken(RuntimeError):
     """Another live runner instance holds this host."""
 
@@ -60,7 +66,7 @@ class HostLiveness:
         self.rev = 0
         self.taken_over = False
         self.expired = False  # the key expired under this instance; `rejoin` clears it after the fence
-        self.confirmed_at = time.monotonic()  # when the last renewal that landed was sent
+        self.confirmed_at = _clock()  # when the last renewal that landed was sent
         self.beat = asyncio.Event()  # renew now (someone needs to know whether the host is still held)
         self._lock = asyncio.Lock()
 
@@ -77,7 +83,7 @@ class HostLiveness:
             rev = await bus.kv_claim(kv, self.host, self.value(), ttl=ttl)
             entry = await kv.get(self.host) if rev is None else None
         if rev is not None:
-            self.rev, self.confirmed_at = rev, time.monotonic()
+            self.rev, self.confirmed_at = rev, _clock()
             return None
         if entry is None or not entry.value:
             raise HostTaken(f"host `{self.host}`: its liveness key keeps changing under this runner; start it again")
@@ -92,7 +98,7 @@ class HostLiveness:
         log.warning("taking over the host from a previous instance", previous=previous.instance, alive=not dead_here)
         rev = await kv.put(self.host, self.value())  # its next heartbeat fails: it stops
         self.rev = await bus.kv_renew(kv, self.host, self.value(), last=rev, ttl=ttl)
-        self.confirmed_at = time.monotonic()
+        self.confirmed_at = _clock()
         return previous
 
     async def publish(self) -> None:
@@ -109,7 +115,7 @@ class HostLiveness:
                 raise KeyExpired()
             last = self.rev
             for attempt in range(5):
-                sent = time.monotonic()
+                sent = _clock()
                 try:
                     self.rev = await bus.kv_renew(self.kv, self.host, self.value(), last=last, ttl=ttl)
                     self.confirmed_at = sent
@@ -124,7 +130,7 @@ class HostLiveness:
                 if holder is None:
                     self.expired = True
                     log.warning("the liveness key expired under this instance; fencing before it takes any work", host=self.host,
-                                unconfirmed_s=round(time.monotonic() - self.confirmed_at, 1))  # fmt: skip
+                                unconfirmed_s=round(_clock() - self.confirmed_at, 1))  # fmt: skip
                     raise KeyExpired()
                 if holder != self.instance:
                     raise KeyWrongLastSequenceError()
@@ -137,7 +143,7 @@ class HostLiveness:
         Raises KeyWrongLastSequenceError (and stops this instance) when another instance holds it now."""
         async with self._lock:
             for _ in range(10):
-                sent = time.monotonic()
+                sent = _clock()
                 rev = await bus.kv_claim(self.kv, self.host, self.value(), ttl=self.ttl_s)
                 if rev is not None:
                     self.rev, self.confirmed_at, self.expired = rev, sent, False
@@ -153,10 +159,14 @@ class HostLiveness:
                 await asyncio.sleep(0.2)
             raise RuntimeError("the liveness key keeps changing under this instance; fencing again at the next heartbeat")
 
+    def unconfirmed_s(self) -> float:
+        """Seconds since the last renewal that landed was sent."""
+        return _clock() - self.confirmed_at
+
     def uncertain(self) -> bool:
         """Whether this instance may have lost its host without knowing yet: the key expired, or no
         renewal has landed for most of a TTL (a pause, a partition). Work and output wait meanwhile."""
-        return self.expired or time.monotonic() - self.confirmed_at > 0.75 * self.ttl_s
+        return self.expired or _clock() - self.confirmed_at > 0.75 * self.ttl_s
 
     async def held(self, stop: asyncio.Event) -> bool:
         """Wait until this instance surely holds its host (renewing now, fencing first if the key
@@ -179,13 +189,13 @@ class HostLiveness:
 
     async def heartbeat(self, stop: asyncio.Event, *, fence: Callable[[], Awaitable[None]], refresh: Callable[[], Awaitable[None]]) -> None:
         """Renew several times per TTL (a busy machine must not look dead), and at once when asked
-        (`beat`). `refresh` runs before each renewal (what the value says); `fence` when the key expired."""
+        (`beat`). `refresh` runs after each renewal (what the next value says); `fence` when the key expired."""
         while not stop.is_set():
             await wait_event(self.beat, min(self.heartbeat_s, self.ttl_s / 4))
             self.beat.clear()
             try:
-                await refresh()
                 await self.publish()
+                await refresh()
             except KeyExpired:
                 try:
                     await fence()

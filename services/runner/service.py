@@ -30,6 +30,7 @@ from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveGpu, LiveHost, running_key
 from autotune.shared import bus
+from autotune.shared.lifecycle import wait_event
 from autotune.shared.log import get_logger
 from autotune.shared.settings import Settings
 
@@ -51,7 +52,7 @@ class Runner:
         self.running: dict[str, asyncio.Task] = {}
         self.attempts: dict[str, AttemptRun] = {}
         self.unaccounted: dict[str, list[int] | None] = {}  # engines labelled for this host that no attempt of ours owns
-        self.returned: ev.HostReturned | None = None  # written once the log takes it
+        self.returning: asyncio.Task | None = None  # writes host.returned until the log takes it
         self.draining = False
         self.drained_sent = False
         self.nvml_missing = False
@@ -205,9 +206,11 @@ class Runner:
                 )
             finally:
                 await self._shutdown()
-                hb.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await hb
+                for t in (hb, self.returning):
+                    if t is not None:
+                        t.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await t
                 await self._stopped(js)
                 await self.liveness.release()
         finally:
@@ -322,30 +325,37 @@ class Runner:
     async def _fence(self) -> None:
         """The key expired under this instance: settle which attempts are still ours (stopping the
         others' engines), remove engines nobody owns, then hold the host again with that truth."""
-        away_since = self.liveness.confirmed_at
         kept, fenced_keys = await fencing.sort_out(self.attempts, self.running, self.ctx.shutdown_reason)
         await self._reap()
         self.unaccounted = await fencing.scan(self.runtimes, self.host, set(self.running))
+        away = self.liveness.unconfirmed_s()
         rev = await self.liveness.rejoin()
-        away = time.monotonic() - away_since
-        self.returned = ev.HostReturned(
+        returned = ev.HostReturned(
             id=f"host.{self.host}.{self.instance}.returned.{rev}", host=self.host, instance=self.instance, kept=kept, fenced=fenced_keys,
             unaccounted=sorted(self.unaccounted), draining=self.draining, away_s=round(away, 3),
         )
         log.warning("holding the host again after its liveness key expired", host=self.host, kept=len(kept), fenced=len(fenced_keys),
                     unaccounted=len(self.unaccounted), away_s=round(away, 1))  # fmt: skip
-        await self._refresh()
+        if self.returning is not None:
+            self.returning.cancel()
+        self.returning = asyncio.create_task(self._write_returned(returned))
+
+    async def _write_returned(self, e: ev.HostReturned) -> None:
+        """host.returned, however long NATS takes to take it (its id makes every retry safe), beside the heartbeat."""
+        delay = 0.5
+        while not self.stop.is_set():
+            try:
+                await bus.append(self.js, subj.host(self.host, "returned"), e, retries=2)
+                return
+            except Exception as err:
+                log.warning("host.returned not written yet; trying again", error=repr(err))
+                await wait_event(self.stop, delay)
+                delay = min(delay * 2, 10.0)
 
     async def _refresh(self) -> None:
-        """Before each renewal: what runs here that no attempt of ours owns, and a `host.returned` the log has not taken yet."""
+        """After each renewal: what runs here that no attempt of ours owns (the next renewal says it)."""
         if not self.liveness.expired:
             self.unaccounted = await fencing.scan(self.runtimes, self.host, set(self.running))
-        if self.returned is not None:
-            try:
-                await bus.append(self.js, subj.host(self.host, "returned"), self.returned, retries=2)
-                self.returned = None
-            except Exception as e:
-                log.warning("host.returned not written yet; again at the next heartbeat", error=repr(e))
 
     async def _stopped(self, js) -> None:
         """A clean stop, once the attempts are accounted for: `host.stopped`, so the scheduler does not take it for a loss."""
@@ -353,7 +363,7 @@ class Runner:
             return
         e = ev.HostStopped(id=f"host.{self.host}.{self.instance}.stopped", host=self.host, instance=self.instance, reason="asked to stop")
         try:
-            await bus.append(js, subj.host(self.host, "stopped"), e, retries=3)
+            await bus.append(js, subj.host(self.host, "stopped"), e, retries=1)
             log.info("host stopped", host=self.host)
         except Exception as err:
             log.warning("host.stopped not written; the scheduler will see the host lost", error=repr(err))

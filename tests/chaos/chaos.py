@@ -1,16 +1,21 @@
-"""The chaos suite (`just chaos`): a real task on real processes while a seeded driver kill -9s them.
+"""The chaos suite (`just chaos`): a real task on real processes while a seeded driver kill -9s and pauses them.
 
 A task of 30 experiments runs on 3 runners (max_parallel 3) while the driver kills, at random
 times, the scheduler, a runner, the projector and the API (and, with --cluster, a NATS node), each
-restarted after a delay. At the end it checks, from the log and the files:
+restarted after a delay; and, on a schedule of its own, pauses a runner, the scheduler or the projector
+(SIGSTOP, a stand-in for a stalled VM or a partition) for a random time, longer than the liveness TTL
+half the time, then resumes it (SIGCONT). The first pause is always a runner's, longer than the TTL.
+It checks, from the log, the files and the machine:
 
 - the task completed;
 - every planned experiment attempt has exactly one terminal outcome; none is completed twice;
-- no GPU was held by two running experiments at once;
+- no GPU was held by two running experiments at once, in the log (`shared/audit.py`) and on the
+  machine: /proc is sampled every few milliseconds (tests/fixtures/machine.py), and two live engine
+  processes of different attempts on one host GPU at the same moment is a violation;
 - the projection equals a fresh rebuild from the log (table-by-table checksums);
 - no engine process remains.
 
-It prints one JSON line (kills, restarts, experiments, attempts, violations) and exits 1 on any
+It prints one JSON line (kills, pauses, restarts, experiments, attempts, violations) and exits 1 on any
 violation. `--short` is the CI form.
 
 `--cluster` runs it on a 3-node NATS cluster (tests/chaos/cluster.py): streams replicated x3, every
@@ -27,6 +32,7 @@ import json
 import logging
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -47,6 +53,7 @@ from autotune.shared.natsserver import NatsServer  # noqa: E402
 from autotune.shared.net import free_port  # noqa: E402
 from autotune.shared.settings import Settings  # noqa: E402
 from tests.chaos.cluster import LocalCluster, healthy  # noqa: E402
+from tests.fixtures.machine import GpuWatch  # noqa: E402
 from tests.helpers import events_of, small_spec, submit  # noqa: E402
 
 
@@ -67,9 +74,18 @@ class Service:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
+    def pause(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
+            os.killpg(self.proc.pid, signal.SIGCONT)  # a paused service must run to see its SIGTERM
             try:
                 self.proc.wait(40)
             except subprocess.TimeoutExpired:
@@ -100,10 +116,16 @@ class Node:
 class Run:
     """The processes of one run, the victims among them, and what was killed and restarted when."""
 
-    def __init__(self, rng: random.Random, hosts: list[str], logs: Path, cluster: LocalCluster | None, t0: float) -> None:
+    def __init__(self, rng: random.Random, hosts: list[str], logs: Path, cluster: LocalCluster | None, t0: float, *, ttl_s: float) -> None:
         self.rng, self.hosts, self.logs, self.cluster, self.t0 = rng, hosts, logs, cluster, t0
+        self.pause_rng = random.Random(rng.random())  # pauses on a schedule of their own: the kills stay as seeded before
+        self.ttl_s = ttl_s
         self.services: dict[str, Service | Node] = {}
         self.kills: Counter[str] = Counter()
+        self.pauses: Counter[str] = Counter()
+        self.long_pauses: Counter[str] = Counter()  # pauses longer than the liveness TTL
+        self.paused: list[tuple[float, Service]] = []  # (when, what) to resume
+        self.pause_victims: list[tuple[str, bool]] = []
         self.restarts = 0
         self.pending: list[tuple[float, Service | Node]] = []  # (when, what) to restart
         self.violations: list[str] = []
@@ -114,16 +136,21 @@ class Run:
     def note(self, what: str) -> None:
         self.timeline.write(f"{time.strftime('%H:%M:%S')} +{time.monotonic() - self.t0:6.1f}s {what}\n")
 
-    async def drive(self, js, task: str, *, deadline: float, max_kills: int, gap: tuple[float, float]) -> ev.Event | None:
-        """Kill and restart until the task ends (its terminal event) or the deadline."""
+    async def drive(self, js, task: str, *, deadline: float, max_kills: int, gap: tuple[float, float], max_pauses: int = 0,
+                    pause_gap: tuple[float, float] = (3.0, 8.0)) -> ev.Event | None:  # fmt: skip
+        """Kill, pause, resume and restart until the task ends (its terminal event) or the deadline."""
         next_kill = time.monotonic() + self.rng.uniform(*gap)
+        next_pause = time.monotonic() + self.pause_rng.uniform(*pause_gap)
         while time.monotonic() < deadline:
             now = time.monotonic()
             self._restart_due(now)
+            self._resume_due(now)
             if "scheduler" in self._died():
                 return None  # nothing can finish the task now
             if now >= next_kill and sum(self.kills.values()) < max_kills:
                 next_kill = now + (self.rng.uniform(*gap) if await self._kill_next(js, now) else 1.0)
+            if now >= next_pause and sum(self.pauses.values()) < max_pauses:
+                next_pause = now + (self.pause_rng.uniform(*pause_gap) if self._pause_next(now) else 1.0)
             try:
                 if final := await _task_end(js, task):
                     return final
@@ -133,7 +160,40 @@ class Run:
         return None
 
     def restart_all(self) -> None:
+        self._resume_due(float("inf"))
         self._restart_due(float("inf"))
+
+    def _resume_due(self, now: float) -> None:
+        for due, s in list(self.paused):
+            if now >= due:
+                self.note(f"resume {s.name}")
+                s.resume()
+                self.paused.remove((due, s))
+
+    def _pause_next(self, now: float) -> bool:
+        """Pause the next victim (a runner, the scheduler or the projector); False when it is not running now."""
+        if not self.pause_victims:
+            # a round: every kind once, long or short by a coin; the first round starts with a runner
+            # paused longer than the TTL, so even a short run has one
+            first = not self.pauses
+            self.pause_victims = [("runner", self.pause_rng.random() < 0.5), ("scheduler", self.pause_rng.random() < 0.5),
+                                  ("projector", self.pause_rng.random() < 0.5)]  # fmt: skip
+            self.pause_rng.shuffle(self.pause_victims)
+            if first:
+                self.pause_victims.append(("runner", True))
+        kind, long = self.pause_victims.pop()
+        name = self.pause_rng.choice(self.hosts) if kind == "runner" else kind
+        victim = self.services[name]
+        if not isinstance(victim, Service) or not victim.alive or any(s is victim for _, s in self.paused):
+            self.pause_victims.append((kind, long))
+            return False
+        seconds = self.ttl_s * (self.pause_rng.uniform(1.2, 1.8) if long else self.pause_rng.uniform(0.1, 0.8))
+        self.note(f"pause {name} for {seconds:.1f}s ({'longer' if long else 'shorter'} than the {self.ttl_s:g}s TTL)")
+        victim.pause()
+        self.pauses[kind] += 1
+        self.long_pauses[kind] += long
+        self.paused.append((now + seconds, victim))
+        return True
 
     def _restart_due(self, now: float) -> None:
         for due, s in list(self.pending):
@@ -173,6 +233,7 @@ class Run:
         if victim.alive:
             self.note(f"kill {name}")
             victim.kill()
+            self.paused = [(due, s) for due, s in self.paused if s is not victim]
             self.kills["nats" if isinstance(victim, Node) else "runner" if name in self.hosts else name] += 1
             self.pending.append((now + self.rng.uniform(1.0, 4.0), victim))
         return True
@@ -196,9 +257,13 @@ async def main(argv: list[str] | None = None) -> int:
     logs = work / "logs"
     logs.mkdir()
     t0 = time.monotonic()
-    hosts = [f"chaos-{i}" for i in range(args.runners)]
+    # host names of this run alone: engines of another run on this machine are neither reaped nor watched
+    run_id = secrets.token_hex(2)
+    hosts = [f"chaos{run_id}-{i}" for i in range(args.runners)]
     cluster = LocalCluster(work, hosts, logs=logs) if args.cluster else None
-    run = Run(random.Random(args.seed), hosts, logs, cluster, t0)
+    ttl_s = 15.0 if cluster else 4.0
+    run = Run(random.Random(args.seed), hosts, logs, cluster, t0, ttl_s=ttl_s)
+    watch = GpuWatch(hosts)
     setup_logging()  # what runs in this process (the fresh rebuild's projector) logs to the timeline, not the terminal
     logging.getLogger().handlers[0].setStream(run.timeline)
 
@@ -212,8 +277,8 @@ async def main(argv: list[str] | None = None) -> int:
         else:
             nats = NatsServer(work / "nats", log_file=str(logs / "nats.log"))
             nats_stop = nats.stop
-            settings = Settings(nats_url=nats.start().url, data_dir=str(work / "data"), host_ttl_s=4.0)
-            env = {"AUTOTUNE_DATA_DIR": settings.data_dir, "AUTOTUNE_HOST_TTL_S": "4", "AUTOTUNE_NATS_URL": settings.nats_url}
+            settings = Settings(nats_url=nats.start().url, data_dir=str(work / "data"), host_ttl_s=ttl_s)
+            env = {"AUTOTUNE_DATA_DIR": settings.data_dir, "AUTOTUNE_HOST_TTL_S": f"{ttl_s:g}", "AUTOTUNE_NATS_URL": settings.nats_url}
 
             def role_env(user: str) -> dict[str, str]:
                 return env
@@ -236,6 +301,7 @@ async def main(argv: list[str] | None = None) -> int:
             "api": Service("api", ["run", "api", "--port", str(free_port())], role_env("api"), logs),
             **{h: Service(h, ["run", "runner", "--host", h, "--simulate", "1xH100", "--time-scale", "40"], role_env(f"runner-{h}"), logs) for h in hosts},
         }
+        watch.start()
         for s in run.services.values():
             s.start()
         if cluster:
@@ -257,6 +323,9 @@ async def main(argv: list[str] | None = None) -> int:
             max_kills=5 if args.short else (15 if cluster else 14),
             # with a fifth kind of victim, the full form kills faster so that every kind is killed before the task ends
             gap=(1.5, 3.5) if args.short else ((2.0, 5.0) if cluster else (3.0, 8.0)),
+            # short: the first pause (a runner's, past the TTL) comes early; full: about two rounds
+            max_pauses=2 if args.short else 7,
+            pause_gap=(1.0, 3.0) if args.short else (4.0, 10.0),
         )
         run.note(f"the task ended: {type(final).__name__}" if final else "the run ended without the task ending")
         run.restart_all()
@@ -268,9 +337,12 @@ async def main(argv: list[str] | None = None) -> int:
             violations.append(f"task did not complete: {type(final).__name__ if final else 'timed out'}")
         history = await _retry(lambda: events_of(js, f"autotune.task.{task}.>"), 60 if cluster else 0)
         violations += audit(history)
+        host_history = [e for _, e in await _retry(lambda: events_of(js, "autotune.host.>"), 60 if cluster else 0)]
 
         run.stop()
         await asyncio.sleep(0.5)
+        watch.stop()
+        violations += watch.violations
         left = [p for p, lab in labelled_processes() if lab.get("AUTOTUNE_LABEL_HOST") in hosts]
         if left:
             violations.append(f"engine processes left running: {left}")
@@ -280,6 +352,7 @@ async def main(argv: list[str] | None = None) -> int:
         # the incrementally built projection (caught up) must equal a fresh rebuild from the log
         violations += await _compare_projection(settings, db, work / "fresh.duckdb", role_env("projector"))
     finally:
+        watch.stop()
         run.stop()
         if nc is not None:
             await nc.close()
@@ -294,6 +367,8 @@ async def main(argv: list[str] | None = None) -> int:
         "short": args.short,
         "cluster": args.cluster,
         "kills": dict(run.kills),
+        "pauses": dict(run.pauses),
+        "long_pauses": dict(run.long_pauses),  # longer than the liveness TTL
         "restarts": run.restarts,
         "experiments": len({e.n for e in planned}),
         "attempts": len(planned),
@@ -301,6 +376,10 @@ async def main(argv: list[str] | None = None) -> int:
         "completed": sum(1 for _, e in history if isinstance(e, ev.ExperimentCompleted)),
         "failed": Counter(e.kind for _, e in history if isinstance(e, ev.ExperimentFailed)),
         "peak_parallel": peak_parallelism(history),
+        "machine": {"samples": watch.samples, "engines": len(watch.engines_seen), "peak_per_gpu": watch.peak},
+        # what the pauses and kills did to hosts: declared lost, back after fencing (attempts they found taken from them)
+        "hosts": {"lost": sum(isinstance(e, ev.HostLost) for e in host_history), "returned": sum(isinstance(e, ev.HostReturned) for e in host_history),
+                  "fenced": sum(len(e.fenced) for e in host_history if isinstance(e, ev.HostReturned))},  # fmt: skip
         "violations": violations,
         "elapsed_s": round(time.monotonic() - t0, 1),
         "work_dir": str(work) if args.keep or violations else None,
