@@ -51,6 +51,10 @@ bench NAME *ARGS: setup
 chaos *ARGS: setup
     uv run --locked python tests/chaos/chaos.py {{ARGS}}
 
+# disk full: the projector's volume, then the NATS store, fill up during a task (small tmpfs mounts: needs root); one JSON line
+diskfull *ARGS: setup
+    uv run --locked python tests/chaos/diskfull.py {{ARGS}}
+
 # re-fetch the dashboard's vendored JS/CSS (htmx, uPlot) from the npm registry: exactly the pinned versions, hashes checked
 vendor-ui: setup
     uv run --locked python -m autotune.dashboard.vendor

@@ -175,12 +175,13 @@ def _tail(path: Path, n: int = 8) -> str:
         return ""
 
 
-async def supervise(children: list[Child], logs: Path, stop: asyncio.Event) -> None:
+async def supervise(children: list[Child], logs: Path, stop: asyncio.Event, *, nats: NatsServer | None = None) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     for c in children:
         await _spawn(c, logs)
     waits = {asyncio.create_task(c.proc.wait()): c for c in children if c.proc}
     stop_wait = asyncio.create_task(stop.wait())
+    store_watch = asyncio.create_task(watch_nats_store(nats, stop)) if nats is not None else None
     try:
         while not stop.is_set():
             done, _ = await asyncio.wait([*waits, stop_wait], return_when=asyncio.FIRST_COMPLETED)
@@ -201,7 +202,38 @@ async def supervise(children: list[Child], logs: Path, stop: asyncio.Event) -> N
                 waits[asyncio.create_task(c.proc.wait())] = c  # type: ignore[union-attr]
     finally:
         stop_wait.cancel()
+        if store_watch is not None:
+            store_watch.cancel()
         await stop_children(children)
+
+
+async def watch_nats_store(nats: NatsServer, stop: asyncio.Event, check_s: float = 2.0) -> None:
+    """A full disk under the NATS store: say so, plainly and once, and restart nats-server once there
+    is room again. JetStream does not store on a stream whose write failed for lack of space until it
+    restarts; meanwhile every service waits and retries (nothing acknowledged is lost: it is on disk)."""
+    from autotune.shared import diskspace
+
+    told = False
+    while not await wait_event(stop, check_s):
+        if not nats.store_full.is_set():
+            continue
+        need = diskspace.room_needed(nats.store_dir)
+        if not told:
+            log.error(
+                f"the NATS store's disk is full ({nats.store_dir}): no new event is stored until there is room; free at least "
+                f"{need / 2**20:.0f} MiB there and autotune restarts nats-server by itself", free_mib=diskspace.free_mib(nats.store_dir),
+                nats=nats.store_error[-200:],
+            )  # fmt: skip
+            told = True
+        if diskspace.free_mib(nats.store_dir) * 2**20 >= need:
+            log.warning("there is room in the NATS store again; restarting nats-server (the services reconnect)", free_mib=diskspace.free_mib(nats.store_dir))
+            try:
+                await asyncio.to_thread(nats.restart)
+            except Exception as e:  # not ready yet: try again at the next check
+                log.error("nats-server did not restart; trying again", error=repr(e))
+                nats.store_full.set()
+                continue
+            told = False
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:

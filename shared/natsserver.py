@@ -50,6 +50,10 @@ class NatsServer:
         self.log_file = log_file
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
+        # its store's disk ran full: JetStream keeps refusing writes to the streams that hit it until
+        # the server restarts, though there is room again (acknowledged messages are intact)
+        self.store_full = threading.Event()
+        self.store_error = ""
 
     @property
     def url(self) -> str:
@@ -78,6 +82,9 @@ class NatsServer:
                 if out:
                     out.write(line)
                     out.flush()
+                if "no space left on device" in line.lower():
+                    self.store_error = line.rstrip()
+                    self.store_full.set()
                 if m := _LISTEN.search(line):
                     self.port = int(m.group(1))
                 if "Server is ready" in line:
@@ -98,6 +105,13 @@ class NatsServer:
                 f"nats-server exited with {self.proc.returncode}:\n" + "\n".join(self.lines[-20:])
             )
         return self
+
+    def restart(self, timeout: float = 20.0) -> NatsServer:
+        """Stop and start again on the same port and store (clients reconnect)."""
+        self.stop()
+        self.store_full.clear()
+        self.store_error = ""
+        return self.start(timeout)
 
     def stop(self, kill: bool = False) -> None:
         if self.proc and self.proc.poll() is None:

@@ -124,7 +124,7 @@ def up(args: argparse.Namespace) -> int:
               + ("  [SIMULATED GPUs and engines]" if args.simulate else "  (simulated GPUs when NVML finds none)"))  # fmt: skip
         sys.stdout.flush()
         try:
-            await sv.supervise(children, data / "logs", stop)
+            await sv.supervise(children, data / "logs", stop, nats=nats)
         finally:
             # a runner that had to be SIGKILLed leaves its engines: reap them as a restarted runner would
             from autotune.runner.runtimes.local import LocalRuntime

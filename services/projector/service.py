@@ -54,7 +54,7 @@ from autotune.projector.sidecar import Sidecar
 from autotune.projector.store import Prepared, SchemaMismatch, Store, files, replace_files
 from autotune.projector.views import Message, ViewState, apply, dead_letter
 from autotune.schemas import subjects as subj
-from autotune.shared import bus
+from autotune.shared import bus, diskspace
 from autotune.shared.lifecycle import wait_event
 from autotune.shared.log import get_logger
 from autotune.shared.settings import Settings
@@ -246,6 +246,7 @@ class Projector(Answering):
         self._pause = asyncio.Event()
         self._resume = asyncio.Event()
         self._broken = False  # a lane cannot write: close and reopen the store
+        self._full = False  # ... because its disk is full: reopen once there is room
         self._one_commit = threading.Lock()
         self._applied = asyncio.Condition()
         self._readers = ThreadPoolExecutor(config.cursors, thread_name_prefix="projector-query")
@@ -466,7 +467,7 @@ class Projector(Answering):
                     continue
                 self._wake.clear()
                 if self._reopen is not None or self._broken:
-                    await self._maintain()
+                    await self._maintain(stop)
         finally:
             for task in runners:
                 task.cancel()
@@ -474,7 +475,7 @@ class Projector(Answering):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    async def _maintain(self) -> None:
+    async def _maintain(self, stop: asyncio.Event) -> None:
         """Park both lanes (each settles its commit first), swap or reopen the store, resume."""
         self._resume.clear()
         self._pause.set()
@@ -486,6 +487,8 @@ class Projector(Answering):
             if self._reopen is not None:
                 await self._swap()
             if self._broken:
+                if self._full and not await self._wait_for_room(stop):
+                    return  # stopping: the store closes as it is
                 self._broken = False
                 await self._close_store()
                 await asyncio.sleep(1.0)
@@ -493,6 +496,21 @@ class Projector(Answering):
         finally:
             self._pause.clear()
             self._resume.set()
+
+    async def _wait_for_room(self, stop: asyncio.Event) -> bool:
+        """The read model's disk is full: say so once, keep answering queries from what is stored,
+        and go on once there is room. Nothing is lost: what is not applied yet waits in the streams."""
+        where = os.path.dirname(self.db_path)
+        log.error(
+            f"the projector's data volume is full ({where}): the read model stays as it is, and queries are answered from it, "
+            f"until there is room; free at least {diskspace.room_needed(where) / 2**20:.0f} MiB there and it goes on by itself "
+            "(no event is lost: they wait in NATS)", free_mib=diskspace.free_mib(where),
+        )  # fmt: skip
+        if not await diskspace.wait_for_room(where, stop):
+            return False
+        log.warning("there is room on the projector's data volume again; going on", free_mib=diskspace.free_mib(where))
+        self._full = False
+        return True
 
     async def _run_lane(self, lane: Lane, stop: asyncio.Event, burst: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -666,7 +684,10 @@ class Projector(Answering):
         try:
             summary = await self._in(lane.applier, self._isolate, lane, batch)
         except Exception as e:
-            log.error("cannot write to the read model; reopening it", exc=True, lane=lane.name, error=repr(e))
+            if diskspace.out_of_space(e):
+                self._full = True  # said once, where the store waits for room
+            else:
+                log.error("cannot write to the read model; reopening it", exc=True, lane=lane.name, error=repr(e))
             self._broken = True  # the coordinator pauses both lanes, closes and reopens the store
             self._resume.clear()  # still set by the last swap or reopen: the lane must wait for this one
             self._wake.set()
