@@ -37,9 +37,9 @@ def settings(nats_server, tmp_path) -> Settings:
 
 
 def long_benchmark(name: str) -> dict:
-    # one run of 9 s (3 minutes at time scale 20), so a freeze lands in the middle of it
+    # one run of 15 s (5 minutes at time scale 20), so a freeze lands in the middle of it and ends well before it
     return spec(name, optimization={"max_iterations": 1, "max_parallel": 1},
-                benchmark={"num_concurrency": [1], "max_requests_per_iteration": 100_000, "max_time_per_iteration": 3})  # fmt: skip
+                benchmark={"num_concurrency": [1], "max_requests_per_iteration": 100_000, "max_time_per_iteration": 5})  # fmt: skip
 
 
 def runner(settings, host: str, tmp_path, n: int = 1) -> Proc:
@@ -92,8 +92,9 @@ async def test_a_runner_frozen_past_its_ttl_mid_benchmark_never_shares_a_gpu_whe
         assert watch.violations == [], watch.violations
         assert {f"fz:{task}/0/0", f"fz:{task}/0/1"} <= watch.engines_seen and watch.samples > 100, (watch.engines_seen, watch.samples)
 
-        returned_seq, returned = await first(js, subj.host("fz", "returned"), timeout=10)
-        assert returned.fenced == [f"{task}/0/0"] and returned.kept == [] and returned.away_s > TTL_S, returned
+        _, returned = await first(js, subj.host("fz", "returned"), timeout=10)
+        # the fence found attempt 0 taken (on a machine slow enough, the attempt's own refused write may find it first)
+        assert returned.kept == [] and returned.fenced in ([f"{task}/0/0"], []) and returned.away_s > TTL_S, returned
         view, read = await host_views(nc, js, "fz", await bus.last_seq(js, subj.task_all(task)))
         assert view == "online" and read == "online", (view, read)
         # late output is fenced: attempt 0's log lines all predate its failure

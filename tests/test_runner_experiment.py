@@ -8,9 +8,10 @@ import os
 import signal
 
 from autotune.gpumon.service import run as gpumon_run
-from autotune.runner.experiment import Context, Writer, run_attempt
+from autotune.runner.experiment import Context, run_attempt
 from autotune.runner.gpus import wait_gpus_free
 from autotune.runner.runtimes.local import SimulatedRuntime
+from autotune.runner.writer import Writer
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from tests.fixtures import nvml_standin

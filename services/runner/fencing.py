@@ -27,7 +27,8 @@ log = get_logger("runner")
 async def sort_out(attempts: Mapping[str, AttemptRun], tasks: Mapping[str, asyncio.Task], shutdown_reason: dict[str, str]) -> tuple[list[str], list[str]]:
     """(kept, fenced): the attempts still this runner's, and those it stopped because they are not.
     A failed read of the log raises: the runner then stays fenced and tries again."""
-    kept, fenced = [], []
+    kept: list[str] = []
+    fenced: list[str] = []
     for key, run in list(attempts.items()):
         (kept if await run.w.still_ours() else fenced).append(key)
     for key in fenced:

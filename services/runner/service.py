@@ -20,12 +20,13 @@ import msgspec
 
 from autotune import __version__
 from autotune.runner import fencing
-from autotune.runner.experiment import AttemptRun, Context, Writer
+from autotune.runner.experiment import AttemptRun, Context
 from autotune.runner.gpus import nvml_gpus, parse_simulated, wait_gpus_free
 from autotune.runner.liveness import HostLiveness, HostTaken, report_unfinished
 from autotune.runner.runtimes import Runtime
 from autotune.runner.runtimes.local import LocalRuntime, SimulatedRuntime
 from autotune.runner.settings import CPU_ENGINES, RunnerSettings
+from autotune.runner.writer import Writer
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveGpu, LiveHost, running_key
