@@ -25,7 +25,7 @@ Expand = Annotated[list[str] | None, QueryParameter(max_items=64, description="h
 FleetStatus = Annotated[str | None, QueryParameter(name="fleet", max_length=16, description="show only hosts with this status")]
 FleetPage = Annotated[int, QueryParameter(name="fleet_page", ge=1, le=1_000_000)]
 FleetView = Annotated[str | None, QueryParameter(name="fleet_view", max_length=8, description="hosts: a row per host; gpus: a row per GPU")]
-STATUSES = ("online", "busy", "draining", "offline")
+STATUSES = ("online", "busy", "draining", "offline", "lost", "stopped")
 # A fleet with more GPUs than this is shown a page of HOSTS_PER_PAGE hosts at a time, one row per host
 # (its GPUs as a strip of cells), and a host's GPU rows (with sparklines) when the user expands it:
 # 1,600 GPU rows were 1.5 MB of HTML and most of the page's server time, and nobody reads them at

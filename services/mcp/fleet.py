@@ -38,10 +38,10 @@ def _host_line(h: m.Host) -> str:
 @tool("List hosts")
 async def list_hosts(
     ctx: Context,
-    status: Annotated[Literal["online", "busy", "draining", "offline", "removed"] | None, Field(description="only hosts in this status")] = None,
+    status: Annotated[Literal["online", "busy", "draining", "offline", "lost", "stopped", "removed"] | None, Field(description="only hosts in this status")] = None,
     include_removed: bool = False,
 ) -> CallToolResult:
-    """The fleet's hosts with their status (online / busy / draining / offline / removed) and GPUs
+    """The fleet's hosts with their status (online / busy / draining / offline / lost / stopped / removed) and GPUs
     (model, memory, utilization, temperature, node, the experiment holding each)."""
     link = link_of(ctx)
     nc = await link.nc()

@@ -13,6 +13,7 @@ from prometheus_client.utils import floatToGoString
 
 from autotune.metrics.collect import DURATION_BUCKETS, Snapshot
 from autotune.reads import models as m
+from autotune.schemas.status import HostStatus
 
 MIB = 1024 * 1024
 GPU = ["host", "gpu", "model", "node"]
@@ -27,7 +28,7 @@ METRICS: dict[str, tuple[str, str, list[str]]] = {
     "autotune_gpu_busy": ("gauge", "1 while an experiment holds the GPU", GPU),
     "autotune_gpu_experiment": ("gauge", "the experiment attempt holding the GPU (value 1)", [*GPU, "task", "experiment", "attempt"]),
     "autotune_host_online": ("gauge", "1 while the host's runner heartbeats (its liveness key exists)", ["host", "node"]),
-    "autotune_host_status": ("gauge", "1 for the host's status: online, busy, draining, offline", ["host", "status"]),
+    "autotune_host_status": ("gauge", "1 for the host's status: online, busy, draining, offline, lost, stopped", ["host", "status"]),
     "autotune_host_simulated": ("gauge", "1 for a host with simulated GPUs and engines", ["host"]),
     "autotune_host_gpus_reporting": ("gauge", "GPUs of the host with readings: a sample from the last 60 s while the host is online "
                                               "(fewer than its GPUs: a gpumon is silent, or the projector is behind on telemetry)", ["host", "node"]),
@@ -133,11 +134,14 @@ class _One:
         yield self.metric
 
 
+HOST_STATUSES = tuple(s.value for s in HostStatus if s is not HostStatus.REMOVED)  # removed hosts are not listed
+
+
 def _gpus(f: _Families | _Text, hosts: list[m.Host]) -> None:
     for h in hosts:
         node = h.node or ""
         f.add("autotune_host_online", [h.host, node], 1.0 if h.alive else 0.0)
-        for status in ("online", "busy", "draining", "offline"):
+        for status in HOST_STATUSES:
             f.add("autotune_host_status", [h.host, status], 1.0 if h.status == status else 0.0)
         f.add("autotune_host_simulated", [h.host], 1.0 if h.simulated else 0.0)
         f.add("autotune_host_gpus_reporting", [h.host, node], float(sum(1 for g in h.gpus if g.sampled_at)) if h.alive else 0.0)
