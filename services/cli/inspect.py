@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from autotune.cli.connection import EXIT_OK, Connection, Failed, nats_command, stack_settings
+from autotune.cli.connection import EXIT_OK, Connection, Failed, err, nats_command, stack_settings
 from autotune.cli.options import add_command, json_option
 from autotune.cli.render import print_rows, when
 
@@ -52,8 +52,12 @@ def _summary(env: dict) -> str:
 @nats_command
 async def events(args: argparse.Namespace, conn: Connection) -> int:
     from autotune.reads import stream
+    from autotune.schemas import subjects as subj
 
-    subject = args.subject or (f"autotune.task.{args.task}.>" if args.task else "autotune.>")
+    try:
+        subject = args.subject or (subj.task_all(args.task) if args.task else subj.ALL)
+    except subj.SubjectError as e:  # --task is a name, not a pattern
+        return err(f"--task: {e}")
     stream.route(subject)
     until = stream.TASK_FINISHED if args.task and not args.subject else frozenset()  # a task's events end with the task
     async for env in stream.events(conn.js, subject, since_seq=args.since_seq, since_time=args.since, follow=args.follow, limit=args.limit, until=until):
