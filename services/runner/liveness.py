@@ -190,8 +190,12 @@ class HostLiveness:
     async def heartbeat(self, stop: asyncio.Event, *, fence: Callable[[], Awaitable[None]], refresh: Callable[[], Awaitable[None]]) -> None:
         """Renew several times per TTL (a busy machine must not look dead), and at once when asked
         (`beat`). `refresh` runs after each renewal (what the next value says); `fence` when the key expired."""
+        backoff = 0.0  # after a failed fence: NATS is not back, so a beat asked for sooner would fail the same way
         while not stop.is_set():
-            await wait_event(self.beat, min(self.heartbeat_s, self.ttl_s / 4))
+            if backoff:
+                await asyncio.sleep(backoff)
+            else:
+                await wait_event(self.beat, min(self.heartbeat_s, self.ttl_s / 4))
             self.beat.clear()
             try:
                 await self.publish()
@@ -199,10 +203,12 @@ class HostLiveness:
             except KeyExpired:
                 try:
                     await fence()
+                    backoff = 0.0
                 except KeyWrongLastSequenceError:
                     return
-                except Exception as e:  # NATS not back yet: still expired, so still no work; again at the next beat
-                    log.warning("fencing failed; trying again", error=repr(e))
+                except Exception as e:  # NATS not back yet: still expired, so still no work; again, a little later each time
+                    backoff = min(max(2 * backoff, 0.25), self.heartbeat_s)
+                    log.warning("fencing failed; trying again", error=repr(e), in_s=backoff)
             except KeyWrongLastSequenceError:
                 self._taken()
                 return
