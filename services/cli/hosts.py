@@ -12,9 +12,9 @@ from autotune.cli.render import ago, cell, console, dump, table, when
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "hosts", "list hosts: online / busy / draining / offline, GPUs with model, memory, utilization, temperature, node",
+    p = add_command(sub, "hosts", "list hosts: online / busy / draining / offline / lost / stopped, GPUs with model, memory, utilization, temperature, node",
                     "autotune hosts\nautotune hosts --status busy --json", hosts)  # fmt: skip
-    p.add_argument("--status", help="online | busy | draining | offline | removed")
+    p.add_argument("--status", help="online | busy | draining | offline | lost | stopped | removed")
     p.add_argument("--all", action="store_true", help="include removed hosts")
     json_option(p)
 
@@ -96,7 +96,8 @@ async def host(args: argparse.Namespace, conn: Connection) -> int:
         c.print(f"  deployed   release {d.release} ({d.deploy_outcome or '-'}, {d.deployed_at or '-'}, by {d.deployed_by or '-'})")
     c.print(f"  lifecycle  {d.lifecycle or '-'}; registered {d.registered_at or '-'}; heartbeat {ago(d.last_heartbeat) or 'none (offline)'}"
             + "".join(f"; {k} {v}" for k, v in (("drain requested", d.drain_requested_at), ("drained", d.drained_at),
-                                                 ("lost", d.lost_at), ("removed", d.removed_at)) if v))  # fmt: skip
+                                                 ("lost", d.lost_at), ("back", d.returned_at), ("stopped", d.stopped_at),
+                                                 ("removed", d.removed_at)) if v))  # fmt: skip
     cols = ["gpu", "model", "memory MiB", "util %", "temp C", "power W", "running"]
     c.print(table("GPUs", cols, [[g.index, g.name, f"{cell(g.memory_used_mib)}/{cell(g.memory_total_mib)}", g.util_gpu, g.temperature_c, g.power_w, g.leased_by]
                                  for g in d.gpus]))  # fmt: skip
