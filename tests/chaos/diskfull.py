@@ -140,7 +140,7 @@ async def main(argv: list[str] | None = None) -> int:
 
         # --- the projector's volume -----------------------------------------------------------------
         filler = fill(proj)
-        said = await until(lambda: _said(logs / "projector.log", "volume is full", "No space left"), args.hold + 20)
+        said = await until(lambda: _said(logs / "projector.log", "data volume is full"), args.hold + 20)
         result["projector"] = {"full_said": said[-240:] if said else None}
         if not said:
             violations.append("the projector did not say that its volume is full")
