@@ -31,8 +31,8 @@ import pytest
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.shared import bus, security
+from autotune.shared.net import free_port
 from autotune.shared.settings import Settings
-from tests.conftest import free_port
 from tests.fixtures import sshlab
 from tests.helpers import small_spec
 

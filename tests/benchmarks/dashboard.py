@@ -43,6 +43,7 @@ from autotune.schemas.liveness import LiveGpu, LiveHost  # noqa: E402
 from autotune.shared import bus, query  # noqa: E402
 from autotune.shared.log import setup_logging  # noqa: E402
 from autotune.shared.natsserver import NatsServer  # noqa: E402
+from autotune.shared.net import free_port  # noqa: E402
 from autotune.shared.settings import Settings  # noqa: E402
 
 GPUS = 8
@@ -193,7 +194,7 @@ async def main(a) -> dict:
             fill_s = time.perf_counter() - t0
             env = {**os.environ, "AUTOTUNE_LOG_LEVEL": "WARNING", "AUTOTUNE_NATS_URL": server.url, "AUTOTUNE_DATA_DIR": settings.data_dir}
             procs.append(subprocess.Popen([sys.executable, "-m", "autotune.projector", "--nats-url", server.url, "run", "--db", db], env=env))
-            port = a.port or _free_port()
+            port = a.port or free_port()
             procs.append(subprocess.Popen([sys.executable, "-m", "autotune.cli", "run", "api", "--port", str(port)], env=env))
             base = f"http://127.0.0.1:{port}"
             for _ in range(400):
@@ -249,14 +250,6 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait(30)
         except subprocess.TimeoutExpired:
             p.kill()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":
