@@ -93,9 +93,13 @@ class Scheduler:
             log.info("scheduler stopped", instance=self.instance)
 
     async def _follow(self, js, stop: asyncio.Event) -> None:
-        last = await bus.last_seq(js, ">")
+        """Apply the log, in order, for as long as the scheduler runs. A NATS node that dies while the
+        follow starts or runs (no stream leader for a moment) is ridden out: the follow starts again
+        right after the last event applied."""
+        last = await bus.retry_transient(lambda: bus.last_seq(js, ">"))
         if last == 0:
             self.caught_up.set()
+
         async def undecodable(msg, error: Exception) -> None:
             seq = msg.metadata.sequence.stream
             log.warning("undecodable event skipped", subject=msg.subject, seq=seq, error=str(error))
@@ -104,15 +108,21 @@ class Scheduler:
                 self.caught_up.set()
             self.wake.set()
 
-        async for d in bus.replay(js, subj.ALL, stop=stop, on_bad=undecodable):
+        while not stop.is_set():
             try:
-                evolve(self.state, d.seq, d.subject, d.event)
-            except Exception:
-                log.error("cannot apply event; skipped", exc=True, subject=d.subject, seq=d.seq)
-                saw(self.state, d.seq, d.subject)
-            if d.seq >= last:
-                self.caught_up.set()
-            self.wake.set()
+                async for d in bus.replay(js, subj.ALL, start_seq=self.state.applied_seq + 1, stop=stop, on_bad=undecodable):
+                    try:
+                        evolve(self.state, d.seq, d.subject, d.event)
+                    except Exception:
+                        log.error("cannot apply event; skipped", exc=True, subject=d.subject, seq=d.seq)
+                        saw(self.state, d.seq, d.subject)
+                    if d.seq >= last:
+                        self.caught_up.set()
+                    self.wake.set()
+                return
+            except bus.TRANSIENT as e:
+                log.warning("following the log failed; following again from the last event applied", after_seq=self.state.applied_seq, error=repr(e))
+                await wait_event(stop, 1.0)
 
     async def _watch_fleet(self, js, stop: asyncio.Event) -> None:
         """Follow the liveness keys; a watch that fails or stalls (a NATS node restarting, a KV leader
