@@ -20,6 +20,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import nats.errors
+
 from autotune.runner.engine_metrics import EngineScraper
 from autotune.runner.failures import EngineExited, Failure, classify_exit, error_tail, lost_connections
 from autotune.runner.runtimes import Handle, Launch, Runtime, simulated_argv
@@ -30,7 +32,6 @@ from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import running_key
 from autotune.schemas.metrics import ExperimentMetrics, RunMetrics
 from autotune.schemas.spec import SpecError, TaskSpec, is_cpu_serving, spec_from_obj
-from autotune.shared import bus
 from autotune.shared.log import get_logger
 from autotune.shared.net import free_port
 
@@ -110,6 +111,8 @@ class AttemptRun:
             else:
                 self.note("the runner is stopping: stopping the engine")
                 outcome = self._failed(Failure("runner_restarted", "the runner was stopped while this experiment was running"))
+        except nats.errors.TimeoutError as e:  # NATS did not answer (no stream leader for longer than we waited): not the engine's fault
+            outcome = self._failed(Failure("launch_error" if self.stage == "launch" else "benchmark_error", f"NATS did not answer: {e!r}", retryable=True))
         except TimeoutError:
             kind = "startup_timeout" if self.stage in ("launch", "startup") else "timeout"
             outcome = self._failed(Failure(kind, f"no result within {self.a.timeout_s:.0f}s ({self.stage})"))
@@ -136,7 +139,8 @@ class AttemptRun:
         except SpecError as e:
             raise Failure("launch_error", f"this runner cannot read the task spec: {e}", retryable=False) from None
         # a redelivered or stale assignment: the experiment moved on (or was cancelled) before we began
-        for seq, newer in await bus.messages_after(ctx.js, self.w.filter, self.w.last_seq):
+        # through a stream leader election (a NATS node died): the read is retried, not taken for the engine's slowness
+        for seq, newer in await self.w.newer(asyncio.get_running_loop().time() + 60.0):
             if isinstance(newer, ev.ExperimentCancelRequested) and newer.attempt == a.attempt:
                 self.w.last_seq = seq
                 raise asyncio.CancelledError

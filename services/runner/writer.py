@@ -62,7 +62,7 @@ class Writer:
                 continue
             except bus.StaleWrite:
                 conflicts += 1
-                for seq, newer in await self._newer(deadline):
+                for seq, newer in await self.newer(deadline):
                     if isinstance(newer, ev.ExperimentCancelRequested) and newer.attempt == self.a.attempt:
                         self.cancel_seen = True
                         self.last_seq = seq
@@ -89,7 +89,9 @@ class Writer:
             return False
         return True
 
-    async def _newer(self, deadline: float) -> list[tuple[int, ev.AnyEvent | None]]:
+    async def newer(self, deadline: float) -> list[tuple[int, ev.AnyEvent | None]]:
+        """The experiment's events after the last one this attempt saw; through a stream leader
+        election (no responders, timeouts) it reads again until `deadline` (loop time)."""
         delay = 0.2
         while True:
             try:
