@@ -238,7 +238,7 @@ async def test_services_run_a_task_with_their_own_credentials(secure, tmp_path):
     from autotune.gpumon.service import run as gpumon_run
     from autotune.projector.service import run as projector_run
     from autotune.shared import query
-    from tests.test_api import answering
+    from tests.fixtures.api_kit import answering
 
     svc = Services()
     svc.start(lambda stop: scheduler_run(secure.settings("scheduler"), stop=stop), "scheduler")
