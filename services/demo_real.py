@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     async def run(stop: asyncio.Event) -> None:
         from autotune.cli.watch import watch_and_report
         from autotune.shared import bus, commands
+        from autotune.shared.provision import provision
 
         print("autotune demo-real: the REAL vLLM (its CPU build) serving a tiny random-weight Llama on this machine's CPU.")
         print(f"{REAL_CPU_NOTE}; each configuration starts a fresh engine (about a minute here).\n")
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             settings.nats_url = nats.url
             nc = await bus.connect(settings, "demo-real")
             js = nc.jetstream()
-            await bus.provision(js, settings)
+            await provision(js, settings)
             task = (await commands.submit_task(js, spec, submitted_by="demo-real")).task
             print(f"submitted task {task}: {spec.description}\n")
             result["code"] = await watch_and_report(js, task, spec_dict=raw, simulated=False)

@@ -148,13 +148,14 @@ def build_children(
 async def provision_as_admin(nats_url: str, passwords: dict[str, str] | None, data_dir: Path) -> None:
     """Create the streams and buckets before any service starts (in secure mode only admin may)."""
     from autotune.shared import bus
+    from autotune.shared.provision import provision
     from autotune.shared.settings import Settings
 
     env = Settings.from_env()  # the streams' max ages; one local server: one replica whatever AUTOTUNE_REPLICAS says
     s = Settings(nats_url=role_url(nats_url, passwords, "admin"), data_dir=str(data_dir), telemetry_max_age_s=env.telemetry_max_age_s, logs_max_age_s=env.logs_max_age_s)
     nc = await bus.connect(s, "up")
     try:
-        await bus.provision(nc.jetstream(), s)
+        await provision(nc.jetstream(), s)
     finally:
         await nc.close()
 

@@ -1,4 +1,4 @@
-"""NATS: connect, provision the streams and KV buckets, append events, consume them.
+"""NATS: connect, append events, consume them (provisioning is in provision.py, KV claims in kv.py).
 
 Every append carries `Nats-Msg-Id` (the event's deterministic id), so a retried publish is stored
 once. Appends to a task or an experiment also carry the optimistic-concurrency headers, so a writer
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -22,7 +21,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
-from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
@@ -36,7 +35,6 @@ log = get_logger("bus")
 # answers 10164 (no sequence) when another append to the subject is still in flight, which the
 # writer's view does not include either (found by the cluster chaos run: a scheduler exited on it)
 WRONG_LAST_SEQUENCE = (10071, 10164)
-MAX_PAYLOAD = 8 * 1024 * 1024
 
 
 async def connect(settings: Settings, name: str, *, connect_timeout: float = 5.0, stop: asyncio.Event | None = None, **kw: Any) -> NATS:
@@ -94,48 +92,6 @@ async def close(nc: NATS) -> None:
             await nc.close()
 
 
-# --- provisioning -------------------------------------------------------------------------------------
-
-
-def stream_configs(settings: Settings) -> list[jsapi.StreamConfig]:
-    r = settings.replicas
-    return [
-        jsapi.StreamConfig(
-            name=subj.EVENTS_STREAM,
-            subjects=list(subj.EVENTS_SUBJECTS),
-            retention=jsapi.RetentionPolicy.LIMITS,
-            storage=jsapi.StorageType.FILE,
-            num_replicas=r,
-            duplicate_window=300,
-            max_msg_size=MAX_PAYLOAD,
-            description="autotune: the truth (tasks, experiments, hosts)",
-        ),
-        jsapi.StreamConfig(
-            name=subj.TELEMETRY_STREAM,
-            subjects=[subj.GPU_ALL],
-            storage=jsapi.StorageType.FILE,
-            num_replicas=r,
-            max_age=settings.telemetry_max_age_s,
-            duplicate_window=_dedupe_window(60, settings.telemetry_max_age_s),
-            description="autotune: GPU samples",
-        ),
-        jsapi.StreamConfig(
-            name=subj.LOGS_STREAM,
-            subjects=[subj.LOG_ALL],
-            storage=jsapi.StorageType.FILE,
-            num_replicas=r,
-            max_age=settings.logs_max_age_s,
-            duplicate_window=_dedupe_window(60, settings.logs_max_age_s),
-            description="autotune: engine and runner log lines",
-        ),
-    ]
-
-
-def _dedupe_window(seconds: float, max_age_s: float) -> float:
-    """The server refuses a duplicate window longer than the stream's max age (0: none)."""
-    return min(seconds, max_age_s) if max_age_s > 0 else seconds
-
-
 TRANSIENT = (TimeoutError, ServiceUnavailableError, nats.errors.NoRespondersError)  # no JetStream leader (yet)
 
 
@@ -151,147 +107,7 @@ async def retry_transient(call: Callable[[], Awaitable[Any]], *, attempts: int =
             await asyncio.sleep(delay)
 
 
-async def provision(js: JetStreamContext, settings: Settings) -> None:
-    """Create the streams and KV buckets that are missing. Idempotent: every service calls it at start.
-
-    Existing streams are left alone (a role without the right to create or update streams — every
-    role but admin in secure mode — only needs to read their info); `apply_stream_settings` (`autotune streams --apply`) is for admins.
-    """
-    for cfg in stream_configs(settings):
-        for attempt in range(10):
-            try:
-                await js.stream_info(cfg.name)
-                break
-            except NotFoundError:
-                try:
-                    await js.add_stream(cfg)
-                except BadRequestError as e:
-                    if e.err_code != 10058:  # created concurrently with another configuration
-                        raise
-                except TimeoutError:
-                    raise ProvisionError(
-                        f"stream {cfg.name} is missing and this connection may not create it; "
-                        "provision as admin first (autotune up does), or check the NATS credentials"
-                    ) from None
-                break
-            except (TimeoutError, ServiceUnavailableError, nats.errors.NoRespondersError):
-                if attempt == 9:  # a cluster that has no JetStream leader yet
-                    raise
-                await asyncio.sleep(0.5)
-    # direct gets: a fleet's liveness is read in one batched request (reads.live_hosts), not one per host
-    await kv_bucket(js, subj.HOSTS_BUCKET, settings, ttl_markers=True, direct=True)
-    await kv_bucket(js, subj.LEASES_BUCKET, settings, ttl_markers=True)
-    await kv_bucket(js, subj.NAMES_BUCKET, settings)
-    await kv_bucket(js, subj.STATS_BUCKET, settings, max_age=STATS_MAX_AGE_S, memory=True)
-    await object_bucket(js, subj.DATASETS_BUCKET, settings)
-
-
-TUNABLE = ("num_replicas", "max_age", "duplicate_window")  # what `autotune streams --apply` changes on a stream
-
-
-def stream_differences(have: jsapi.StreamConfig, want: jsapi.StreamConfig) -> list[tuple[str, Any, Any]]:
-    """(field, have, want) for each TUNABLE field of a stream's configuration that differs."""
-    return [(f, getattr(have, f), getattr(want, f)) for f in TUNABLE if float(getattr(have, f) or 0) != float(getattr(want, f) or 0)]
-
-
-async def apply_stream_settings(js: JetStreamContext, settings: Settings) -> list[tuple[str, str, Any, Any]]:
-    """Create what is missing, then give each stream the replicas and max age of `settings` where
-    they differ. Returns (stream, field, was, now) per change. Only admin may (secure mode)."""
-    await provision(js, settings)
-    changes = []
-    for want in stream_configs(settings):
-        have = (await js.stream_info(want.name)).config
-        diff = stream_differences(have, want)
-        if not diff:
-            continue
-        try:
-            await js.update_stream(dataclasses.replace(have, **{f: v for f, _, v in diff}))
-        except TimeoutError:
-            raise ProvisionError(f"stream {want.name} was not changed: this connection may not change streams (only admin may, in secure mode)") from None
-        changes += [(want.name, f, was, now) for f, was, now in diff]
-    return changes
-
-
-STATS_MAX_AGE_S = 60.0  # a service that stopped publishing its figures drops out of /metrics after this
-
-
-async def kv_bucket(js: JetStreamContext, name: str, settings: Settings, *, ttl_markers: bool = False, max_age: float | None = None, memory: bool = False,
-                    direct: bool = False):  # fmt: skip
-    try:
-        return await retry_transient(lambda: js.key_value(name))
-    except (NotFoundError, APIError):
-        pass
-    cfg = jsapi.KeyValueConfig(
-        bucket=name,
-        history=1,
-        replicas=settings.replicas,
-        storage=jsapi.StorageType.MEMORY if memory else jsapi.StorageType.FILE,
-        ttl=max_age,
-        # per-key TTLs with delete markers: an expired liveness key or lease is seen by watchers
-        limit_marker_ttl=5.0 if ttl_markers else None,
-        direct=direct or None,
-    )
-    try:
-        return await js.create_key_value(cfg)
-    except BadRequestError:  # created concurrently by another service
-        return await js.key_value(name)
-
-
-async def object_bucket(js: JetStreamContext, name: str, settings: Settings):
-    """An Object Store bucket (replay datasets), created when missing (as admin, in secure mode)."""
-    try:
-        return await retry_transient(lambda: js.object_store(name))
-    except (NotFoundError, APIError):
-        pass
-    cfg = jsapi.ObjectStoreConfig(bucket=name, replicas=settings.replicas, storage=jsapi.StorageType.FILE,
-                                  description="autotune: replay prompts by their sha256")
-    try:
-        return await js.create_object_store(bucket=name, config=cfg)
-    except BadRequestError:  # created concurrently by another service
-        return await js.object_store(name)
-    except TimeoutError:
-        raise ProvisionError(
-            f"object store {name} is missing and this connection may not create it; provision as admin first (autotune up does)"
-        ) from None
-
-
-async def kv_claim(kv: Any, key: str, value: bytes, *, ttl: float | None = None) -> int | None:
-    """Create `key` only if it does not exist (or has expired). Returns the revision, or None if taken."""
-    from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
-
-    try:
-        return await kv.create(key, value, msg_ttl=ttl)
-    except KeyWrongLastSequenceError:
-        pass
-    # An expired key leaves a server-placed marker (no value, kept limit_marker_ttl) that nats-py's
-    # create() does not treat as deleted and get() returns as an entry whose value is None.
-    try:
-        if (await kv.get(key)).value:
-            return None  # alive
-    except (KeyDeletedError, KeyNotFoundError):
-        pass
-    try:
-        last = await kv._js.get_last_msg(kv._stream, f"{kv._pre}{key}")
-    except NotFoundError:
-        return None
-    try:
-        return await kv_renew(kv, key, value, last=last.seq, ttl=ttl)
-    except KeyWrongLastSequenceError:
-        return None
-
-
-async def kv_renew(kv: Any, key: str, value: bytes, *, last: int, ttl: float | None) -> int:
-    """Update `key` only if its revision is still `last`, with a fresh per-key TTL.
-
-    nats-py's public `update()` takes no TTL; its `_update()` does (raises KeyWrongLastSequenceError)."""
-    return await kv._update(key, value, last=last, msg_ttl=ttl)
-
-
 # --- appending ---------------------------------------------------------------------------------------
-
-
-class ProvisionError(RuntimeError):
-    """The streams are missing and this role may not create them."""
 
 
 class StaleWrite(Exception):

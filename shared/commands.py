@@ -23,6 +23,7 @@ from autotune.schemas import subjects as subj
 from autotune.schemas.spec import SpecError, TaskSpec, is_simulated, parse_spec, spec_from_obj
 from autotune.shared import bus
 from autotune.shared.expand import ExpandError, SearchSpace, experiment_space
+from autotune.shared.kv import kv_claim
 
 
 class DuplicateTask(Exception):
@@ -128,7 +129,7 @@ async def submit_task(js, spec: TaskSpec, *, simulate: bool = False, submitted_b
     _checked(spec)
     task = spec.task_id
     names = await js.key_value(subj.NAMES_BUCKET)
-    if await bus.kv_claim(names, task, spec.task_name.encode()) is None:
+    if await kv_claim(names, task, spec.task_name.encode()) is None:
         raise DuplicateTask(task)
     e = ev.TaskSubmitted(
         id=ev.task_event_id(task, "submitted"), task=task, name=spec.task_name, spec=spec_to_dict(spec), simulate=simulate,

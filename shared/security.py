@@ -44,7 +44,7 @@ from autotune.schemas import subjects as subj
 ROLES = ("admin", "api", "scheduler", "projector", "runner", "gpumon")
 PER_HOST_ROLES = ("runner", "gpumon")
 CREDENTIALS_FILE = "nats-credentials.json"
-MAX_PAYLOAD = "8MB"  # = shared.bus.MAX_PAYLOAD: the events stream accepts messages that large
+MAX_PAYLOAD = "8MB"  # = shared.provision.MAX_PAYLOAD: the events stream accepts messages that large
 
 STREAMS = (subj.EVENTS_STREAM, subj.TELEMETRY_STREAM, subj.LOGS_STREAM)
 BUCKETS = (subj.HOSTS_BUCKET, subj.LEASES_BUCKET, subj.NAMES_BUCKET, subj.STATS_BUCKET)

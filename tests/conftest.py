@@ -9,6 +9,7 @@ import pytest
 
 from autotune.shared import bus
 from autotune.shared.natsserver import NatsServer
+from autotune.shared.provision import provision
 from autotune.shared.settings import Settings
 
 pytest_plugins = ("tests.fixtures.api_kit",)  # the API's `projector` and `client` fixtures
@@ -28,7 +29,7 @@ def settings(nats_server, tmp_path) -> Settings:
 @pytest.fixture
 async def nc(settings):
     conn = await bus.connect(settings, "test")
-    await bus.provision(conn.jetstream(), settings)
+    await provision(conn.jetstream(), settings)
     yield conn
     await conn.close()
 

@@ -11,6 +11,8 @@ from nats.js.errors import KeyDeletedError
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.shared import bus
+from autotune.shared.kv import kv_claim
+from autotune.shared.provision import apply_stream_settings, provision
 from autotune.shared.settings import Settings
 
 
@@ -19,8 +21,8 @@ def planned(task: str, n: int, attempt: int = 0) -> ev.ExperimentPlanned:
 
 
 async def test_provision_is_idempotent(js, settings):
-    await bus.provision(js, settings)
-    await bus.provision(js, settings)
+    await provision(js, settings)
+    await provision(js, settings)
     names = {s.config.name for s in await js.streams_info()}
     assert {subj.EVENTS_STREAM, subj.TELEMETRY_STREAM, subj.LOGS_STREAM} <= names
 
@@ -33,7 +35,7 @@ async def test_settings_from_the_environment_and_short_max_ages_are_applied_to_t
     monkeypatch.setenv("AUTOTUNE_LOGS_MAX_AGE_S", "86400")
     short = msgspec.structs.replace(Settings.from_env(), nats_url=settings.nats_url)
     assert (short.telemetry_max_age_s, short.logs_max_age_s) == (30.0, 86400.0)
-    await bus.apply_stream_settings(js, short)  # the server refuses a duplicate window longer than the max age
+    await apply_stream_settings(js, short)  # the server refuses a duplicate window longer than the max age
     telemetry, logs = [(await js.stream_info(s)).config for s in (subj.TELEMETRY_STREAM, subj.LOGS_STREAM)]
     assert (telemetry.max_age, telemetry.duplicate_window) == (30, 30) and (logs.max_age, logs.duplicate_window) == (86400, 60)
 
@@ -93,8 +95,8 @@ async def test_durable_consume_dead_letters_and_retries(js):
 
 async def test_kv_claim_refuses_live_key_and_reclaims_expired(js, settings):
     kv = await js.key_value(subj.HOSTS_BUCKET)
-    assert await bus.kv_claim(kv, "h1", b"a", ttl=1) is not None
-    assert await bus.kv_claim(kv, "h1", b"b", ttl=1) is None
+    assert await kv_claim(kv, "h1", b"a", ttl=1) is not None
+    assert await kv_claim(kv, "h1", b"b", ttl=1) is None
     for _ in range(100):  # until the server expired it: it leaves a marker entry with no value
         await asyncio.sleep(0.1)
         try:
@@ -104,5 +106,5 @@ async def test_kv_claim_refuses_live_key_and_reclaims_expired(js, settings):
             break
     else:
         pytest.fail("the key never expired")
-    assert await bus.kv_claim(kv, "h1", b"c", ttl=1) is not None  # the marker must not read as alive
+    assert await kv_claim(kv, "h1", b"c", ttl=1) is not None  # the marker must not read as alive
     assert (await kv.get("h1")).value == b"c"

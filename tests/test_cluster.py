@@ -25,6 +25,7 @@ from autotune.schemas.spec import spec_from_obj
 from autotune.shared import bus, commands, security
 from autotune.shared.natsserver import NatsServer
 from autotune.shared.net import free_port
+from autotune.shared.provision import provision
 from autotune.shared.settings import Settings
 from tests.helpers import Services, events_of, small_spec, task_finished, wait_for
 
@@ -182,7 +183,7 @@ async def _all_led(js) -> bool:
 
 
 async def _provision(js, settings: Settings) -> bool:
-    await bus.provision(js, settings)
+    await provision(js, settings)
     return True
 
 

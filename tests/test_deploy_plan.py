@@ -28,6 +28,7 @@ from autotune.deploy.target import BadInput, check_host_name, check_prefix, pars
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.shared import bus, security
+from autotune.shared.provision import provision
 from autotune.shared.settings import Settings
 from autotune.supervisor import start_secure_nats
 
@@ -255,7 +256,7 @@ async def test_the_node_daemon_restarts_a_killed_service_and_stops_on_sigterm(na
     config, cfg, _ = _config(tmp_path, nats_server.url)
     nc = await bus.connect(Settings(nats_url=nats_server.url), "test")
     js = nc.jetstream()
-    await bus.provision(js, Settings(nats_url=nats_server.url))
+    await provision(js, Settings(nats_url=nats_server.url))
     try:
         r = subprocess.run([sys.executable, "-m", "autotune.cli", "node", "--config", config, "--daemon"], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr

@@ -24,6 +24,7 @@ from autotune.schemas import subjects as subj
 from autotune.schemas.metrics import ExperimentMetrics, RequestSample, RunMetrics, Stats
 from autotune.shared import bus, query
 from autotune.shared.net import free_port
+from autotune.shared.provision import apply_stream_settings, provision
 
 
 def traffic(seed: int, tasks: int = 3, experiments: int = 6):
@@ -320,7 +321,7 @@ async def test_survives_a_nats_server_restart(tmp_path):
     try:
         nc = await bus.connect(settings, "test")
         js = nc.jetstream()
-        await bus.provision(js, settings)
+        await provision(js, settings)
         await publish(js, traffic(40, tasks=1, experiments=3))
         running = asyncio.create_task(service.run(settings, stop=stop, db_path=path, config=CONFIG))
         await asyncio.sleep(1.0)
@@ -496,14 +497,14 @@ async def test_gpu_samples_and_log_lines_keep_what_their_streams_keep_and_equal_
         await publish(js, traffic(2, tasks=1, experiments=4))  # 4 GPU samples, 4 log messages of 2 lines
         await caught_up(nc, js)
         assert (await answered(nc, counts)).rows == [[4, 8, 1]]
-        await bus.apply_stream_settings(js, msgspec.structs.replace(settings, telemetry_max_age_s=0.5, logs_max_age_s=0.5))
+        await apply_stream_settings(js, msgspec.structs.replace(settings, telemetry_max_age_s=0.5, logs_max_age_s=0.5))
         for _ in range(100):  # the server expires them
             if [(await js.stream_info(s)).state.messages for s in streams] == [0, 0]:
                 break
             await asyncio.sleep(0.1)
         else:
             raise AssertionError("the streams kept their messages past their max age")
-        await bus.apply_stream_settings(js, settings)  # 7 days again: what comes now stays
+        await apply_stream_settings(js, settings)  # 7 days again: what comes now stays
         await publish(js, traffic(3, tasks=1, experiments=2))
         await caught_up(nc, js)
         for _ in range(100):

@@ -22,6 +22,7 @@ from autotune.api.app import create_app  # noqa: E402
 from autotune.shared import bus  # noqa: E402
 from autotune.shared.natsserver import NatsServer  # noqa: E402
 from autotune.shared.net import free_port  # noqa: E402
+from autotune.shared.provision import provision  # noqa: E402
 from autotune.shared.settings import Settings  # noqa: E402
 from tests.fixtures.api_kit import TOKEN, Background, alive, applied, seed_fleet  # noqa: E402
 
@@ -49,7 +50,7 @@ def api_url(tmp_path_factory):
         async def seed() -> None:  # something to find: a task with experiments, two hosts, samples, logs
             nc = await bus.connect(s, "seed")
             js = nc.jetstream()
-            await bus.provision(js, s)
+            await provision(js, s)
             await commands.submit_task(js, spec_from_obj(small_spec("fuzz")), submitted_by="test")
             last = await seed_fleet(js, "fuzz")
             await alive(js, "h1", running=["fuzz/1/0"])

@@ -26,7 +26,9 @@ from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.spec import spec_from_obj
 from autotune.shared import bus, commands, security
+from autotune.shared.kv import kv_claim, kv_renew
 from autotune.shared.natsserver import NatsServer
+from autotune.shared.provision import provision
 from autotune.shared.settings import Settings
 from tests.helpers import Services, events_of, golden, small_spec, task_finished
 
@@ -100,7 +102,7 @@ async def secure(tmp_path):
     with NatsServer(tmp_path / "nats", config=str(conf)) as server:
         s = Secure(server, passwords, tmp_path / "data")
         admin = await s.connect("admin")
-        await bus.provision(admin.js, s.settings("admin"))
+        await provision(admin.js, s.settings("admin"))
         s.admin = admin  # type: ignore[attr-defined]
         try:
             yield s
@@ -120,13 +122,13 @@ async def test_runner_does_its_job(secure):
     admin = secure.admin
     runner = await secure.connect("runner-gpu-1")
     js = runner.js
-    await bus.provision(js, secure.settings("runner-gpu-1"))  # every service calls it: stream info only
+    await provision(js, secure.settings("runner-gpu-1"))  # every service calls it: stream info only
 
     # its liveness key: claim, renew, delete
     kv = await js.key_value(subj.HOSTS_BUCKET)
-    rev = await bus.kv_claim(kv, "gpu-1", b"alive", ttl=5)
+    rev = await kv_claim(kv, "gpu-1", b"alive", ttl=5)
     assert rev is not None
-    rev = await bus.kv_renew(kv, "gpu-1", b"alive", last=rev, ttl=5)
+    rev = await kv_renew(kv, "gpu-1", b"alive", last=rev, ttl=5)
     assert (await kv.get("gpu-1")).value == b"alive"
 
     # registers its host, consumes what is addressed to it from its durable consumer, acks
@@ -184,7 +186,7 @@ async def test_scheduler_decides_and_holds_its_lease(secure):
     sched = await secure.connect("scheduler")
     js = sched.js
     leases = await js.key_value(subj.LEASES_BUCKET)
-    assert await bus.kv_claim(leases, "scheduler", b"me", ttl=5) is not None
+    assert await kv_claim(leases, "scheduler", b"me", ttl=5) is not None
     watcher = await (await js.key_value(subj.HOSTS_BUCKET)).watchall()  # the fleet, from liveness keys
     assert await asyncio.wait_for(watcher.updates(timeout=2), 3) is None  # initial state delivered: empty
     await watcher.stop()
@@ -200,7 +202,7 @@ async def test_scheduler_decides_and_holds_its_lease(secure):
 
 async def test_gpumon_publishes_its_own_samples(secure):
     gm = await secure.connect("gpumon-gpu-1")
-    await bus.provision(gm.js, secure.settings("gpumon-gpu-1"))
+    await provision(gm.js, secure.settings("gpumon-gpu-1"))
     sample = golden("gpu.sample", host="gpu-1", index=0)
     ack = await gm.js.publish(subj.gpu("gpu-1", 0), ev.encode(sample), headers={"Nats-Msg-Id": sample.id})
     assert ack.stream == subj.TELEMETRY_STREAM

@@ -16,6 +16,7 @@ import pytest
 from autotune.schemas import subjects as subj
 from autotune.shared import bus, security
 from autotune.shared.natsserver import NatsServer
+from autotune.shared.provision import provision
 from autotune.shared.settings import Settings
 from tests.helpers import golden
 
@@ -76,7 +77,7 @@ async def test_tls_with_role_credentials(tmp_path):
         nc = await bus.connect(Settings(nats_url=url), "tls", tls=ctx)
         try:
             js = nc.jetstream()
-            await bus.provision(js, Settings())
+            await provision(js, Settings())
             ack = await bus.append(js, subj.task("t", "submitted"), golden("task.submitted", task="t", id="t.submitted"))
             assert ack.seq == 1
         finally:

@@ -35,6 +35,7 @@ from autotune.mcp.http import McpEndpoint
 from autotune.metrics import Metrics
 from autotune.schemas.spec import TaskSpec
 from autotune.shared import bus
+from autotune.shared.provision import provision
 from autotune.shared.settings import Settings
 
 DESCRIPTION = """Tune LLM inference engines (SGLang, vLLM) by experiment.
@@ -62,7 +63,7 @@ def create_app(*, nc: NATS | None, settings: Settings, debug: bool = False, metr
             return
         conn = await bus.connect(settings, "api")
         try:
-            await bus.provision(conn.jetstream(), settings)
+            await provision(conn.jetstream(), settings)
             app.state.nc = conn
             yield
         finally:

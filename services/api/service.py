@@ -10,6 +10,7 @@ import uvicorn
 from autotune.api.app import create_app
 from autotune.shared import bus
 from autotune.shared.log import get_logger
+from autotune.shared.provision import provision
 from autotune.shared.settings import Settings
 
 log = get_logger("api")
@@ -18,7 +19,7 @@ log = get_logger("api")
 async def run(settings: Settings, *, stop: asyncio.Event, host: str = "127.0.0.1", port: int = 8080) -> None:
     nc = await bus.connect(settings, "api", stop=stop)
     try:
-        await bus.provision(nc.jetstream(), settings)
+        await provision(nc.jetstream(), settings)
         app = create_app(nc=nc, settings=settings)
         # What is alive now (modules, the app, its routes: ~140,000 objects) lives as long as the
         # process: out of the collector's reach, a full collection no longer walks it (~100 ms a time

@@ -73,10 +73,10 @@ class Connection(NamedTuple):  # not a dataclass: `dataclasses` would be one mor
 
     async def ensure_provisioned(self) -> None:
         """A stack that just started may not have created its buckets yet: create what is missing."""
-        from autotune.shared import bus
+        from autotune.shared.provision import provision
 
         try:
-            await bus.provision(self.js, self.settings)
+            await provision(self.js, self.settings)
         except Exception:  # a role that may not create them: the services will
             pass
 

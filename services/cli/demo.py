@@ -46,6 +46,7 @@ def run_demo(args) -> int:
     async def main(stop: asyncio.Event) -> None:
         from autotune.cli.watch import watch_and_report
         from autotune.shared import bus, commands
+        from autotune.shared.provision import provision
 
         info = sv.read_stack_info(data)
         nats = None
@@ -70,7 +71,7 @@ def run_demo(args) -> int:
             settings.nats_url = url
             nc = await bus.connect(settings, "demo")
             js = nc.jetstream()
-            await bus.provision(js, settings)
+            await provision(js, settings)
             task = (await commands.submit_task(js, spec, submitted_by="demo")).task
             print(f"submitted task {task}: {spec.description}")
             if api_url:

@@ -150,14 +150,14 @@ def demo(args: argparse.Namespace) -> int:
 async def streams(args: argparse.Namespace, conn: Connection) -> int:
     from nats.js.errors import NotFoundError
 
-    from autotune.shared import bus
+    from autotune.shared.provision import ProvisionError, apply_stream_settings, stream_configs, stream_differences
 
     try:
-        changes = await bus.apply_stream_settings(conn.js, conn.settings) if args.apply else []
-    except bus.ProvisionError as e:
+        changes = await apply_stream_settings(conn.js, conn.settings) if args.apply else []
+    except ProvisionError as e:
         raise Failed(str(e)) from None
     out = []
-    for want in bus.stream_configs(conn.settings):
+    for want in stream_configs(conn.settings):
         try:
             info = await conn.js.stream_info(want.name)
         except NotFoundError:
@@ -165,7 +165,7 @@ async def streams(args: argparse.Namespace, conn: Connection) -> int:
                         "messages": 0, "bytes": 0, "first_seq": 0, "last_seq": 0, "differs_from_settings": ["missing"]})  # fmt: skip
             continue
         c, st = info.config, info.state
-        pending = [f"{f} {was} -> {now}" for f, was, now in bus.stream_differences(c, want)]
+        pending = [f"{f} {was} -> {now}" for f, was, now in stream_differences(c, want)]
         out.append({
             "stream": c.name, "subjects": list(c.subjects or []), "replicas": c.num_replicas, "max_age_s": c.max_age or 0,
             "messages": st.messages, "bytes": st.bytes, "first_seq": st.first_seq, "last_seq": st.last_seq,

@@ -27,6 +27,7 @@ from autotune.schemas import subjects as subj
 from autotune.shared import bus
 from autotune.shared.lifecycle import wait_event
 from autotune.shared.log import get_logger
+from autotune.shared.provision import provision
 from autotune.shared.settings import Settings
 
 log = get_logger("gpumon")
@@ -128,7 +129,7 @@ async def run(
         log.info("publishing GPU telemetry", host=host, gpus=len(real or []), node=node or "-")
     nc = await bus.connect(settings, f"gpumon-{host}", stop=stop)
     js = nc.jetstream()
-    await bus.provision(js, settings)
+    await provision(js, settings)
     rng = random.Random(host)
     failing = False
     try:

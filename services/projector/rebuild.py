@@ -26,6 +26,7 @@ from autotune.projector.settings import ProjectorConfig, default_db_path
 from autotune.projector.store import files, replace_files
 from autotune.shared import bus
 from autotune.shared.log import get_logger
+from autotune.shared.provision import provision
 from autotune.shared.settings import Settings
 
 log = get_logger("projector")
@@ -43,7 +44,7 @@ async def rebuild(settings: Settings, db_path: str | None = None, *, config: Pro
     nc = await bus.connect(settings, "projector-rebuild")
     try:
         js = nc.jetstream()
-        await bus.provision(js, settings)
+        await provision(js, settings)
         cfg = msgspec.structs.replace(config or ProjectorConfig.from_env())
         cfg.duckdb_threads = cfg.rebuild_duckdb_threads
         projector = Projector(nc, js, new, cfg, settings)

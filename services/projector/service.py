@@ -57,6 +57,7 @@ from autotune.schemas import subjects as subj
 from autotune.shared import bus, diskspace
 from autotune.shared.lifecycle import wait_event
 from autotune.shared.log import get_logger
+from autotune.shared.provision import provision
 from autotune.shared.settings import Settings
 
 log = get_logger("projector")
@@ -79,7 +80,7 @@ async def run(
     nc = await bus.connect(settings, "projector", stop=stop)
     try:
         js = nc.jetstream()
-        await bus.provision(js, settings)
+        await provision(js, settings)
         projector = Projector(nc, js, db_path or default_db_path(settings), config or ProjectorConfig.from_env(), settings)
         await projector.run(stop, burst=burst)
     finally:

@@ -30,6 +30,7 @@ from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveHost
 from autotune.shared import bus
+from autotune.shared.kv import kv_claim, kv_renew
 from autotune.shared.lifecycle import wait_event
 from autotune.shared.log import get_logger
 
@@ -74,13 +75,13 @@ class HostLiveness:
         """Hold the key, or raise HostTaken. Returns the previous instance's value when this one took
         the host over from it (its unfinished experiments are then this instance's to report)."""
         kv, ttl = self.kv, self.ttl_s
-        rev = await bus.kv_claim(kv, self.host, self.value(), ttl=ttl)
+        rev = await kv_claim(kv, self.host, self.value(), ttl=ttl)
         entry = await kv.get(self.host) if rev is None else None
         for _ in range(10):  # the holder's key expired between the claim and the read: claim again
             if entry is None or entry.value:
                 break
             await asyncio.sleep(0.2)
-            rev = await bus.kv_claim(kv, self.host, self.value(), ttl=ttl)
+            rev = await kv_claim(kv, self.host, self.value(), ttl=ttl)
             entry = await kv.get(self.host) if rev is None else None
         if rev is not None:
             self.rev, self.confirmed_at = rev, _clock()
@@ -97,7 +98,7 @@ class HostLiveness:
             )
         log.warning("taking over the host from a previous instance", previous=previous.instance, alive=not dead_here)
         rev = await kv.put(self.host, self.value())  # its next heartbeat fails: it stops
-        self.rev = await bus.kv_renew(kv, self.host, self.value(), last=rev, ttl=ttl)
+        self.rev = await kv_renew(kv, self.host, self.value(), last=rev, ttl=ttl)
         self.confirmed_at = _clock()
         return previous
 
@@ -117,7 +118,7 @@ class HostLiveness:
             for attempt in range(5):
                 sent = _clock()
                 try:
-                    self.rev = await bus.kv_renew(self.kv, self.host, self.value(), last=last, ttl=ttl)
+                    self.rev = await kv_renew(self.kv, self.host, self.value(), last=last, ttl=ttl)
                     self.confirmed_at = sent
                     return
                 except KeyWrongLastSequenceError:
@@ -144,7 +145,7 @@ class HostLiveness:
         async with self._lock:
             for _ in range(10):
                 sent = _clock()
-                rev = await bus.kv_claim(self.kv, self.host, self.value(), ttl=self.ttl_s)
+                rev = await kv_claim(self.kv, self.host, self.value(), ttl=self.ttl_s)
                 if rev is not None:
                     self.rev, self.confirmed_at, self.expired = rev, sent, False
                     return rev

@@ -33,6 +33,7 @@ from autotune.schemas.liveness import LiveGpu, LiveHost, running_key
 from autotune.shared import bus
 from autotune.shared.lifecycle import wait_event
 from autotune.shared.log import get_logger
+from autotune.shared.provision import provision
 from autotune.shared.settings import Settings
 
 log = get_logger("runner")
@@ -175,7 +176,7 @@ class Runner:
         js = nc.jetstream()
         self.js = js
         try:
-            await bus.provision(js, self.settings)
+            await provision(js, self.settings)
             if self.nvml_missing and self.rs.k8s_node and (not self.rs.runtimes or "kubernetes" in self.rs.runtimes):
                 await self._node_gpus()
             if self.simulated and self.nvml_missing:

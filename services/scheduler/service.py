@@ -27,8 +27,10 @@ from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.liveness import LiveHost
 from autotune.shared import bus
+from autotune.shared.kv import kv_claim, kv_renew
 from autotune.shared.lifecycle import wait_event
 from autotune.shared.log import get_logger
+from autotune.shared.provision import provision
 from autotune.shared.settings import Settings, default_data_dir
 from autotune.shared.stats import Histogram, StatsPublisher
 
@@ -59,7 +61,7 @@ class Scheduler:
     async def run(self, stop: asyncio.Event, *, burst: bool = False) -> None:
         nc = await bus.connect(self.settings, "scheduler", stop=stop)
         js = nc.jetstream()
-        await bus.provision(js, self.settings)
+        await provision(js, self.settings)
         self.js = js
         tasks = [
             asyncio.create_task(self._follow(js, stop), name="follow"),
@@ -175,11 +177,11 @@ class Scheduler:
         while not stop.is_set():
             try:
                 if rev is None:
-                    rev = await bus.kv_claim(kv, LEASE_KEY, value, ttl=self.lease_ttl_s)
+                    rev = await kv_claim(kv, LEASE_KEY, value, ttl=self.lease_ttl_s)
                     if rev is not None:
                         log.info("became leader", instance=self.instance)
                 else:
-                    rev = await bus.kv_renew(kv, LEASE_KEY, value, last=rev, ttl=self.lease_ttl_s)
+                    rev = await kv_renew(kv, LEASE_KEY, value, last=rev, ttl=self.lease_ttl_s)
             except KeyWrongLastSequenceError:
                 log.warning("lost the leader lease", instance=self.instance)
                 rev = None

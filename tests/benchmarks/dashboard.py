@@ -44,6 +44,7 @@ from autotune.shared import bus, query  # noqa: E402
 from autotune.shared.log import setup_logging  # noqa: E402
 from autotune.shared.natsserver import NatsServer  # noqa: E402
 from autotune.shared.net import free_port  # noqa: E402
+from autotune.shared.provision import provision
 from autotune.shared.settings import Settings  # noqa: E402
 
 GPUS = 8
@@ -171,7 +172,7 @@ async def main(a) -> dict:
             settings = Settings(nats_url=server.url, data_dir=os.path.join(tmp, "data"), host_ttl_s=30.0)
             nc = await bus.connect(settings, "bench")
             js = nc.jetstream()
-            await bus.provision(js, settings)
+            await provision(js, settings)
             r = random.Random(1)
             now = datetime.now(UTC)
             t0 = time.perf_counter()

@@ -52,6 +52,7 @@ from autotune.shared import bus, query
 from autotune.shared.log import setup_logging
 from autotune.shared.natsserver import NatsServer
 from autotune.shared.net import free_port
+from autotune.shared.provision import provision
 from autotune.shared.settings import Settings
 
 MODEL = "NVIDIA H100 80GB HBM3"
@@ -118,7 +119,7 @@ async def main(args: argparse.Namespace) -> dict:
     with NatsServer(tmp / "nats") as server:
         settings = Settings(nats_url=server.url, data_dir=str(tmp / "data"))
         nc = await bus.connect(settings, "bench")
-        await bus.provision(nc.jetstream(), settings)
+        await provision(nc.jetstream(), settings)
         env = {**os.environ, "AUTOTUNE_NATS_URL": server.url, "AUTOTUNE_DATA_DIR": str(tmp / "data")}
         projector = subprocess.Popen([sys.executable, "-m", "autotune.cli", "run", "projector"], env=env, stdout=subprocess.DEVNULL,
                                      stderr=open(tmp / "projector.log", "wb"))  # noqa: SIM115  # fmt: skip

@@ -43,6 +43,7 @@ from autotune.schemas.metrics import ExperimentMetrics, RequestSample, RunMetric
 from autotune.shared import bus, query
 from autotune.shared.log import setup_logging
 from autotune.shared.natsserver import NatsServer
+from autotune.shared.provision import provision
 from autotune.shared.settings import Settings
 
 RUNS = 4
@@ -259,7 +260,7 @@ async def main(events: int, freshness_s: float, rate: float) -> dict:
             settings = Settings(nats_url=server.url, data_dir=os.path.join(tmp, "data"))
             nc = await bus.connect(settings, "bench")
             js = nc.jetstream()
-            await bus.provision(js, settings)
+            await provision(js, settings)
             cfg = ProjectorConfig()
 
             t0 = time.perf_counter()

@@ -51,6 +51,7 @@ from autotune.shared.audit import audit, peak_parallelism  # noqa: E402
 from autotune.shared.log import setup_logging  # noqa: E402
 from autotune.shared.natsserver import NatsServer  # noqa: E402
 from autotune.shared.net import free_port  # noqa: E402
+from autotune.shared.provision import provision  # noqa: E402
 from autotune.shared.settings import Settings  # noqa: E402
 from tests.chaos.cluster import LocalCluster, healthy  # noqa: E402
 from tests.fixtures.machine import GpuWatch  # noqa: E402
@@ -291,7 +292,7 @@ async def main(argv: list[str] | None = None) -> int:
         nc = await bus.connect(settings, "chaos", error_cb=nats_error)
         # provision as admin before any service starts (in a cluster: once there is a JetStream leader)
         js = nc.jetstream(timeout=2) if cluster else nc.jetstream()
-        await _retry(lambda: bus.provision(js, settings), 60 if cluster else 0)
+        await _retry(lambda: provision(js, settings), 60 if cluster else 0)
         if cluster and not await _until(lambda: healthy(js), 60):
             run.note("the cluster did not become healthy after provisioning")
 
