@@ -12,7 +12,10 @@ from autotune.shared.natsserver import NatsServer
 from autotune.shared.provision import provision
 from autotune.shared.settings import Settings
 
-pytest_plugins = ("tests.fixtures.api_kit",)  # the API's `projector` and `client` fixtures
+pytest_plugins = (
+    "tests.fixtures.api_kit",  # the API's `projector` and `client` fixtures
+    "tests.fixtures.secure_nats",  # `secure`: a nats-server with a user per role
+)
 
 
 @pytest.fixture
