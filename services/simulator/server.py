@@ -15,7 +15,6 @@ import asyncio
 import json
 import random
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -354,13 +353,8 @@ class Connection(asyncio.Protocol):
         self.continued = False
 
     def connection_made(self, transport) -> None:
+        # no TCP_NODELAY to set: asyncio sets it on every TCP transport it makes (since Python 3.6)
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
 
     def connection_lost(self, exc) -> None:
         self.closed = True
