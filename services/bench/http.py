@@ -14,7 +14,6 @@ context. Cancelling a request closes its connection, which tells the server to d
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -308,13 +307,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport) -> None:
+        # no TCP_NODELAY to set: asyncio sets it on every TCP transport it makes (since Python 3.6)
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
 
     def data_received(self, data: bytes) -> None:
         now = _clock()

@@ -1,4 +1,4 @@
-"""Why an engine failed, from how it exited and its last lines: the failure kinds of schemas/events.py,
+"""Why an engine failed, from how it exited and its last lines: the failure kinds of schemas/events/experiments.py,
 with the line that says why (vLLM's and SGLang's own messages, as the real engines print them)."""
 
 from __future__ import annotations

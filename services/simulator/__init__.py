@@ -4,9 +4,10 @@
     python3 -m autotune.simulator vllm serve Qwen2.5-72B --port 8000 --tensor-parallel-size 4 ...
 
 Its speed follows a performance model of the engine flags, GPU type and model size (`perfmodel`), with a
-continuous-batching scheduler running in (scaled) real time (`scheduler`, `server`). Standard library
-only, relative imports only: the folder runs in any python3 container, also copied on its own as
-`simulator`. Every response and log line says SIMULATED. See README.md beside this file.
+continuous-batching scheduler running in (scaled) real time (`scheduler`, `replica`), served over HTTP
+(`server`, `connection`, `completions`, `prometheus`; `main` runs the process). Standard library only,
+relative imports only: the folder runs in any python3 container, also copied on its own as `simulator`.
+Every response and log line says SIMULATED. See README.md beside this file.
 """
 
 from .perfmodel import steady_state
