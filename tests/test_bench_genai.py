@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import stat
-import sys
-from pathlib import Path
 
 import pytest
 
 from autotune.bench.genai_bench import GenaiBenchError, build_command, parse_results, result_files, run_genai_bench
 from autotune.schemas.spec import Benchmark
-
-# Files shaped like genai-bench's output, written by hand (see their `_comment`).
-HANDMADE = Path(__file__).parent / "data" / "genai_bench_handmade"
+from tests.fixtures.genai_bench import HANDMADE, fake_genai_bench
 
 
 def test_the_command_carries_the_task_benchmark_settings(tmp_path):
@@ -75,25 +70,6 @@ def test_only_files_with_individual_requests_pool_percentiles(tmp_path):
     assert exp.mean_e2e_latency == pytest.approx(sum(ok) / len(ok))
     with pytest.raises(GenaiBenchError):
         parse_results(tmp_path / "missing")
-
-
-def fake_genai_bench(tmp_path: Path) -> Path:
-    """A stand-in `genai-bench` that writes the hand-made files where the real one would."""
-    script = tmp_path / "bin" / "genai-bench"
-    script.parent.mkdir()
-    script.write_text(f"""#!{sys.executable}
-import shutil, sys, time
-args = sys.argv[1:]
-base, folder = args[args.index("--experiment-base-dir") + 1], args[args.index("--experiment-folder-name") + 1]
-print("fake genai-bench", " ".join(args[:2]), flush=True)
-if "--max-requests-per-run" in args and args[args.index("--max-requests-per-run") + 1] == "0":
-    print("boom", file=sys.stderr); sys.exit(3)
-if "--traffic-scenario" in args and args[args.index("--traffic-scenario") + 1] == "D(1,1)":
-    time.sleep(60)
-shutil.copytree({str(HANDMADE)!r}, base + "/" + folder)
-""")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    return script
 
 
 async def test_run_genai_bench_end_to_end_with_a_stand_in(tmp_path):

@@ -15,6 +15,7 @@ from autotune.runner.writer import Writer
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from tests.fixtures import nvml_standin
+from tests.fixtures.genai_bench import fake_genai_bench
 from tests.fixtures.runner_kit import assign, context, engines_of, experiment_events, log_lines, run_one, spec
 from tests.helpers import Services, wait_for
 
@@ -195,3 +196,22 @@ async def test_the_attempt_rides_out_a_nats_server_restart(settings, js, nats_se
     assert kinds(events)[-1] == "experiment.completed" and sum(isinstance(e, ev.TERMINAL_EXPERIMENT) for e in events) == 1
     assert [e.run_index for e in events if isinstance(e, ev.ExperimentProgress)] == [0, 1]
     assert engines_of("nr") == []
+
+
+async def test_benchmark_driver_genai_bench_measures_with_the_external_tool(settings, js, tmp_path, monkeypatch):
+    """`benchmark.driver: genai-bench` runs genai-bench (a stand-in executable: the real tool cannot be installed
+    here) against the engine, and its result files become the experiment's metrics; without it on PATH the
+    attempt fails as benchmark_error saying so, and the engine still goes."""
+    exe = fake_genai_bench(tmp_path)
+    monkeypatch.setenv("PATH", f"{exe.parent}{os.pathsep}{os.environ['PATH']}")
+    events = await run_one(js, context(js, "gb"), spec("genai", benchmark={"driver": "genai-bench"}))
+    done = events[-1]
+    assert isinstance(done, ev.ExperimentCompleted), events[-1]
+    assert len(done.metrics.runs) == 5 and done.metrics.requests == 20  # the hand-made files, not the builtin client's 6 requests
+    assert [p.run_index for p in events if isinstance(p, ev.ExperimentProgress)] == [0, 1, 2, 3, 4]
+    assert any("fake genai-bench benchmark" in line for line in await log_lines(js, "genai", 0, stream="runner"))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    events = await run_one(js, context(js, "gb2"), spec("genai2", benchmark={"driver": "genai-bench"}))
+    f = events[-1]
+    assert isinstance(f, ev.ExperimentFailed) and f.kind == "benchmark_error" and "not on PATH" in f.message
+    assert engines_of("gb") == [] and engines_of("gb2") == []

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -281,13 +282,24 @@ class AttemptRun:
             done += 1
 
         stop = asyncio.Event()
-        bench = asyncio.create_task(
-            run_benchmark(
-                handle.base_url, model=spec.benchmark.model_name or spec.model_id, bench=spec.benchmark, slo=spec.slo,
-                gpus=max(1, len(a.gpu_indices)), time_scale=ctx.time_scale if a.simulated else 1.0, on_run=on_run, seed=a.n, stop=stop,
-                prompts=self.prompts,
+        model, gpus, time_scale = spec.benchmark.model_name or spec.model_id, max(1, len(a.gpu_indices)), ctx.time_scale if a.simulated else 1.0
+        if spec.benchmark.driver == "genai-bench":  # the external tool measures; its files become the same metrics
+            from autotune.bench.genai_bench import run_genai_bench
+
+            if self.prompts:
+                self.note("benchmark.driver genai-bench replays its own traffic scenarios: the task's dataset prompts are not sent")
+            workdir = tempfile.TemporaryDirectory(prefix=f"autotune-genai-{a.task}-{a.n}-")
+            measuring = run_genai_bench(
+                handle.base_url, model=model, bench=spec.benchmark, workdir=workdir.name, engine=spec.engine, slo=spec.slo, gpus=gpus,
+                gpu_type=a.gpu_type or None, time_scale=time_scale, on_run=on_run, on_log=self.note, stop=stop,
             )
-        )
+        else:
+            workdir = None
+            measuring = run_benchmark(
+                handle.base_url, model=model, bench=spec.benchmark, slo=spec.slo, gpus=gpus, time_scale=time_scale, on_run=on_run, seed=a.n,
+                stop=stop, prompts=self.prompts,
+            )
+        bench = asyncio.create_task(measuring)
         exited = asyncio.create_task(handle.exited.wait())
         unhealthy = asyncio.create_task(_watch_health(handle, ctx))
         try:
@@ -319,6 +331,8 @@ class AttemptRun:
             for t in (bench, exited, unhealthy):
                 t.cancel()
             await asyncio.gather(bench, exited, unhealthy, return_exceptions=True)
+            if workdir is not None:
+                workdir.cleanup()
 
     async def _pump_logs(self) -> None:
         """Engine output → autotune.log.<task>.<n>, in batches of up to 200 lines or every 0.5 s.
