@@ -26,6 +26,10 @@ autotune *ARGS: setup
 test *ARGS: setup
     uv run --locked pytest -q {{ARGS}}
 
+# the long end-to-end checks left out of `just test`: chaos, the NATS cluster, the dashboard in Chromium, whole stacks killed and restarted (minutes)
+test-long *ARGS: setup
+    uv run --locked pytest -q -m long {{ARGS}}
+
 # the SSH deploy tests: real sshd hosts in network namespaces (needs root, iproute2, openssh-server; minutes)
 test-ssh *ARGS: setup
     uv run --locked pytest -q -m ssh tests/test_deploy_ssh.py {{ARGS}}

@@ -23,6 +23,7 @@ def _chaos(*args: str) -> dict:
     return result
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_chaos_short_form_finds_no_violation():
@@ -31,6 +32,7 @@ def test_chaos_short_form_finds_no_violation():
     assert result["long_pauses"].get("runner", 0) >= 1 and result["machine"]["samples"] > 100, result
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_chaos_cluster_short_form_finds_no_violation():

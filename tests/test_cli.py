@@ -244,6 +244,7 @@ def _wait_ready(proc: subprocess.Popen, data: Path, timeout: float = 60) -> None
         time.sleep(0.2)
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_up_runs_a_task_stops_cleanly_and_remembers(tmp_path):
     data = tmp_path / "data"
@@ -285,6 +286,7 @@ def test_up_runs_a_task_stops_cleanly_and_remembers(tmp_path):
     assert _our_processes(str(data)) == []
 
 
+@pytest.mark.long
 async def test_every_service_stops_quietly_on_sigterm_while_nats_is_away(settings, js, nats_server, tmp_path):
     """NATS goes away, then each service is asked to stop: each ends with code 0, without a traceback
     (nats-py cannot drain a connection that is reconnecting)."""

@@ -29,7 +29,7 @@ from autotune.shared.provision import provision
 from autotune.shared.settings import Settings
 from tests.helpers import Services, events_of, small_spec, task_finished, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 # The runner reaps engine processes labelled with its host id machine-wide: a host id of its own keeps
 # this test and others running at the same time on one machine from killing each other's engines.

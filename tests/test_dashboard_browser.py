@@ -27,6 +27,7 @@ TOKEN = "browser-token"
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.long,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)"),
     pytest.mark.timeout(240),
 ]

@@ -195,6 +195,7 @@ def test_gpu_device_requests_and_mounts_follow_the_lease_and_the_model(tmp_path)
     assert "DeviceRequests" not in rt.container_config(spec_)["HostConfig"]
 
 
+@pytest.mark.long
 @pytest.mark.docker
 async def test_kill_9_the_runner_mid_experiment_then_restart_leaves_no_container(settings, js, docker, tmp_path):
     from collections import Counter

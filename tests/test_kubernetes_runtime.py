@@ -98,6 +98,7 @@ OME_SPEC = {
 }  # fmt: skip
 
 
+@pytest.mark.long
 async def test_ome_task_against_api_standin_gets_its_model_and_runtime_and_every_tuned_flag(settings, js):
     """The earlier tool's OME mode dropped every tuned parameter but the GPU count; here the template
     names reach the InferenceService's engine args as SGLang's flags, the claim is mounted where

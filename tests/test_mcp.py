@@ -138,6 +138,7 @@ async def test_the_agent_loop_in_memory(settings, nc, js, stack):
         await agent_loop(Agent(client), js)
 
 
+@pytest.mark.long
 async def test_the_agent_loop_over_stdio(settings, js, stack, tmp_path):
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "autotune.cli", "mcp", "--allow-fleet-changes", "--nats", settings.nats_url], cwd=str(ROOT),

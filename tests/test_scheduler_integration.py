@@ -65,6 +65,7 @@ async def test_parallel_experiments_on_three_hosts_never_share_a_gpu(settings, j
     assert_engines_gone(hosts)
 
 
+@pytest.mark.long
 async def test_a_killed_scheduler_restarts_and_the_bayesian_history_is_exact(settings, js, tmp_path):
     hosts = ["b1", "b2"]
     runners = [await start_runner(settings, js, tmp_path, h) for h in hosts]
@@ -130,6 +131,7 @@ async def test_an_event_the_scheduler_cannot_read_does_not_stop_its_task_plannin
         await svc.stop_all()
 
 
+@pytest.mark.long
 async def test_a_standby_scheduler_takes_over_and_they_never_conflict(settings, js, tmp_path):
     runners = [await start_runner(settings, js, tmp_path, h, "2xH100") for h in ["s1"]]
     leader = Proc(settings, "scheduler", log=tmp_path / "leader.log")

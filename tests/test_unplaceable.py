@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import yaml
 
 from autotune import reads
@@ -33,6 +34,7 @@ async def until(check, timeout: float = 30.0):
         await asyncio.sleep(0.2)
 
 
+@pytest.mark.long
 async def test_an_unplaceable_experiment_says_why_then_fails_and_the_task_finishes(settings, js, nc, cli, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("AUTOTUNE_UNPLACEABLE_GRACE_S", "10")
     svc = Services()

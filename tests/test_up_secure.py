@@ -18,6 +18,7 @@ from tests.helpers import small_spec
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_up_secure_runs_a_task_with_a_user_per_role(tmp_path):
     data = tmp_path / "data"
