@@ -29,7 +29,7 @@ from contextlib import contextmanager
 import duckdb
 import pyarrow as pa
 
-from autotune.projector import expand
+from autotune.projector import payload_sql
 from autotune.projector import schema as sc
 from autotune.projector.views import EVENTS as EVENTS_STREAM
 from autotune.projector.views import TERMINAL_TYPES, Changes, Position
@@ -42,7 +42,7 @@ CONFIG = {  # and enable_external_access=false, once the log file is attached
 }
 
 
-_SOURCES = {name: pa.schema([pa.field(c, sc.ARROW[t]) for c, t in cols]) for name, cols in expand.SOURCES.items()}
+_SOURCES = {name: pa.schema([pa.field(c, sc.ARROW[t]) for c, t in cols]) for name, cols in payload_sql.SOURCES.items()}
 
 
 def _arrow(schema: pa.Schema, columns: list) -> pa.Table:
@@ -318,10 +318,10 @@ class Store:
                 p.add(f"_new_{table.name}", _arrow(table.arrow, list(zip(*rows, strict=False))))
                 p.sql.append(f"INSERT INTO {table.ref} SELECT * FROM _new_{table.name}")
         for source, rows, sql in (
-            (expand.EVENTS_SOURCE, ch.events, expand.EVENTS_SQL),
-            (expand.GPU_SOURCE, ch.gpu_samples, expand.GPU_SQL),
-            (expand.LOG_SOURCE, ch.log_lines, expand.LOGS_SQL),
-            (expand.SOURCE, ch.metrics, expand.SAMPLES_SQL),
+            (payload_sql.EVENTS_SOURCE, ch.events, payload_sql.EVENTS_SQL),
+            (payload_sql.GPU_SOURCE, ch.gpu_samples, payload_sql.GPU_SQL),
+            (payload_sql.LOG_SOURCE, ch.log_lines, payload_sql.LOGS_SQL),
+            (payload_sql.SOURCE, ch.metrics, payload_sql.SAMPLES_SQL),
         ):
             if rows:
                 p.add(source, _arrow(_SOURCES[source], list(zip(*rows, strict=False))))

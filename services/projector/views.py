@@ -5,7 +5,7 @@ stream position: redeliveries and duplicates change nothing), and, by the state'
 see service.py), either evolves the rows of the upserted tables (`state`: tasks, experiments,
 hosts) or collects what the append-only tables get (`log`: events, experiment_runs,
 request_samples, dead letters; `telemetry`: GPU samples and log lines), as whole rows or as the
-raw payloads that expand.py turns into rows in SQL. The state carries the row caches and the
+raw payloads that payload_sql.py turns into rows in SQL. The state carries the row caches and the
 stream positions; the adapter (store.py) writes the Changes and the new positions in one
 transaction, each role in its own file.
 
@@ -208,7 +208,7 @@ class Changes:
 
     Upserted rows travel whole, by key (`replace`: the keys whose stored version is deleted
     first). Append-only rows travel as the raw payloads they are made of, and the store expands
-    them in SQL (expand.py): DuckDB parses JSON in C++, off the GIL, far faster than Python
+    them in SQL (payload_sql.py): DuckDB parses JSON in C++, off the GIL, far faster than Python
     builds tuples. `gpu_samples` and `log_lines`: (seq, payload); `metrics`: (task, n, attempt,
     samples) of the results whose raw samples become request_samples (their JSON array); `events` (its payload still
     raw bytes), `experiment_runs` and `dead_letters`: whole rows in column order.
