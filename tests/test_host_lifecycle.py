@@ -7,7 +7,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from autotune.projector import schema as sc
-from autotune.projector.views import Message, ViewState, apply
+from autotune.projector.view_state import Message, ViewState
+from autotune.projector.views import apply
 from autotune.reads.hosts import _host_status
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj

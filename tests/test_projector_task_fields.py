@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 
 from autotune.projector import schema as sc
-from autotune.projector.views import ViewState, apply
+from autotune.projector.view_state import ViewState
+from autotune.projector.views import apply
 from autotune.schemas import events as ev
 from tests.test_projector_views import Log, project, rows
 

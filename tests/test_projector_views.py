@@ -13,7 +13,8 @@ from autotune.projector import views
 from autotune.projector.service import lane_state
 from autotune.projector.settings import ProjectorConfig
 from autotune.projector.store import Store, checksums
-from autotune.projector.views import Message, ViewState, apply
+from autotune.projector.view_state import Message, ViewState
+from autotune.projector.views import apply
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.schemas.metrics import ExperimentMetrics, RequestSample, RunMetrics, Stats

@@ -25,7 +25,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
 
-from autotune.projector.views import Message
+from autotune.projector.view_state import Message
 from autotune.shared import bus
 from autotune.shared.log import get_logger
 

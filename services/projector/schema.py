@@ -373,7 +373,7 @@ FROM (SELECT * FROM {POSITIONS.ref} UNION ALL SELECT * FROM {STATE_POSITIONS.nam
 )
 
 UPSERTED = (TASKS, EXPERIMENTS, HOSTS)
-# per lane role (views.ROLES): the tables that, empty, say the lane starts from the first event
+# per lane role (view_state.ROLES): the tables that, empty, say the lane starts from the first event
 # with nothing to read back (its ViewState is complete)
 STARTS_EMPTY = {"state": UPSERTED, "log": (EVENTS,), "telemetry": ()}
 # the log file's tables, seen from the main file under their own names

@@ -52,7 +52,8 @@ from autotune.projector.feed import StreamFeed
 from autotune.projector.settings import ProjectorConfig, default_db_path
 from autotune.projector.sidecar import Sidecar
 from autotune.projector.store import Prepared, SchemaMismatch, Store, files, replace_files
-from autotune.projector.views import Message, ViewState, apply, dead_letter
+from autotune.projector.view_state import Message, ViewState
+from autotune.projector.views import apply, dead_letter
 from autotune.schemas import subjects as subj
 from autotune.shared import bus, diskspace
 from autotune.shared.lifecycle import wait_event
@@ -149,7 +150,7 @@ class Lane:
     """One writer of the read model: some streams' messages, in order, applied on its own thread
     and committed on its own DuckDB connection, to one file, with its own stream positions.
 
-    Three lanes (`role`, see views.ViewState): `state` (AUTOTUNE_EVENTS into the rows people and
+    Three lanes (`role`, see view_state.ViewState): `state` (AUTOTUNE_EVENTS into the rows people and
     the API poll, read back with min_seq; the main file), `log` (AUTOTUNE_EVENTS into the
     append-only events, results and dead letters) and `telemetry` (GPU samples and log lines:
     append-only, ~3 of every 4 messages); both in the log file. Their transactions touch disjoint

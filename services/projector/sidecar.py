@@ -48,7 +48,8 @@ from autotune.projector import wire
 from autotune.projector.feed import StreamFeed
 from autotune.projector.settings import ProjectorConfig
 from autotune.projector.store import Prepared, Store
-from autotune.projector.views import Message, Position, ViewState, apply
+from autotune.projector.view_state import Message, Position, ViewState
+from autotune.projector.views import apply
 from autotune.shared import bus
 from autotune.shared.lifecycle import wait_event
 from autotune.shared.log import get_logger, setup_logging

@@ -31,8 +31,9 @@ import pyarrow as pa
 
 from autotune.projector import payload_sql
 from autotune.projector import schema as sc
+from autotune.projector.view_state import Changes, Position
 from autotune.projector.views import EVENTS as EVENTS_STREAM
-from autotune.projector.views import TERMINAL_TYPES, Changes, Position
+from autotune.projector.views import TERMINAL_TYPES
 from autotune.schemas.subjects import LOGS_STREAM, TELEMETRY_STREAM
 
 CONFIG = {  # and enable_external_access=false, once the log file is attached

@@ -3,10 +3,10 @@
 `apply(state, batch)` decodes each message, skips what the state has already applied (seq <= its
 stream position: redeliveries and duplicates change nothing), and, by the state's role (its lane,
 see service.py), either evolves the rows of the upserted tables (`state`: tasks, experiments,
-hosts) or collects what the append-only tables get (`log`: events, experiment_runs,
+hosts; evolve.py) or collects what the append-only tables get (`log`: events, experiment_runs,
 request_samples, dead letters; `telemetry`: GPU samples and log lines), as whole rows or as the
-raw payloads that payload_sql.py turns into rows in SQL. The state carries the row caches and the
-stream positions; the adapter (store.py) writes the Changes and the new positions in one
+raw payloads that payload_sql.py turns into rows in SQL. The state (view_state.py) carries the
+row caches and the stream positions; the adapter (store.py) writes the Changes and the new positions in one
 transaction, each role in its own file.
 
 Every update is a function of (rows, event) only, applied in log order, so the result does not
@@ -17,224 +17,22 @@ rebuild from the first event.
 from __future__ import annotations
 
 import contextlib
-import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 from autotune.projector import schema as sc
+from autotune.projector.evolve import HOST_EVENTS, TASK_EVENTS, evolve
+from autotune.projector.view_state import Changes, Message, Position, ViewState, jsonstr
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
-from autotune.schemas.metrics import ExperimentMetrics
-from autotune.schemas.runtime import engine_of_recorded
-from autotune.schemas.status import EXPERIMENT_RANK, EXPERIMENT_TERMINAL, TASK_TERMINAL, HostLifecycle
 
 EVENTS = subj.EVENTS_STREAM
 KNOWN_TYPES = frozenset(ev.tag_of(t) for t in ev.ALL_EVENT_TYPES)
-MAX_EVENT_BYTES = 8 * 1024 * 1024  # the stream's own max_msg_size
-DEAD_LETTER_BYTES = 256 * 1024  # raw bytes kept per dead letter; the stream keeps the whole message
 
 _json = msgspec.json.Encoder()
-
-
-def jsonstr(value: Any) -> str:
-    return _json.encode(value).decode()
-
-
-class Message(msgspec.Struct, frozen=True, array_like=True):
-    """One stream message as the projector sees it: where it sits in the log, and its raw bytes."""
-
-    stream: str
-    seq: int
-    subject: str
-    data: bytes
-    stored_us: int = 0  # JetStream store time, microseconds since the epoch (deterministic on replay)
-
-
-class Position(msgspec.Struct, kw_only=True):
-    """How far one stream is applied."""
-
-    stream: str
-    seq: int = 0
-    messages: int = 0
-    unknown: int = 0
-    dead_letters: int = 0
-
-    def row(self) -> tuple:
-        return (self.stream, self.seq, self.messages, self.unknown, self.dead_letters)
-
-
-Loader = Callable[[sc.Table, list[tuple]], list[dict]]
-
-ROLES = ("state", "log", "telemetry")
-
-
-class ViewState:
-    """What apply() needs between batches: stream positions and the rows of the upserted tables.
-
-    `complete` says the cache holds every row that exists (a fresh database); otherwise a miss asks
-    `loader` (the store). `stored` remembers which keys already exist in the store, so the adapter
-    deletes the old version of exactly those rows before inserting the new one.
-
-    `role` is the lane it serves. `state` evolves the rows and nothing else: what it cannot decode
-    or does not know it passes over (the log lane records those). `log` keeps every event, its
-    dead letters and unknown types, and the results (runs, raw samples) of the terminal event that
-    wins each attempt, which `finished` tracks (cached like the rows; `finished_loader` reads the
-    stored ones). `telemetry` keeps GPU samples and log lines: any other event is a dead letter
-    there, as it does not belong on those streams.
-    """
-
-    def __init__(
-        self,
-        positions: dict[str, Position] | None = None,
-        *,
-        loader: Loader | None = None,
-        complete: bool = True,
-        max_event_bytes: int = MAX_EVENT_BYTES,
-        dead_letter_bytes: int = DEAD_LETTER_BYTES,
-        role: str = "state",
-        finished_loader: Callable[[list[tuple]], list[tuple]] | None = None,
-        shared: dict | None = None,
-        stored: dict[str, set[tuple]] | None = None,
-        max_keys: int = 2_000_000,
-        finished: Iterable[tuple] | None = None,
-    ) -> None:
-        if role not in ROLES:
-            raise ValueError(f"role {role!r}: one of {', '.join(ROLES)}")
-        self.positions: dict[str, Position] = positions or {}
-        self.role = role
-        # attempts whose terminal event is applied (log role), oldest first; given whole (`finished`
-        # keys) on a restart, so a new attempt's result needs no lookup
-        self.finished: dict[tuple, None] = dict.fromkeys(finished or ())
-        self.finished_loader = finished_loader
-        self.shared = shared  # decoded events handed between the lanes that read one stream (_decode)
-        self.rows: dict[str, dict[tuple, dict]] = {t.name: {} for t in sc.UPSERTED}
-        self.stored: dict[str, set[tuple]] = stored or {t.name: set() for t in sc.UPSERTED}
-        self._absent: list[tuple[str, tuple]] = []
-        self.loader = loader
-        # nothing to ask, or given whole: what it has is all there is
-        self.complete = complete or (loader is None and finished_loader is None) or finished is not None
-        # `stored` holds every key in the store (a fresh file, or `stored` given): a key not in it
-        # is a new row, created without asking the store. Live, most misses are new attempts, so
-        # this saves a loader query per batch (~10 ms); kept while there are at most `max_keys`
-        self.keys_known = self.complete or stored is not None
-        self.max_keys = max_keys
-        self.max_event_bytes = max_event_bytes
-        self.dead_letter_bytes = dead_letter_bytes
-
-    def position(self, stream: str) -> Position:
-        p = self.positions.get(stream)
-        if p is None:
-            p = self.positions[stream] = Position(stream=stream)
-        return p
-
-    def prefetch(self, table: sc.Table, keys: Iterable[tuple]) -> None:
-        """Load the stored rows of `keys` that are not cached, in one round trip."""
-        if self.complete or self.loader is None:
-            return
-        cache = self.rows[table.name]
-        missing = [k for k in set(keys) if k not in cache]
-        if self.keys_known:
-            stored = self.stored[table.name]
-            for k in [k for k in missing if k not in stored]:  # new rows
-                cache[k] = _ABSENT
-                self._absent.append((table.name, k))
-            missing = [k for k in missing if k in stored]
-        if not missing:
-            return
-        for row in self.loader(table, missing):
-            key = tuple(row[c] for c in table.key)
-            cache[key] = row
-            self.stored[table.name].add(key)
-        for k in missing:  # remember misses for this batch: created rows replace the marker
-            if k not in cache:
-                cache[k] = _ABSENT
-                self._absent.append((table.name, k))
-
-    def get(self, table: sc.Table, key: tuple) -> dict | None:
-        row = self.rows[table.name].get(key)
-        if row is None and not self.complete and self.loader is not None:
-            self.prefetch(table, [key])
-            row = self.rows[table.name].get(key)
-        return None if row is _ABSENT else row
-
-    def forget_absent(self) -> None:
-        for name, k in self._absent:
-            if self.rows[name].get(k) is _ABSENT:
-                del self.rows[name][k]
-        self._absent.clear()
-
-    def trim(self, max_rows: int, pinned: Changes | None = None) -> None:
-        """Keep memory bounded: drop finished rows first (rarely touched again), then the rest, but
-        never the rows of `pinned` (a batch still being committed: the store has not got them).
-        `finished` holds keys, like `stored`: all of them up to `max_keys` (or `max_rows`, if
-        more); past that it drops its older half, the newest (a batch in flight: fewer than half)
-        stay."""
-        most = max(self.max_keys, max_rows)
-        if len(self.finished) > most:
-            self.complete = False
-            for k in list(itertools.islice(self.finished, len(self.finished) - most // 2)):
-                del self.finished[k]
-        if self.keys_known and sum(map(len, self.stored.values())) > self.max_keys:
-            self.keys_known = False  # from now on `stored` holds the cached keys only
-            for table in sc.UPSERTED:
-                self.stored[table.name] = {k for k in self.stored[table.name] if k in self.rows[table.name]}
-        for table in sc.UPSERTED:
-            cache, stored = self.rows[table.name], self.stored[table.name]
-            if len(cache) <= max_rows:
-                continue
-            self.complete = False
-            keep = pinned.upserts[table.name] if pinned is not None else {}
-            done = [k for k, r in cache.items() if k not in keep and r.get("status") in _FINISHED]
-            for k in done:
-                del cache[k]
-                if not self.keys_known:
-                    stored.discard(k)
-            if len(cache) > max_rows:
-                for k in [k for k in cache if k not in keep]:
-                    del cache[k]
-                    if not self.keys_known:
-                        stored.discard(k)
-
-
-_FINISHED = frozenset({"completed", "failed", "cancelled", "rejected", "removed"})
-_ABSENT: dict = {}
-
-
-class Changes:
-    """The row changes of one batch.
-
-    Upserted rows travel whole, by key (`replace`: the keys whose stored version is deleted
-    first). Append-only rows travel as the raw payloads they are made of, and the store expands
-    them in SQL (payload_sql.py): DuckDB parses JSON in C++, off the GIL, far faster than Python
-    builds tuples. `gpu_samples` and `log_lines`: (seq, payload); `metrics`: (task, n, attempt,
-    samples) of the results whose raw samples become request_samples (their JSON array); `events` (its payload still
-    raw bytes), `experiment_runs` and `dead_letters`: whole rows in column order.
-    """
-
-    def __init__(self) -> None:
-        self.upserts: dict[str, dict[tuple, dict]] = {t.name: {} for t in sc.UPSERTED}
-        self.replace: dict[str, list[tuple]] = {t.name: [] for t in sc.UPSERTED}
-        self.events: list[tuple] = []
-        self.gpu_samples: list[tuple[int, bytes]] = []
-        self.log_lines: list[tuple[int, bytes]] = []
-        self.metrics: list[tuple[str, int, int, bytes]] = []
-        self.experiment_runs: list[tuple] = []
-        self.dead_letters: list[tuple] = []
-        self.positions: dict[str, Position] = {}
-        self.applied = 0
-        self.skipped = 0
-        self.unknown = 0
-        self.dead = 0
-
-    @property
-    def empty(self) -> bool:
-        return not self.positions
-
-    def summary(self) -> dict[str, int]:
-        return {"applied": self.applied, "skipped": self.skipped, "unknown": self.unknown, "dead_letters": self.dead}
 
 
 # --- apply ---------------------------------------------------------------------------------------------
@@ -294,7 +92,7 @@ def apply(state: ViewState, batch: Sequence[Message]) -> Changes:
                 event = msgspec.structs.replace(event, at=utc_from_us(m.stored_us))
             try:
                 if role == "state":
-                    _evolve(state, ch, m, event)
+                    evolve(state, ch, m, event)
                 else:
                     _results(state, ch, event)
             except Exception as e:  # a bug in a view update must not stop the projection
@@ -396,9 +194,9 @@ def _prefetch(state: ViewState, decoded: list[tuple[Message, Any]]) -> None:
     keys_of: dict[str, set[tuple]] = {t.name: set() for t in sc.UPSERTED}
     for _, e in decoded:
         kind = type(e)
-        if kind in _TASK_EVENTS:
+        if kind in TASK_EVENTS:
             keys_of[sc.TASKS.name].add((e.task,))
-        elif kind in _HOST_EVENTS:
+        elif kind in HOST_EVENTS:
             keys_of[sc.HOSTS.name].add((e.host,))
         elif kind is not ev.LogLines and isinstance(getattr(e, "n", None), int) and isinstance(getattr(e, "task", None), str):
             keys_of[sc.EXPERIMENTS.name].add((e.task, e.n, e.attempt))
@@ -456,276 +254,13 @@ def _time(v: Any) -> datetime | None:
         return None
 
 
-# --- evolving the upserted rows ------------------------------------------------------------------------
-
-
-_TASK_EVENTS = frozenset(
-    {ev.TaskSubmitted, ev.TaskDatasetFetched, ev.TaskStarted, ev.TaskRejected, ev.TaskCancelRequested, ev.TaskCompleted, ev.TaskFailed, ev.TaskCancelled}
-)
-_HOST_EVENTS = frozenset({ev.HostRegistered, ev.HostDrainRequested, ev.HostDrained, ev.HostRemoved, ev.HostLost, ev.HostReturned, ev.HostStopped, ev.HostDeployStarted, ev.HostDeployStep, ev.HostDeployFinished})
-_DEPLOY_EVENTS = frozenset({ev.HostDeployStarted, ev.HostDeployStep, ev.HostDeployFinished})
-
-
-def _evolve(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
-    kind = type(e)
-    if kind in _TASK_EVENTS:
-        _task_event(state, ch, m, e)
-    elif kind in _HOST_EVENTS:
-        _host_event(state, ch, m, e)
-    elif hasattr(e, "n"):
-        _experiment_event(state, ch, m, e)
-    else:
-        raise TypeError(f"no view handles `{e.__struct_config__.tag}`")
-
-
-def _touch(ch: Changes, table: sc.Table, key: tuple, row: dict, m: Message, at: datetime) -> None:
-    row["last_seq"] = m.seq
-    row["last_event_at"] = at
-    ch.upserts[table.name][key] = row
-
-
-def _task_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
-    key = (e.task,)
-    row = state.get(sc.TASKS, key)
-    if row is None:
-        row = sc.TASKS.empty_row()
-        row["id"] = e.task
-        state.rows[sc.TASKS.name][key] = row
-    terminal = row["status"] in TASK_TERMINAL
-    match e:
-        case ev.TaskSubmitted():
-            spec = e.spec
-            opt = spec.get("optimization") if isinstance(spec.get("optimization"), dict) else {}
-            model = spec.get("model")
-            row.update(
-                name=e.name,
-                spec=jsonstr(spec),
-                simulate=e.simulate,
-                submitted_by=e.submitted_by or None,
-                cloned_from=e.cloned_from,
-                submitted_at=e.at,
-                strategy=row["strategy"] or opt.get("strategy") or "grid_search",
-                objective=opt.get("objective") or "minimize_latency",
-                engine=engine_of_recorded(spec),  # in OME mode base_runtime names a ClusterServingRuntime
-                model=model.get("id_or_path") if isinstance(model, dict) else model,
-                deployment_mode=spec.get("deployment_mode"),
-                gpu_type=spec.get("gpu_type"),
-            )
-            if row["status"] is None:
-                row["status"] = "submitted"
-        case ev.TaskDatasetFetched():
-            row["dataset"] = jsonstr({f: getattr(e, f) for f in e.__struct_fields__ if f not in ("type", "id", "at", "task")})
-        case ev.TaskStarted():
-            row.update(strategy=e.strategy, space_size=e.space_size, budget=e.budget)
-            row["started_at"] = row["started_at"] or e.at
-            if row["status"] in (None, "submitted"):
-                row["status"] = "running"
-        case ev.TaskRejected():
-            if not terminal:
-                row.update(status="rejected", reason=e.reason, reason_path=e.path or None, finished_at=e.at)
-        case ev.TaskCancelRequested():
-            row["cancel_requested_at"] = row["cancel_requested_at"] or e.at
-            if not terminal:
-                row.update(status="cancelling", reason=e.reason or row["reason"])
-        case ev.TaskCompleted():
-            if not terminal:
-                row.update(status="completed", reason=e.reason, finished_at=e.at, pareto=jsonstr(e.pareto))
-                if e.best_experiment is not None:  # the scheduler's verdict (the `tasks` view prefers it)
-                    row.update(verdict_n=e.best_experiment, verdict_attempt=e.best_attempt, verdict_score=e.best_score)
-                    if e.best_parameters is not None:
-                        row["verdict_parameters"] = jsonstr(e.best_parameters)
-        case ev.TaskFailed():
-            if not terminal:
-                row.update(status="failed", reason=e.reason, finished_at=e.at)
-        case ev.TaskCancelled():
-            if not terminal:
-                row.update(status="cancelled", finished_at=e.at)
-    _touch(ch, sc.TASKS, key, row, m, e.at)
-
-
-def _host_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
-    key = (e.host,)
-    row = state.get(sc.HOSTS, key)
-    if row is None and type(e) in _DEPLOY_EVENTS:  # a host exists once it registered; a failed first deploy leaves no row
-        return
-    if row is None:
-        row = sc.HOSTS.empty_row()
-        row["host"] = e.host
-        state.rows[sc.HOSTS.name][key] = row
-    match e:
-        case ev.HostRegistered():  # `online`; the `hosts` view says `busy` while it runs attempts
-            row.update(
-                status=HostLifecycle.ONLINE.value,
-                instance=e.instance,
-                hostname=e.hostname or None,
-                node=e.node,
-                version=e.version or None,
-                gpus=jsonstr(e.gpus),
-                gpu_count=len(e.gpus),
-                runtimes=list(e.runtimes),
-                engines=list(e.engines),
-                simulated=e.simulated,
-                cpu_slots=e.cpu_slots,
-                cpu_engines=list(e.cpu_engines),
-                engine_paths=jsonstr(e.engine_paths),
-                registered_at=e.at,
-            )
-        case ev.HostDrainRequested():
-            row.update(status=HostLifecycle.DRAINING.value, drain_requested_at=e.at)
-        case ev.HostDrained():
-            row.update(status=HostLifecycle.DRAINED.value, drained_at=e.at)
-        case ev.HostRemoved():
-            row.update(status=HostLifecycle.REMOVED.value, removed_at=e.at)
-        # the runner instance's own lifecycle: a late event of an instance replaced since changes nothing
-        case ev.HostLost() if _same_instance(row, e):
-            row.update(status=HostLifecycle.LOST.value, lost_at=e.at)
-        case ev.HostStopped() if _same_instance(row, e):
-            if row["status"] != HostLifecycle.REMOVED:
-                row["status"] = HostLifecycle.STOPPED.value
-            row["stopped_at"] = e.at
-        case ev.HostReturned() if _same_instance(row, e):
-            if row["status"] in (HostLifecycle.LOST, HostLifecycle.STOPPED, HostLifecycle.ONLINE):
-                row["status"] = (HostLifecycle.DRAINING if e.draining else HostLifecycle.ONLINE).value
-            row["returned_at"] = e.at
-        case ev.HostDeployStarted():
-            row.update(deploy_outcome="deploying")
-        case ev.HostDeployStep():
-            pass
-        case ev.HostDeployFinished():
-            row.update(release=e.release or None, deploy_outcome=e.outcome if e.action != "undeploy" else "undeployed", deployed_at=e.at,
-                       deployed_by=e.requested_by or None)  # fmt: skip
-    _touch(ch, sc.HOSTS, key, row, m, e.at)
-
-
-def _same_instance(row: dict, e: Any) -> bool:
-    """Whether a lifecycle event speaks of the runner instance the row knows (or of any, when either is unknown)."""
-    return not e.instance or not row["instance"] or e.instance == row["instance"]
-
-
-def _experiment_event(state: ViewState, ch: Changes, m: Message, e: Any) -> None:
-    key = (e.task, e.n, e.attempt)
-    row = state.get(sc.EXPERIMENTS, key)
-    if row is None:
-        row = sc.EXPERIMENTS.empty_row()
-        row.update(task=e.task, n=e.n, attempt=e.attempt)
-        state.rows[sc.EXPERIMENTS.name][key] = row
-    host = getattr(e, "host", "") or None
-    match e:
-        case ev.ExperimentPlanned():
-            row["planned_at"] = row["planned_at"] or e.at
-            row.update(parameters=jsonstr(e.parameters), gpus=e.gpus, retry_of=e.retry_of)
-            _advance(row, "planned", None)
-        case ev.ExperimentWaiting():  # why it is not placed (shown while it is planned)
-            if row["status"] in (None, "planned"):
-                row.update(waiting_reason=e.reason, waiting_fits=e.fits, waiting_since=e.at)
-        case ev.ExperimentAssigned():
-            if _advance(row, "assigned", host):
-                row.update(
-                    gpu_indices=list(e.gpu_indices),
-                    gpu_uuids=list(e.gpu_uuids),
-                    parameters=jsonstr(e.parameters),
-                    deployment_mode=e.deployment_mode,
-                    simulated=e.simulated,
-                    timeout_s=e.timeout_s,
-                    gpu_type=e.gpu_type or None,
-                    assigned_at=e.at,
-                )
-                row["gpus"] = row["gpus"] or len(e.gpu_indices) or None
-        case ev.ExperimentCancelRequested():
-            row["cancel_requested_at"] = row["cancel_requested_at"] or e.at
-            row["cancel_reason"] = e.reason or row["cancel_reason"]
-            _advance(row, "cancelling", host)
-        case ev.ExperimentStarted():
-            if _advance(row, "running", host):
-                row.update(instance=e.instance, runtime=e.runtime, handle=e.handle or None, started_at=e.at, device=e.device or None,
-                           engine_env=jsonstr(e.env) if e.env else None)
-        case ev.ExperimentReady():
-            if _advance(row, "ready", host):
-                row.update(startup_s=e.startup_s, ready_at=e.at)
-        case ev.ExperimentProgress():
-            if row["status"] not in EXPERIMENT_TERMINAL:
-                row["runs_done"] = max(row["runs_done"] or 0, e.run_index + 1)
-                row["runs_total"] = e.runs_total
-        case ev.ExperimentCompleted():
-            if _advance(row, "completed", host, finished_at=e.at):
-                t = e.telemetry
-                row.update(
-                    score=e.score,
-                    objective_value=e.objective_value,
-                    objectives=list(e.objectives),
-                    slo_met=e.slo_met,
-                    slo_violations=jsonstr(e.slo_violations),
-                    hard_fail=e.hard_fail,
-                    startup_s=e.startup_s or row["startup_s"],
-                    duration_s=e.duration_s,
-                    telemetry_samples=t.samples,
-                    mean_util_gpu=t.mean_util_gpu,
-                    max_util_gpu=t.max_util_gpu,
-                    max_memory_used_mib=t.max_memory_used_mib,
-                    mean_power_w=t.mean_power_w,
-                    max_temperature_c=t.max_temperature_c,
-                )
-                _engine(row, e.engine)
-                _metrics(row, e.metrics)
-        case ev.ExperimentFailed():
-            if _advance(row, "failed", host, finished_at=e.at):
-                row.update(
-                    retryable=e.retryable,  # the `tasks` view counts it as retried, not failed
-                    failure_kind=e.kind,
-                    failure_stage=e.stage,
-                    failure_message=e.message or None,
-                    log_tail=list(e.log_tail) or None,
-                    startup_s=e.startup_s if e.startup_s is not None else row["startup_s"],
-                    duration_s=e.duration_s,
-                )
-                _engine(row, e.engine)
-                if e.metrics is not None:
-                    _metrics(row, e.metrics)
-        case ev.ExperimentCancelled():
-            if _advance(row, "cancelled", host, finished_at=e.at):
-                row["cancel_reason"] = e.reason or row["cancel_reason"]
-        case _:
-            raise TypeError(f"no view handles `{e.__struct_config__.tag}`")
-    _touch(ch, sc.EXPERIMENTS, key, row, m, e.at)
-
-
-def _advance(row: dict, status: str, host: str | None, finished_at: datetime | None = None) -> bool:
-    """Move an attempt forward in its lifecycle (never back; the first terminal event wins). False
-    when the event is stale. Its task's counters and its host's running count are not written:
-    the `tasks` and `hosts` views derive them from `experiments`."""
-    old = row["status"]
-    if old is not None and EXPERIMENT_RANK[status] <= EXPERIMENT_RANK[old]:
-        return False
-    row["status"] = status
-    row["host"] = host or row["host"]
-    if finished_at is not None:
-        row["finished_at"] = finished_at
-    return True
-
-
-def _engine(row: dict, x: ev.EngineMetricsSummary) -> None:
-    """The engine's own telemetry (its /metrics during the benchmark) onto the attempt's row."""
-    if not x.source:  # no engine metrics scraped (a gauge summary may rest on no sample while the counters have a window)
-        return
-    row.update(engine_source=x.source or None, engine_samples=x.samples)
-    for c in sc.ENGINE:
-        row[c] = getattr(x, c.removeprefix("engine_"))
-
-
-def _metrics(row: dict, x: ExperimentMetrics) -> None:
-    """Headline figures onto the attempt's row (its runs and raw samples: the log lane, _results)."""
-    for h in sc.HEADLINE:
-        row[h] = getattr(x, h)
-    row.update(gpus=x.gpus, requests=x.requests, requests_completed=x.completed)
-
-
 _TERMINAL = (ev.ExperimentCompleted, ev.ExperimentFailed, ev.ExperimentCancelled)
 TERMINAL_TYPES = tuple(t.__struct_config__.tag for t in _TERMINAL)
 
 
 def _results(state: ViewState, ch: Changes, e: Any) -> None:
     """The log lane: one experiment_runs row per run of the terminal event that wins its attempt
-    (the first, as in `_advance`); its raw samples are expanded from the payload by the store, in
+    (the first, as in `evolve._advance`); its raw samples are expanded from the payload by the store, in
     SQL (far faster than Python tuples). A later terminal event of the same attempt adds nothing."""
     if type(e) not in _TERMINAL:
         return
