@@ -387,7 +387,7 @@ async def test_a_lane_whose_connection_breaks_gets_the_store_reopened_and_loses_
         stop.set()
         await asyncio.wait_for(running, 30)
         await nc.close()
-    assert projector.totals["dead_letters"] == 0  # a broken connection is not the messages' fault
+    assert projector.progress.totals["dead_letters"] == 0  # a broken connection is not the messages' fault
     del projector, running
     gc.collect()  # the failures' tracebacks hold the old connections in cycles (the projector collects every few minutes)
     incremental = db_checksums(path)
@@ -428,7 +428,7 @@ async def test_a_killed_telemetry_sidecar_is_restarted_and_loses_nothing(js, set
         stop.set()
         await asyncio.wait_for(running, 30)
         await nc.close()
-    assert projector.totals["dead_letters"] == 0
+    assert projector.progress.totals["dead_letters"] == 0
     assert not os.path.exists(f"/proc/{pids[-1]}")  # stopped with the projector
     del projector, running
     gc.collect()
@@ -469,10 +469,11 @@ def test_the_lane_takes_only_the_current_epochs_batches_from_its_sidecar():
     """What a sidecar sent before its last (re)start is dropped on arrival: a batch read from the
     old positions, or an idle report that says it caught up with them. (No process here: this is
     the projector's end of the pipe alone.)"""
+    from autotune.projector.lane import Lane
     from autotune.projector.sidecar import Sidecar
     from autotune.shared.settings import Settings
 
-    lane = service.Lane("telemetry", (subj.TELEMETRY_STREAM,), role="telemetry", db="log", delay_s=0, min_batch=1)
+    lane = Lane("telemetry", (subj.TELEMETRY_STREAM,), role="telemetry", db="log", delay_s=0, min_batch=1)
     sidecar = Sidecar(Settings(), CONFIG, lane, on_exit=lambda: None)
     sidecar.epoch = 2
     sidecar._received(("batch", 1, "read before the restart"))

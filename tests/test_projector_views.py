@@ -10,7 +10,7 @@ import pytest
 
 from autotune.projector import schema as sc
 from autotune.projector import views
-from autotune.projector.service import lane_state
+from autotune.projector.lane import lane_state
 from autotune.projector.settings import ProjectorConfig
 from autotune.projector.store import Store, checksums
 from autotune.projector.view_state import Message, ViewState
@@ -210,13 +210,13 @@ def history(seed: int = 0) -> Log:
 
 
 class Lanes:
-    """The projector's three lanes (service.py) over one store, in this thread, without NATS: each
+    """The projector's three lanes (lane.py) over one store, in this thread, without NATS: each
     role gets its streams' messages, its own state loaded from the store, and its own file."""
 
     ROLES = (("state", "main", (EVENTS,)), ("log", sc.LOG_DB, (EVENTS,)), ("telemetry", sc.LOG_DB, (TELEMETRY, LOGS)))
 
     def __init__(self, store: Store, *, keys: bool = True) -> None:
-        """Each lane's state made as the projector makes it (service.lane_state). `keys`: the
+        """Each lane's state made as the projector makes it (lane.lane_state). `keys`: the
         state lane starts knowing every stored key and the log lane every finished attempt, else
         (cache_keys=0) they ask the store about every one not cached; `loads` counts the asking."""
         self.store = store

@@ -1,6 +1,5 @@
 """The projector's answers: read-only SQL, snapshots, and swapping in a rebuilt file on request.
 
-A mixin of Projector (service.py), which owns the store, the cursor pool and the ingestion loop.
 Each request runs in its own task, so a slow query never holds up the next one; DuckDB work runs
 on pooled cursors in worker threads while the store is open (a swap closes it for a moment).
 """
@@ -14,16 +13,20 @@ import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import duckdb
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from autotune.projector import reader
 from autotune.projector import schema as sc
 from autotune.projector.guard import Refused
-from autotune.projector.store import write_snapshot
+from autotune.projector.lane import Progress
+from autotune.projector.settings import ProjectorConfig
+from autotune.projector.store import Store, write_snapshot
 from autotune.schemas import subjects as subj
 from autotune.shared.log import get_logger
 from autotune.shared.query import QUERY_SNAPSHOT, QUERY_SQL, QUEUE_GROUP
@@ -51,43 +54,61 @@ class _Reopen(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     new_path: str
 
 
-class Answering:
-    """What Projector provides: nc, cfg, db_path, store, applied_seq, wait_applied(), the cursor
-    pool bookkeeping (_slots, _open, _readers, _busy_readers, _readers_idle, _running_cursors),
-    _reopen, _wake, _subs and _tasks."""
+class SwapInProgress(Exception):
+    """A swap was asked for while another one is under way."""
 
-    nc: Any
-    cfg: Any
-    db_path: str
-    store: Any
-    applied_seq: int
-    applied: dict[str, int]
-    _slots: asyncio.Semaphore
-    _open: asyncio.Event
-    _readers: Any
-    _busy_readers: int
-    _readers_idle: asyncio.Event
-    _running_cursors: set
-    _reopen: tuple[str, asyncio.Future] | None
-    _wake: asyncio.Event
-    _subs: list[Any]
-    _tasks: set[asyncio.Task]
 
-    async def wait_applied(self, seq: int, timeout: float, lanes: tuple[str, ...] = ("state", "log")) -> bool:  # pragma: no cover - Projector's
-        raise NotImplementedError
+class Answerer:
+    """Answers on NATS: read-only SQL and snapshots from `store` on a pool of cursors, while the
+    projector has it open (`open`, `close`), and the swap requests it passes on to `swap`. What it
+    answers is as of `progress` (how far the lanes have applied AUTOTUNE_EVENTS)."""
 
-    query_seconds: Histogram | None = None  # the SQL answers' latency, for /metrics
+    def __init__(self, nc: NATS, cfg: ProjectorConfig, db_path: str, progress: Progress, swap: Callable[[str], Awaitable[dict]]) -> None:
+        self.nc, self.cfg, self.db_path, self.progress, self.swap = nc, cfg, db_path, progress, swap
+        self.store: Store | None = None
+        self.query_seconds = Histogram()  # the SQL answers' latency, for /metrics
+        self._readers = ThreadPoolExecutor(cfg.cursors, thread_name_prefix="projector-query")
+        self._slots = asyncio.Semaphore(cfg.cursors)
+        self._open = asyncio.Event()  # set while the store may be queried
+        self._busy_readers = 0
+        self._readers_idle = asyncio.Event()
+        self._readers_idle.set()
+        self._running_cursors: set[duckdb.DuckDBPyConnection] = set()
+        self._subs: list[Any] = []
+        self._tasks: set[asyncio.Task] = set()
 
-    async def _publish_stats(self, stop: asyncio.Event) -> None:
+    def open(self, store: Store) -> None:
+        """Answer from `store` (just opened)."""
+        self.store = store
+        self._open.set()
+
+    async def close(self) -> None:
+        """Stop reading the store (it is about to close): interrupt the queries that run, and
+        wait until none does. Requests wait meanwhile, up to their timeouts."""
+        self._open.clear()
+        for cur in list(self._running_cursors):
+            with contextlib.suppress(Exception):
+                cur.interrupt()
+        await self._readers_idle.wait()
+        self.store = None
+
+    async def stop(self) -> None:
+        """Take no more requests; give those under way 5 s to finish."""
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs = []
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+
+    def shutdown(self) -> None:
+        self._readers.shutdown(wait=False, cancel_futures=True)
+
+    async def publish_stats(self, stop: asyncio.Event) -> None:
         instance = f"{socket.gethostname()}-{os.getpid()}"
-        await StatsPublisher("projector", instance, query_seconds=self._query_seconds()).run(self.nc.jetstream(), stop)
+        await StatsPublisher("projector", instance, query_seconds=self.query_seconds).run(self.nc.jetstream(), stop)
 
-    def _query_seconds(self) -> Histogram:
-        if self.query_seconds is None:
-            self.query_seconds = Histogram()
-        return self.query_seconds
-
-    async def _serve(self) -> None:
+    async def serve(self) -> None:
         self._subs.append(await self.nc.subscribe(QUERY_SQL, queue=QUEUE_GROUP, cb=self._spawn(self._answer_query)))
         self._subs.append(await self.nc.subscribe(QUERY_SNAPSHOT, queue=QUEUE_GROUP, cb=self._spawn(self._answer_snapshot)))
         self._subs.append(await self.nc.subscribe(reopen_subject(self.db_path), cb=self._spawn(self._answer_reopen)))
@@ -129,9 +150,9 @@ class Answering:
             return _error("limit must be 0 or more (rows)")
         limit = min(limit, self.cfg.row_limit_max)
         lanes = lanes_for(req.sql)
-        if req.min_seq and not await self.wait_applied(req.min_seq, min(self.cfg.min_seq_wait_s, budget), lanes):
+        if req.min_seq and not await self.progress.wait(req.min_seq, min(self.cfg.min_seq_wait_s, budget), lanes):
             return _error(
-                f"the projector is behind: it has applied {subj.EVENTS_STREAM} up to seq {min(self.applied[x] for x in lanes)}, "
+                f"the projector is behind: it has applied {subj.EVENTS_STREAM} up to seq {self.progress.of(lanes)}, "
                 f"not yet {req.min_seq}; retry shortly"
             )
         try:
@@ -150,7 +171,7 @@ class Answering:
             return _error(f"no query slot became free within the {budget:.3g} s timeout; retry shortly")
         result["applied_seq"] = result.pop("_applied_seq")
         elapsed = time.perf_counter() - t0
-        self._query_seconds().observe(elapsed)
+        self.query_seconds.observe(elapsed)
         result["elapsed_ms"] = round(elapsed * 1000, 3)
         return reader.encode_reply(result, self._max_reply())
 
@@ -169,7 +190,7 @@ class Answering:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 raise reader.QueryTimeout("the query's timeout passed before it could start; retry or pass a larger timeout")
-            applied = min(self.applied[x] for x in lanes)
+            applied = self.progress.of(lanes)
             self._busy_readers += 1
             self._readers_idle.clear()
             try:
@@ -219,18 +240,15 @@ class Answering:
             return _error(f"this projector serves {self.db_path}, not {req.path}")
         if not os.path.isfile(req.new_path):
             return _error(f"no rebuilt database at {req.new_path}")
-        if self._reopen is not None:
-            return _error("a swap is already in progress; retry when it is done")
-        done: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._reopen = (req.new_path, done)
-        self._wake.set()
         try:
-            return msgspec.json.encode(await done)
+            return msgspec.json.encode(await self.swap(req.new_path))
+        except SwapInProgress:
+            return _error("a swap is already in progress; retry when it is done")
         except Exception as e:
             return _error(f"the swap failed: {e}")
 
 
-# what the log lanes write (service.py), and the log file's alias: a query that names none of them
+# what the log lanes write (lane.py), and the log file's alias: a query that names none of them
 # reads the state lane's tables only, and min_seq waits for that lane alone (a word in a string
 # literal or an alias only makes it wait for both, never too little)
 _LOG_WORDS = re.compile(

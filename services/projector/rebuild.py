@@ -21,7 +21,8 @@ import msgspec
 import nats.errors
 
 from autotune.projector.answer import reopen_subject
-from autotune.projector.service import Projector, tune_gc
+from autotune.projector.pipeline import tune_gc
+from autotune.projector.service import Projector
 from autotune.projector.settings import ProjectorConfig, default_db_path
 from autotune.projector.store import files, replace_files
 from autotune.shared import bus

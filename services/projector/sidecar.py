@@ -56,7 +56,7 @@ from autotune.shared.log import get_logger, setup_logging
 from autotune.shared.settings import Settings
 
 if TYPE_CHECKING:
-    from autotune.projector.service import Lane
+    from autotune.projector.lane import Lane
 
 log = get_logger("projector")
 
@@ -192,7 +192,7 @@ class Sidecar:
 def _main(conn: Connection, settings: Settings, cfg: ProjectorConfig, streams: tuple[str, ...], level: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C stops the projector, which stops this
     setup_logging(level)
-    from autotune.projector.service import tune_gc
+    from autotune.projector.pipeline import tune_gc
 
     tune_gc()
     asyncio.run(_Child(conn, settings, cfg, streams).run())
@@ -204,7 +204,7 @@ class _Child:
     idle report and a wait for deliveries or commands."""
 
     def __init__(self, conn: Connection, settings: Settings, cfg: ProjectorConfig, streams: tuple[str, ...]) -> None:
-        from autotune.projector.service import Lane  # the same gathering as the lane had in the projector
+        from autotune.projector.lane import Lane  # the same gathering as the lane had in the projector
 
         self.conn, self.settings, self.cfg, self.streams = conn, settings, cfg, streams
         self.lane = Lane("telemetry", streams, role="telemetry", db=sc.LOG_DB, delay_s=cfg.slow_delay_s, min_batch=cfg.slow_batch)
