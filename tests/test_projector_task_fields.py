@@ -10,7 +10,7 @@ from autotune.projector import schema as sc
 from autotune.projector.view_state import ViewState
 from autotune.projector.views import apply
 from autotune.schemas import events as ev
-from tests.test_projector_views import Log, project, rows
+from tests.fixtures.views_kit import Log, project, rows
 
 
 def test_dataset_waiting_reason_and_ome_engine_reach_the_read_model(tmp_path):
