@@ -48,12 +48,13 @@ def problems(text: str) -> list[str]:
         else:
             name = span
         m = re.fullmatch(r"(\w+(?:\.\w+)?)(\(\))?", name.strip())
-        if not m or not (m.group(2) or "." in m.group(1) and m.group(1)[0].isupper()):
-            continue  # not a function or Class.method reference
+        named_in_file = name is not span
+        if not m or not (named_in_file or m.group(2) or "." in m.group(1) and m.group(1)[0].isupper()):
+            continue  # not a function, class or Class.method reference
         files = definitions().get(m.group(1))
         if not files:
             wrong.append(f"{span}: nothing defines {m.group(1)}")
-        elif name is not span and str(resolve(where.strip())) not in files:
+        elif named_in_file and str(resolve(where.strip())) not in files:
             wrong.append(f"{span}: {m.group(1)} is not defined in {where} (it is in {', '.join(sorted(files))})")
     return wrong
 
@@ -66,7 +67,8 @@ def test_every_name_in_architecture_md_exists():
 def test_the_check_catches_a_name_that_moved():
     assert problems("`decide()` and `scheduler/decide.py: decide()`") == []
     assert problems("`no_such_function()`") and problems("`scheduler/state.py: decide()`") and problems("`nowhere/x.py`")
-    assert problems("`Runner.no_such_method`")
+    assert problems("`Runner.no_such_method`") and problems("`scheduler/state.py: Scheduler`")
+    assert problems("`runner/service.py: Runner`") == []
 
 
 def test_the_readme_links_it():
