@@ -8,7 +8,7 @@ import sys
 
 from autotune.cli.connection import EXIT_OK, Connection, nats_command
 from autotune.cli.options import add_command, json_option
-from autotune.cli.render import REAL_CPU, SIMULATED, cell, console, dump, table
+from autotune.cli.render import REAL_CPU, SIMULATED, cell, console, shown, table
 
 EXP_COLUMNS = [("n", "n"), ("attempt", "try"), ("status", "status"), ("host", "host"), ("parameters", "parameters"), ("score", "score"),
                ("mean_total_tps_per_gpu", "tok/s/GPU"), ("mean_ttft", "TTFT s"), ("mean_tpot", "TPOT s"), ("mean_e2e_latency", "e2e s"),
@@ -29,19 +29,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = add_command(sub, "experiment", "show one experiment: parameters, command, runs, GPU telemetry, failure and log excerpt",
                     "autotune experiment quickstart 3\nautotune experiment quickstart 3 --attempt 0 --json", experiment)  # fmt: skip
-    p.add_argument("id")
-    p.add_argument("n", type=int)
-    p.add_argument("--attempt", type=int, help="default: the latest")
+    _experiment_arguments(p, attempt="default: the latest")
     p.add_argument("--log-lines", type=int, default=20)
     json_option(p)
 
     p = add_command(sub, "logs", "print an experiment's engine and runner log; --follow tails it until the experiment ends",
                     "autotune logs quickstart 3\nautotune logs quickstart 3 --follow", logs)  # fmt: skip
-    p.add_argument("id")
-    p.add_argument("n", type=int)
-    p.add_argument("--attempt", type=int, help="default: every attempt")
+    _experiment_arguments(p, attempt="default: every attempt")
     p.add_argument("--follow", "-f", action="store_true")
     json_option(p)
+
+
+def _experiment_arguments(p: argparse.ArgumentParser, *, attempt: str) -> None:
+    """The task, experiment number and --attempt that name one experiment's attempt(s)."""
+    p.add_argument("id")
+    p.add_argument("n", type=int)
+    p.add_argument("--attempt", type=int, help=attempt)
 
 
 @nats_command
@@ -50,13 +53,13 @@ async def experiments(args: argparse.Namespace, conn: Connection) -> int:
 
     page = await reads.list_experiments(conn.nc, args.id, status=args.status, sort=args.sort, order="desc" if args.desc else None,
                                         latest=args.latest, limit=args.limit)  # fmt: skip
-    if args.json:
-        dump(page.items)
-        return EXIT_OK
+    return shown(args, page.items, lambda: _show_experiments(args, page))
+
+
+def _show_experiments(args: argparse.Namespace, page) -> None:
     title = f"experiments of {args.id} ({len(page.items)} of {page.total}, by {args.sort})" + (f"  {SIMULATED}" if page.simulate else "") + (f"  {REAL_CPU}" if page.real_cpu else "")
     rows = [[r.get(c) for c, _ in EXP_COLUMNS[:-1]] + [_why(r)] for r in page.items]
     console().print(table(title, [h for _, h in EXP_COLUMNS], rows))
-    return EXIT_OK
 
 
 def _why(row: dict) -> str | None:
@@ -71,9 +74,10 @@ async def experiment(args: argparse.Namespace, conn: Connection) -> int:
     from autotune import reads
 
     d = await reads.experiment_detail(conn.nc, args.id, args.n, attempt=args.attempt, log_lines=args.log_lines)
-    if args.json:
-        dump(d)
-        return EXIT_OK
+    return shown(args, d, lambda: _show_experiment(d))
+
+
+def _show_experiment(d) -> None:
     c = console()
     e = d.experiment
     c.print(f"[bold]experiment {d.n} of task {d.task}[/bold] (attempt {d.attempt})" + (f"  [bold yellow]{SIMULATED}[/bold yellow]" if d.simulate else "")
@@ -112,7 +116,6 @@ async def experiment(args: argparse.Namespace, conn: Connection) -> int:
         c.print(f"  log (last {len(d.log_excerpt)} lines; all of it: autotune logs {d.task} {d.n})")
         for line in d.log_excerpt:
             c.print(f"    | {line}", soft_wrap=True, markup=False)
-    return EXIT_OK
 
 
 @nats_command

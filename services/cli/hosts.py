@@ -8,7 +8,7 @@ import sys
 
 from autotune.cli.connection import EXIT_OK, Connection, err, nats_command
 from autotune.cli.options import add_command, json_option
-from autotune.cli.render import ago, cell, console, dump, table, when
+from autotune.cli.render import ago, cell, console, shown, table, when
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,9 +54,10 @@ async def hosts(args: argparse.Namespace, conn: Connection) -> int:
     from autotune import reads
 
     found = await reads.list_hosts(conn.nc, conn.js, status=args.status, include_removed=args.all)
-    if args.json:
-        dump(found)
-        return EXIT_OK
+    return shown(args, found, lambda: _show_hosts(found))
+
+
+def _show_hosts(found) -> None:
     rows = []
     for h in found:
         util = [g.util_gpu for g in h.gpus if g.util_gpu is not None]
@@ -69,7 +70,6 @@ async def hosts(args: argparse.Namespace, conn: Connection) -> int:
         ])  # fmt: skip
     cols = ["host", "status", "GPUs", "util", "memory", "temp", "running", "node", "version", "heartbeat"]
     console().print(table(f"hosts ({len(found)})", cols, rows))
-    return EXIT_OK
 
 
 @nats_command
@@ -116,9 +116,10 @@ async def gpus(args: argparse.Namespace, conn: Connection) -> int:
     from autotune import reads
 
     out = await reads.gpu_summary(conn.nc, conn.js, kubernetes=True if args.kubernetes else None)
-    if args.json:
-        dump(out)
-        return EXIT_OK
+    return shown(args, out, lambda: _show_gpus(out))
+
+
+def _show_gpus(out) -> None:
     c = console()
     c.print(table("the fleet's GPUs", ["model", "total", "busy", "free", "offline", "hosts"],
                   [[g.name, g.total, g.busy, g.free, g.offline, ", ".join(g.hosts)] for g in out.fleet]))  # fmt: skip
@@ -127,7 +128,6 @@ async def gpus(args: argparse.Namespace, conn: Connection) -> int:
         c.print(table("Kubernetes GPU nodes", cols, [[n.get(k) for k in cols] for n in out.kubernetes]))
     if out.kubernetes_error:
         sys.stderr.write(f"autotune: {out.kubernetes_error}\n")
-    return EXIT_OK
 
 
 async def _known_host(conn: Connection, host_id: str) -> None:

@@ -7,8 +7,11 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from autotune.cli.connection import EXIT_OK
 
 SIMULATED = "[SIMULATED engines and GPUs]"
 REAL_CPU = "[REAL engine on CPU: speeds say nothing about GPUs]"
@@ -25,6 +28,15 @@ def dump(value: Any) -> None:
     import msgspec
 
     print(json.dumps(msgspec.to_builtins(value), default=str))
+
+
+def shown(args: argparse.Namespace, value: Any, show: Callable[[], None]) -> int:
+    """How a command that reads something ends: --json prints `value`, otherwise `show()` draws it."""
+    if args.json:
+        dump(value)
+    else:
+        show()
+    return EXIT_OK
 
 
 def cell(v: Any, digits: int = 4) -> str:

@@ -8,7 +8,7 @@ import sys
 
 from autotune.cli.connection import EXIT_FAILED, EXIT_OK, Connection, err, nats_command
 from autotune.cli.options import add_command, json_option
-from autotune.cli.render import REAL_CPU, SIMULATED, ago, cell, console, dump, table
+from autotune.cli.render import REAL_CPU, SIMULATED, ago, cell, console, shown, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -136,9 +136,10 @@ async def tasks(args: argparse.Namespace, conn: Connection) -> int:
     from autotune import reads
 
     page = await reads.list_tasks(conn.nc, status=args.status, name=args.name, limit=args.limit, offset=args.offset)
-    if args.json:
-        dump(page.items)
-        return EXIT_OK
+    return shown(args, page.items, lambda: _show_tasks(page))
+
+
+def _show_tasks(page) -> None:
     rows = [
         [t.id, t.status, "SIMULATED" if t.simulate else ("REAL CPU" if t.real_cpu else t.deployment_mode), t.strategy, t.objective, t.model,
          f"{t.experiments_completed + t.experiments_failed}/{t.budget or '?'}", t.experiments_failed, t.best_n,
@@ -147,7 +148,6 @@ async def tasks(args: argparse.Namespace, conn: Connection) -> int:
     ]  # fmt: skip
     title = f"tasks ({len(page.items)} of {page.total})"
     console().print(table(title, ["id", "status", "mode", "strategy", "objective", "model", "done", "failed", "best", "best score", "submitted"], rows))
-    return EXIT_OK
 
 
 @nats_command
@@ -155,9 +155,10 @@ async def task(args: argparse.Namespace, conn: Connection) -> int:
     from autotune import reads
 
     t = await reads.task_detail(conn.nc, args.id)
-    if args.json:
-        dump(t)
-        return EXIT_OK
+    return shown(args, t, lambda: _show_task(t))
+
+
+def _show_task(t) -> None:
     c = console()
     p = t.progress
     c.print(f"[bold]task {t.id}[/bold]" + (f"  [bold yellow]{SIMULATED}[/bold yellow]" if t.simulate else "") + (f"  [bold cyan]{REAL_CPU}[/bold cyan]" if t.real_cpu else ""))
@@ -188,7 +189,6 @@ async def task(args: argparse.Namespace, conn: Connection) -> int:
     for i, pt in enumerate(t.pareto):
         c.print(("  pareto     " if i == 0 else "             ") + f"experiment {pt.n}: objectives {', '.join(cell(v) for v in pt.objectives)}  {cell(pt.parameters)}")
     c.print(f"  more       autotune experiments {t.id} --sort score   |   autotune best {t.id} --format docker   |   autotune clone {t.id}")
-    return EXIT_OK
 
 
 @nats_command
@@ -263,11 +263,11 @@ async def best(args: argparse.Namespace, conn: Connection) -> int:
     from autotune import reads
 
     out = await reads.export(conn.nc, args.id, args.format, n=args.n, port=args.port)
-    if args.json:
-        dump(out)
-        return EXIT_OK
+    return shown(args, out, lambda: _show_best(args, out))
+
+
+def _show_best(args: argparse.Namespace, out) -> None:
     if out.note and args.format != "k8s":
         sys.stderr.write(f"# {out.note}\n")
     sys.stderr.write(f"# task {out.task}, experiment {out.n} (attempt {out.attempt}), score {cell(out.score)}\n")
     print(out.content.rstrip("\n"))
-    return EXIT_OK
