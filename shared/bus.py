@@ -244,13 +244,8 @@ async def replay(
             meta = msg.metadata
             if not follow:
                 pending = meta.num_pending
-            try:
-                event = ev.decode(msg.data)
-            except msgspec.MsgspecError as e:
-                if on_bad is not None:
-                    await on_bad(msg, e)
-                else:
-                    log.warning("undecodable event skipped", subject=msg.subject, seq=meta.sequence.stream, error=str(e))
+            event = await _decoded(msg, on_bad, "undecodable event skipped")
+            if event is None:
                 if not follow and pending == 0:
                     return
                 continue
@@ -313,6 +308,18 @@ async def durable_consume(
             await psub.unsubscribe()
 
 
+async def _decoded(msg: Msg, on_bad: Callable[[Msg, Exception], Awaitable[None]] | None, logged_as: str) -> ev.AnyEvent | None:
+    """The event `msg` carries, or None when it cannot be decoded: then `on_bad` has it, else it is logged."""
+    try:
+        return ev.decode(msg.data)
+    except msgspec.MsgspecError as e:
+        if on_bad is not None:
+            await on_bad(msg, e)
+        else:
+            log.warning(logged_as, subject=msg.subject, seq=msg.metadata.sequence.stream, error=str(e))
+        return None
+
+
 async def _handle_one(
     msg: Msg,
     handler: Callable[[Delivery], Awaitable[None]],
@@ -320,13 +327,8 @@ async def _handle_one(
     on_bad: Callable[[Msg, Exception], Awaitable[None]] | None,
 ) -> None:
     meta = msg.metadata
-    try:
-        event = ev.decode(msg.data)
-    except msgspec.MsgspecError as e:
-        if on_bad is not None:
-            await on_bad(msg, e)
-        else:
-            log.warning("undecodable message terminated", subject=msg.subject, seq=meta.sequence.stream, error=str(e))
+    event = await _decoded(msg, on_bad, "undecodable message terminated")
+    if event is None:
         await msg.term()
         return
 
