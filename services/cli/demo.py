@@ -12,16 +12,47 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autotune.schemas.spec import SpecError, load_spec_file, spec_from_obj
 from autotune.shared.net import free_port
 
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
 
-def _demo_file(args) -> Path:
-    if args.task_file:
-        return Path(args.task_file)
-    here = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"  # the repository's, beside services/
-    return here if here.exists() else Path("examples/demo.yaml")
+    from autotune.schemas.spec import TaskSpec
+    from autotune.shared.settings import Settings
+
+
+def _example(name: str) -> Path:
+    here = Path(__file__).resolve().parents[2] / "examples" / name  # the repository's, beside services/
+    return here if here.exists() else Path("examples") / name
+
+
+def demo_spec(task_file: str | None, example: str) -> tuple[TaskSpec, dict] | None:
+    """The task a demo submits (`task_file`, else the repository's examples/`example`) and its spec as a
+    dict, named afresh for this run so a second demo is a new task; None once the error is on stderr."""
+    try:
+        spec = load_spec_file(str(Path(task_file) if task_file else _example(example)))
+    except SpecError as e:
+        sys.stderr.write(f"autotune: invalid task file {e}\n")
+        return None
+    raw = json.loads(json.dumps(__import__("msgspec").to_builtins(spec)))
+    raw["task_name"] = f"{spec.task_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return spec_from_obj(raw), raw
+
+
+async def submit_demo(settings: Settings, url: str, spec: TaskSpec, who: str) -> tuple[Client, JetStreamContext, str]:
+    """Connect to the demo's stack at `url` as `who`, create its streams and buckets where missing, and submit `spec`."""
+    from autotune.shared import bus, commands
+    from autotune.shared.provision import provision
+
+    settings.nats_url = url
+    nc = await bus.connect(settings, who)
+    js = nc.jetstream()
+    await provision(js, settings)
+    return nc, js, (await commands.submit_task(js, spec, submitted_by=who)).task
 
 
 def run_demo(args) -> int:
@@ -31,22 +62,15 @@ def run_demo(args) -> int:
     from autotune.shared.log import setup_logging
 
     setup_logging("WARNING")
-    try:
-        spec = load_spec_file(str(_demo_file(args)))
-    except SpecError as e:
-        sys.stderr.write(f"autotune: invalid task file {e}\n")
+    if (loaded := demo_spec(args.task_file, "demo.yaml")) is None:
         return EXIT_INPUT
-    raw = json.loads(json.dumps(__import__("msgspec").to_builtins(spec)))
-    raw["task_name"] = f"{spec.task_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    spec = spec_from_obj(raw)
+    spec, raw = loaded
     settings = stack_settings(args)
     data = Path(settings.data_dir)
     result = {"code": 1}
 
     async def main(stop: asyncio.Event) -> None:
         from autotune.cli.watch import watch_and_report
-        from autotune.shared import bus, commands
-        from autotune.shared.provision import provision
 
         info = sv.read_stack_info(data)
         nats = None
@@ -68,11 +92,7 @@ def run_demo(args) -> int:
                 children = sv.build_children(url, data, api_port=api_port, hosts=2, simulate="2xH100", time_scale=args.time_scale, api_token=None)
                 sup = asyncio.create_task(sv.supervise(children, data / "logs", stop))
                 print(f"started NATS at {url}, a scheduler, a projector, an API and two simulated hosts (2xH100 each)")
-            settings.nats_url = url
-            nc = await bus.connect(settings, "demo")
-            js = nc.jetstream()
-            await provision(js, settings)
-            task = (await commands.submit_task(js, spec, submitted_by="demo")).task
+            nc, js, task = await submit_demo(settings, url, spec, "demo")
             print(f"submitted task {task}: {spec.description}")
             if api_url:
                 print(f"follow it live in the dashboard: {api_url}/tasks/{task}   (open while the demo runs)")
