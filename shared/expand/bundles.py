@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import msgspec
 
 from autotune.schemas.spec import Scalar
-from autotune.shared.expand.flags import value_text
+from autotune.shared.expand.flags import canonical, value_text
 from autotune.shared.expand.space import ExpandError, same
 
 Flags = dict[str, Scalar]
@@ -37,11 +37,14 @@ class Bundles(msgspec.Struct):
     flags: list[Flags] = []
     sources: dict[str, str] = {}  # flag -> field path that produces it, for conflict messages
 
-    def add(self, label: str, flags: Flags, *, dedupe: bool) -> None:
+    def add(self, label: str, flags: Flags, *, dedupe: bool, source: Callable[[str], str]) -> None:
+        """`source(flag)` names the field path that produces each flag."""
         if dedupe and flags in self.flags:
             return  # two field combinations that give the same command line are one experiment
         self.labels.append(label)
         self.flags.append(flags)
+        for flag in flags:
+            self.sources.setdefault(flag, source(flag))
 
 
 def as_list(value: Any) -> list[Any] | None:
@@ -93,3 +96,40 @@ def combos(fields: dict[str, list[tuple[Any, str]]]) -> Iterator[dict[str, Any]]
 
 def label(combo: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={value_text(v)}" for k, v in combo.items())
+
+
+def config_bundles(
+    cfg: Any, *, name: str, base: str, fields: tuple[str, ...], mixed: str,
+    presets: Callable[[str, str], list[tuple[str, Flags]]],
+    value: Callable[[str, Any, str], Any],
+    flags_of: Callable[[Mapping[str, Any]], Flags],
+    by_field: bool = False,
+) -> Bundles | None:
+    """A *_config at `base` as the bundle dimension `name`: its presets (`presets(preset, path)` gives each
+    one's labelled flag sets), else every combination of its per-field values (`value` checks one,
+    `flags_of` turns a combination into flags). `mixed` refuses presets and fields together. A flag's
+    source is the config, or with `by_field` the given field of the flag's name."""
+    if cfg is None:
+        return None
+    chosen = presets_of(cfg, base)
+    given = field_values(cfg, fields, base)
+    if chosen and given:
+        raise ExpandError(mixed, f"{base}.{next(iter(given))}")
+    if chosen:
+        out = Bundles(name=name, path=f"{base}.presets" if cfg.presets else f"{base}.preset")
+        for preset, path in chosen:
+            for preset_label, flags in presets(preset, path):
+                out.add(preset_label, flags, dedupe=False, source=lambda _, path=path: path)
+        return out
+    if not given:
+        return None
+    normal = {f: [(value(f, v, p), p) for v, p in vals] for f, vals in given.items()}
+
+    def source(flag: str) -> str:
+        field = next((f for f in normal if canonical(f) == canonical(flag)), None) if by_field else None
+        return f"{base}.{field}" if field else base
+
+    out = Bundles(name=name, path=base)
+    for combo in combos(normal):
+        out.add(label(combo), flags_of(combo), dedupe=True, source=source)
+    return out

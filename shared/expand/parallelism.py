@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from autotune.schemas.spec import Scalar, TaskSpec
-from autotune.shared.expand.bundles import Bundles, Flags, combos, field_values, label, merge_flags, presets_of
-from autotune.shared.expand.flags import canonical, value_text
+from autotune.shared.expand.bundles import Bundles, Flags, config_bundles, label, merge_flags
+from autotune.shared.expand.flags import value_text
 from autotune.shared.expand.space import ExpandError
 
 PARALLEL_SIZE_FIELDS = ("tp", "pp", "dp", "cp", "dcp", "moe_tp", "moe_ep", "ep")
@@ -117,37 +117,21 @@ def _parallel_flags(engine: str, layout: Mapping[str, Any], path: str) -> Flags:
 
 
 def parallel_bundles(spec: TaskSpec) -> Bundles | None:
-    pc = spec.parallel_config
-    if pc is None:
-        return None
     base = "$.parallel_config"
-    presets = presets_of(pc, base)
-    fields = field_values(pc, PARALLEL_FIELDS, base)
-    if presets and fields:
-        first = next(iter(fields))
-        raise ExpandError("a preset fixes the whole layout; use presets or per-field values, not both", f"{base}.{first}")
-    if presets:
-        out = Bundles(name="__parallel", path=f"{base}.presets" if pc.presets else f"{base}.preset")
-        for name, path in presets:
-            if name not in PARALLEL_PRESETS:
-                raise ExpandError(f"unknown parallel preset `{name}`; known presets: {', '.join(PARALLEL_PRESETS)}", path)
-            for layout in PARALLEL_PRESETS[name]:
-                try:
-                    flags = _parallel_flags(spec.engine, layout, path)
-                except ExpandError as e:
-                    raise ExpandError(f"preset `{name}` ({label(layout)}): {e.message}", path) from None
-                out.add(f"{name}:{label(layout)}", flags, dedupe=False)
-                for flag in flags:
-                    out.sources.setdefault(flag, path)
+
+    def preset(name: str, path: str) -> list[tuple[str, Flags]]:
+        if name not in PARALLEL_PRESETS:
+            raise ExpandError(f"unknown parallel preset `{name}`; known presets: {', '.join(PARALLEL_PRESETS)}", path)
+        out = []
+        for layout in PARALLEL_PRESETS[name]:
+            try:
+                out.append((f"{name}:{label(layout)}", _parallel_flags(spec.engine, layout, path)))
+            except ExpandError as e:
+                raise ExpandError(f"preset `{name}` ({label(layout)}): {e.message}", path) from None
         return out
-    if not fields:
-        return None
-    normal = {f: [(_parallel_value(f, v, p), p) for v, p in vals] for f, vals in fields.items()}
-    out = Bundles(name="__parallel", path=base)
-    for combo in combos(normal):
-        flags = _parallel_flags(spec.engine, combo, base)
-        out.add(label(combo), flags, dedupe=True)
-        for flag in flags:
-            field = next((f for f in normal if canonical(f) == canonical(flag)), None)
-            out.sources.setdefault(flag, f"{base}.{field}" if field else base)
-    return out
+
+    return config_bundles(
+        spec.parallel_config, name="__parallel", base=base, fields=PARALLEL_FIELDS,
+        mixed="a preset fixes the whole layout; use presets or per-field values, not both",
+        presets=preset, value=_parallel_value, flags_of=lambda combo: _parallel_flags(spec.engine, combo, base), by_field=True,
+    )  # fmt: skip

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from autotune.schemas.spec import TaskSpec
-from autotune.shared.expand.bundles import Bundles, Flags, combos, field_values, label, merge_flags, presets_of
+from autotune.shared.expand.bundles import Bundles, Flags, config_bundles, merge_flags
 from autotune.shared.expand.space import ExpandError
 
 QUANT_FIELDS = ("gemm_dtype", "kvcache_dtype", "attention_dtype", "moe_dtype")
@@ -101,44 +101,22 @@ def _quant_flags(engine: str, combo: Mapping[str, str], path: str) -> Flags:
 
 
 def quant_bundles(spec: TaskSpec) -> Bundles | None:
-    qc = spec.quant_config
-    if qc is None:
-        return None
     base = "$.quant_config"
-    presets = presets_of(qc, base)
-    fields = field_values(qc, QUANT_FIELDS, base)
-    if presets and fields:
-        first = next(iter(fields))
-        raise ExpandError(
-            "a preset fixes all four dtypes; use presets or per-field dtypes, not both "
-            "(or list the combination you want as per-field values)",
-            f"{base}.{first}",
-        )
-    if presets:
-        out = Bundles(name="__quant", path=f"{base}.presets" if qc.presets else f"{base}.preset")
-        for name, path in presets:
-            if name not in QUANT_PRESETS:
-                raise ExpandError(f"unknown quantization preset `{name}`; known presets: {', '.join(QUANT_PRESETS)}", path)
-            combo = QUANT_PRESETS[name]
-            try:
-                for field in QUANT_FIELDS:
-                    _quant_value(field, combo[field], spec.engine, path)
-                flags = _quant_flags(spec.engine, combo, path)
-            except ExpandError as e:
-                raise ExpandError(f"preset `{name}`: {e.message}", path) from None
-            out.add(name, flags, dedupe=False)
-            for flag in flags:
-                out.sources.setdefault(flag, path)
-        return out
-    if not fields:
-        return None
-    normal = {
-        f: [(_quant_value(f, v, spec.engine, p), p) for v, p in vals] for f, vals in fields.items()
-    }
-    out = Bundles(name="__quant", path=base)
-    for combo in combos(normal):
-        flags = _quant_flags(spec.engine, combo, base)
-        out.add(label(combo), flags, dedupe=True)
-        for flag in flags:
-            out.sources.setdefault(flag, base)
-    return out
+
+    def preset(name: str, path: str) -> list[tuple[str, Flags]]:
+        if name not in QUANT_PRESETS:
+            raise ExpandError(f"unknown quantization preset `{name}`; known presets: {', '.join(QUANT_PRESETS)}", path)
+        combo = QUANT_PRESETS[name]
+        try:
+            for field in QUANT_FIELDS:
+                _quant_value(field, combo[field], spec.engine, path)
+            return [(name, _quant_flags(spec.engine, combo, path))]
+        except ExpandError as e:
+            raise ExpandError(f"preset `{name}`: {e.message}", path) from None
+
+    return config_bundles(
+        spec.quant_config, name="__quant", base=base, fields=QUANT_FIELDS,
+        mixed="a preset fixes all four dtypes; use presets or per-field dtypes, not both (or list the combination you want as per-field values)",
+        presets=preset, value=lambda field, value, path: _quant_value(field, value, spec.engine, path),
+        flags_of=lambda combo: _quant_flags(spec.engine, combo, base),
+    )  # fmt: skip
