@@ -36,25 +36,22 @@ def stream_configs(settings: Settings) -> list[jsapi.StreamConfig]:
             max_msg_size=MAX_PAYLOAD,
             description="autotune: the truth (tasks, experiments, hosts)",
         ),
-        jsapi.StreamConfig(
-            name=subj.TELEMETRY_STREAM,
-            subjects=[subj.GPU_ALL],
-            storage=jsapi.StorageType.FILE,
-            num_replicas=r,
-            max_age=settings.telemetry_max_age_s,
-            duplicate_window=_dedupe_window(60, settings.telemetry_max_age_s),
-            description="autotune: GPU samples",
-        ),
-        jsapi.StreamConfig(
-            name=subj.LOGS_STREAM,
-            subjects=[subj.LOG_ALL],
-            storage=jsapi.StorageType.FILE,
-            num_replicas=r,
-            max_age=settings.logs_max_age_s,
-            duplicate_window=_dedupe_window(60, settings.logs_max_age_s),
-            description="autotune: engine and runner log lines",
-        ),
+        _ageing(subj.TELEMETRY_STREAM, subj.GPU_ALL, r, settings.telemetry_max_age_s, "autotune: GPU samples"),
+        _ageing(subj.LOGS_STREAM, subj.LOG_ALL, r, settings.logs_max_age_s, "autotune: engine and runner log lines"),
     ]
+
+
+def _ageing(name: str, subject: str, replicas: int, max_age_s: float, description: str) -> jsapi.StreamConfig:
+    """A stream whose messages age out after `max_age_s` (0: never), deduplicated for a minute."""
+    return jsapi.StreamConfig(
+        name=name,
+        subjects=[subject],
+        storage=jsapi.StorageType.FILE,
+        num_replicas=replicas,
+        max_age=max_age_s,
+        duplicate_window=_dedupe_window(60, max_age_s),
+        description=description,
+    )
 
 
 def _dedupe_window(seconds: float, max_age_s: float) -> float:
