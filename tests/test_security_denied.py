@@ -71,10 +71,9 @@ async def test_runner_is_refused_what_is_not_its_job(secure):
     assert runner.nc.is_connected
 
 
-async def test_api_cannot_write_results_or_scheduler_decisions(secure):
-    api = await secure.connect("api")
-    before = await counts(secure.admin.js)
-    await api.assert_denied(
+# what each other role is refused; beyond publishing, the runner's test above also tries consumers and the client API
+REFUSED = {
+    "api": (  # cannot write results or scheduler decisions
         "autotune.task.t.exp.0.completed",
         "autotune.task.t.exp.0.failed",
         "autotune.task.t.exp.0.started",
@@ -92,14 +91,8 @@ async def test_api_cannot_write_results_or_scheduler_decisions(secure):
         "$KV.autotune-leases.scheduler",
         "$JS.API.STREAM.DELETE.AUTOTUNE_EVENTS",
         "$JS.API.CONSUMER.DURABLE.CREATE.AUTOTUNE_EVENTS.runner-gpu-1",
-    )
-    assert await counts(secure.admin.js) == before
-
-
-async def test_gpumon_publishes_only_its_own_host(secure):
-    gm = await secure.connect("gpumon-gpu-1")
-    before = await counts(secure.admin.js)
-    await gm.assert_denied(
+    ),
+    "gpumon-gpu-1": (  # publishes only its own host's samples
         "autotune.gpu.gpu-2.0",
         "autotune.gpu.gpu-1",  # not a sample subject
         "autotune.task.t.exp.0.completed",
@@ -108,14 +101,8 @@ async def test_gpumon_publishes_only_its_own_host(secure):
         "$KV.autotune-hosts.gpu-1",
         "$JS.API.STREAM.DELETE.AUTOTUNE_TELEMETRY",
         "$JS.API.CONSUMER.CREATE.AUTOTUNE_EVENTS",
-    )
-    assert await counts(secure.admin.js) == before
-
-
-async def test_projector_publishes_no_event(secure):
-    proj = await secure.connect("projector")
-    before = await counts(secure.admin.js)
-    await proj.assert_denied(
+    ),
+    "projector": (  # publishes no event
         "autotune.task.t.submitted",
         "autotune.task.t.exp.0.completed",
         "autotune.task.t.exp.0.assigned.gpu-1",
@@ -132,14 +119,8 @@ async def test_projector_publishes_no_event(secure):
         "$JS.API.CONSUMER.DELETE.AUTOTUNE_EVENTS.runner-gpu-1",
         "$JS.ACK.AUTOTUNE_EVENTS.runner-gpu-1.1.1.1.1.0",
         "_INBOX.not-a-reply",  # it may answer requests it received, nothing else
-    )
-    assert await counts(secure.admin.js) == before
-
-
-async def test_scheduler_cannot_submit_or_report_results(secure):
-    sched = await secure.connect("scheduler")
-    before = await counts(secure.admin.js)
-    await sched.assert_denied(
+    ),
+    "scheduler": (  # cannot submit or report results
         "autotune.task.t.submitted",
         "autotune.task.t.cancel_requested",
         "autotune.task.t.exp.0.completed",
@@ -149,7 +130,15 @@ async def test_scheduler_cannot_submit_or_report_results(secure):
         "$KV.autotune-hosts.gpu-1",
         "$KV.autotune-names.t",
         "$JS.API.STREAM.DELETE.AUTOTUNE_EVENTS",
-    )
+    ),
+}
+
+
+@pytest.mark.parametrize("role", REFUSED)
+async def test_each_role_is_refused_what_is_not_its_job(secure, role):
+    client = await secure.connect(role)
+    before = await counts(secure.admin.js)
+    await client.assert_denied(*REFUSED[role])
     assert await counts(secure.admin.js) == before
 
 
