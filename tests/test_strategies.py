@@ -51,6 +51,21 @@ def two_objectives(p: dict) -> list[float]:
     return [-mrr * mem, mrr / 100 + (0.9 - mem)]
 
 
+def planned(st: Strategy, upto: int, score=None) -> list[dict]:
+    """Plan experiments 0, 1, … until the strategy has no more or `upto` are planned; with `score`, each
+    one's result is told before the next is asked for."""
+    out = []
+    for n in range(upto):
+        p = st.ask(n)
+        if p is None:
+            break
+        st.record(n, p)
+        if score is not None:
+            st.tell(n, score(p))
+        out.append(p)
+    return out
+
+
 def run_steps(st: Strategy, start: int, stop: int, log: list, multi: bool = False) -> None:
     """A scheduler with two experiments in flight: plan n, then learn the result of n − 1.
     Every 7th experiment fails at startup (OOM). Events go to `log` as the event log would hold them."""
@@ -90,15 +105,7 @@ def replay(spec: TaskSpec, log: list) -> Strategy:
 
 def test_grid_follows_the_stable_order_and_ends():
     spec = make("grid_search", {"a": [1, 2], "b": ["x", "y"]})
-    st = strategy_for(spec)
-    asked = []
-    for n in range(10):
-        p = st.ask(n)
-        if p is None:
-            break
-        st.record(n, p)
-        asked.append(p)
-    assert asked == [{"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}]
+    assert planned(strategy_for(spec), 10) == [{"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}]
 
 
 def test_max_iterations_cuts_every_strategy():
@@ -117,14 +124,7 @@ def test_grid_refuses_continuous_space():
 
 def test_repeats_run_each_configuration_that_many_times():
     st = strategy_for(make("grid_search", {"a": [1, 2]}, repeats=2))
-    got = []
-    for n in range(5):
-        p = st.ask(n)
-        if p is None:
-            break
-        st.record(n, p)
-        got.append(p["a"])
-    assert got == [1, 1, 2, 2]
+    assert [p["a"] for p in planned(st, 5)] == [1, 1, 2, 2]
 
 
 # --- random ----------------------------------------------------------------------------------------
@@ -133,14 +133,7 @@ def test_repeats_run_each_configuration_that_many_times():
 def test_random_is_seeded_never_repeats_and_exhausts():
     def sequence(seed: int) -> list[str]:
         st = strategy_for(make("random", seed=seed))
-        out = []
-        for n in range(45):
-            p = st.ask(n)
-            if p is None:
-                break
-            st.record(n, p)
-            out.append(st.space.key(p))
-        return out
+        return [st.space.key(p) for p in planned(st, 45)]
 
     a = sequence(7)
     assert len(a) == 40 == len(set(a))  # the whole 5 × 4 × 2 space, once each, then None
@@ -193,39 +186,26 @@ def test_bayesian_startup_is_the_random_strategys_sequence():
 def test_bayesian_never_repeats_and_exhausts_a_small_space():
     spec = make("bayesian", {"a": [1, 2, 3], "b": ["x", "y"]}, seed=2, n_initial_random=2, max_iterations=20)
     st = strategy_for(spec)
-    keys = []
-    for n in range(20):
-        p = st.ask(n)
-        if p is None:
-            break
-        st.record(n, p)
-        st.tell(n, float(p["a"]) + (p["b"] == "y"))
-        keys.append(st.space.key(p))
+    keys = [st.space.key(p) for p in planned(st, 20, score=lambda p: float(p["a"]) + (p["b"] == "y"))]
     assert len(keys) == 6 == len(set(keys))
 
 
 def test_bayesian_mixed_space_values_stay_in_range():
     spec = make("bayesian", MIXED, seed=3, n_initial_random=3, max_iterations=15)
-    st = strategy_for(spec)
-    for n in range(15):
-        p = st.ask(n)
-        assert p is not None
+    asked = planned(strategy_for(spec), 15, score=landscape)
+    assert len(asked) == 15
+    for p in asked:
         assert 0.7 <= p["mem-fraction-static"] <= 0.95
         assert 16 <= p["max-running-requests"] <= 1024 and isinstance(p["max-running-requests"], int)
         assert p["chunked-prefill-size"] in range(1024, 8193, 1024)
         assert p["schedule-conservativeness"] in [round(0.3 + 0.1 * i, 12) for i in range(8)]
-        st.record(n, p)
-        st.tell(n, landscape(p))
 
 
 def test_bayesian_finds_the_optimum_of_a_bowl_faster_than_the_grid():
     spec = make("bayesian", seed=4, n_initial_random=5, max_iterations=40)
     st = strategy_for(spec)
     optimum = min(landscape(p) for p in st.space.grid())
-    for n in range(20):
-        p = st.ask(n)
-        st.record(n, p)
-        st.tell(n, landscape(p))
+    assert len(planned(st, 20, score=landscape)) == 20
     assert st.best()[1] <= optimum + 0.05  # within 20 of 40 experiments
 
 
