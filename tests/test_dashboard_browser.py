@@ -213,20 +213,26 @@ def test_pareto_plot_has_the_frontier_and_a_point_opens_its_experiment(stack, pa
     page.console.check()
 
 
-def test_cancel_needs_the_token(stack, page):
-    task = submit(stack, tuning_spec("to-cancel", experiments=40))
-    page.goto(f"{stack}/tasks/{task}")
-    page.wait_for_selector('#live-status[data-state="live"]')
-    page.click('button[data-action="cancel"]')
+def refused_then_accepted(page, action: str, *, unchanged) -> None:
+    """The `action` button with a wrong token: refused with a 401 and `unchanged()` holds; asked again
+    (the wrong token was forgotten), the right one is accepted."""
+    page.click(f'button[data-action="{action}"]')
     page.fill("#token-input", "not-the-token")
     page.click("#token-ok")
     page.wait_for_function("document.getElementById('toast').dataset.kind === 'error'")
     assert "refused (401)" in page.inner_text("#toast")
-    assert httpx.get(f"{stack}/api/tasks/{task}").json()["status"] == "running", "refused: nothing changed"
-    page.click('button[data-action="cancel"]')  # the wrong token was forgotten: asked again
+    assert unchanged(), "refused: nothing changed"
+    page.click(f'button[data-action="{action}"]')
     page.fill("#token-input", TOKEN)
     page.click("#token-ok")
-    page.wait_for_function("document.getElementById('toast').textContent.startsWith('cancel requested')")
+    page.wait_for_function(f"document.getElementById('toast').textContent.startsWith('{action} requested')")
+
+
+def test_cancel_needs_the_token(stack, page):
+    task = submit(stack, tuning_spec("to-cancel", experiments=40))
+    page.goto(f"{stack}/tasks/{task}")
+    page.wait_for_selector('#live-status[data-state="live"]')
+    refused_then_accepted(page, "cancel", unchanged=lambda: httpx.get(f"{stack}/api/tasks/{task}").json()["status"] == "running")
     # the page shows the task ending, from the event stream
     page.wait_for_selector("#task-head .badge.st-cancelled, #task-head .badge.st-cancelling", timeout=60_000)
     assert finished(stack, task)["status"] == "cancelled"
@@ -336,16 +342,7 @@ def test_drain_and_remove_need_the_token(stack, page):
     host = "local-1"
     page.goto(f"{stack}/hosts/{host}")
     page.wait_for_selector('#live-status[data-state="live"]')
-    page.click('button[data-action="drain"]')
-    page.fill("#token-input", "not-the-token")
-    page.click("#token-ok")
-    page.wait_for_function("document.getElementById('toast').dataset.kind === 'error'")
-    assert "refused (401)" in page.inner_text("#toast")
-    assert httpx.get(f"{stack}/api/hosts/{host}").json()["drain_requested_at"] is None, "refused: nothing changed"
-    page.click('button[data-action="drain"]')  # asked again: the wrong token was forgotten
-    page.fill("#token-input", TOKEN)
-    page.click("#token-ok")
-    page.wait_for_function("document.getElementById('toast').textContent.startsWith('drain requested')")
+    refused_then_accepted(page, "drain", unchanged=lambda: httpx.get(f"{stack}/api/hosts/{host}").json()["drain_requested_at"] is None)
     page.wait_for_selector("#host-head .badge.st-draining")  # from the event stream, no reload
     assert httpx.get(f"{stack}/api/hosts/{host}").json()["drain_requested_at"]
 
