@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -107,6 +107,21 @@ class Services:
         for t in done:
             if not t.cancelled() and t.exception() and not isinstance(t.exception(), asyncio.CancelledError):
                 raise t.exception()  # type: ignore[misc]
+
+
+@contextlib.asynccontextmanager
+async def scheduler_and_runner(settings, runner) -> AsyncIterator[Services]:
+    """A scheduler and one runner (RunnerSettings `runner`) run in-process for the block, stopped at its end."""
+    from autotune.runner.service import run as runner_run
+    from autotune.scheduler.service import run as scheduler_run
+
+    svc = Services()
+    svc.start(lambda stop: scheduler_run(settings, stop=stop), "scheduler")
+    svc.start(lambda stop: runner_run(settings, stop=stop, runner=runner), "runner")
+    try:
+        yield svc
+    finally:
+        await svc.stop_all()
 
 
 def json_lines(path: Path) -> list[dict]:

@@ -15,15 +15,13 @@ import zipfile
 import pytest
 from aiohttp import web
 
-from autotune.runner.service import run as runner_run
 from autotune.runner.settings import RunnerSettings
-from autotune.scheduler.service import run as scheduler_run
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.shared.dataset import DatasetError, read_prompts
 from autotune.shared.dataset_store import get_prompts
 from tests.fixtures.runner_kit import spec
-from tests.helpers import Services, events_of, submit, task_finished
+from tests.helpers import events_of, scheduler_and_runner, submit, task_finished
 
 CSV = (
     'id,request_body\n'
@@ -86,10 +84,7 @@ async def test_tasks_replay_exactly_their_datasets_prompts_deduplicated(settings
     monkeypatch.setenv("AUTOTUNE_SIM_RECORD_PROMPTS", str(record))  # the simulator processes inherit it
     async with Files() as srv:
         srv.files = {"/p.csv": CSV.encode(), "/p.jsonl.gz": gzip.compress(JSONL.encode()), "/sharegpt.json": SHAREGPT.encode()}
-        svc = Services()
-        svc.start(lambda stop: scheduler_run(settings, stop=stop), "scheduler")
-        svc.start(lambda stop: runner_run(settings, stop=stop, runner=RunnerSettings(host="ds", simulate="2xH100", time_scale=50)), "runner")
-        try:
+        async with scheduler_and_runner(settings, RunnerSettings(host="ds", simulate="2xH100", time_scale=50)):
             cases = {"csv": ("/p.csv", CSV_PROMPTS), "jsonl": ("/p.jsonl.gz", JSONL_PROMPTS), "sharegpt": ("/sharegpt.json", SHAREGPT_PROMPTS)}
             tasks = {}
             for name, (path, prompts) in cases.items():
@@ -98,8 +93,6 @@ async def test_tasks_replay_exactly_their_datasets_prompts_deduplicated(settings
             # a second task with the same URL reads the scheduler's cache, and keeps the duplicates when asked
             again = await submit(js, dataset_task("replay-again", srv.url + "/p.csv", 3, dataset_deduplicate=False))
             finals["again"] = await task_finished(js, again, timeout=120)
-        finally:
-            await svc.stop_all()
     assert all(isinstance(f, ev.TaskCompleted) for f in finals.values()), finals
     received = [json.loads(line) for line in record.read_text().splitlines()]
     for name, (path, prompts) in cases.items():
@@ -121,10 +114,7 @@ async def test_tasks_replay_exactly_their_datasets_prompts_deduplicated(settings
 async def test_a_bad_dataset_fails_the_task_before_any_engine_starts_naming_the_url_and_the_problem(settings, js):
     async with Files() as srv:
         srv.files = {"/cols.csv": b"id,text\n1,hello\n", "/empty.jsonl": b"", "/broken.csv.gz": gzip.compress(b"prompt\nhello\n")[:12]}
-        svc = Services()
-        svc.start(lambda stop: scheduler_run(settings, stop=stop), "scheduler")
-        svc.start(lambda stop: runner_run(settings, stop=stop, runner=RunnerSettings(host="bad", simulate="2xH100", time_scale=50)), "runner")
-        try:
+        async with scheduler_and_runner(settings, RunnerSettings(host="bad", simulate="2xH100", time_scale=50)):
             cases = {
                 "missing": ("/nothing-here.csv", "HTTP 404"),
                 "cols": ("/cols.csv", "no `request_body` or `prompt` column (its columns: id, text)"),
@@ -135,8 +125,6 @@ async def test_a_bad_dataset_fails_the_task_before_any_engine_starts_naming_the_
             for name, (path, _) in cases.items():
                 task = await submit(js, dataset_task(f"bad-{name}", srv.url + path, 2))
                 finals[name] = (task, await task_finished(js, task, timeout=60))
-        finally:
-            await svc.stop_all()
     for name, (path, problem) in cases.items():
         task, final = finals[name]
         assert isinstance(final, ev.TaskFailed), (name, final)

@@ -19,14 +19,13 @@ import pytest
 from autotune.runner.experiment import run_attempt
 from autotune.runner.runtimes import Launch
 from autotune.runner.runtimes.docker import L_HOST, DockerRuntime, parse_size
-from autotune.runner.service import run as runner_run
 from autotune.runner.settings import RunnerSettings
 from autotune.scheduler.service import run as scheduler_run
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from autotune.shared.net import free_port
 from tests.fixtures.runner_kit import assign, context, experiment_events, log_lines, run_one, spec
-from tests.helpers import Services, events_of, submit, task_finished, wait_for
+from tests.helpers import Services, events_of, scheduler_and_runner, submit, task_finished, wait_for
 
 IMAGE = "autotune-test/host-python:latest"
 HOST_BINDS = [f"{p}:{p}:ro" for p in ("/usr", "/lib", "/lib64", "/etc") if os.path.exists(p)]
@@ -157,18 +156,13 @@ async def test_docker_orphans_are_reaped_by_label(docker):
 @pytest.mark.docker
 async def test_a_runner_with_simulated_engines_in_docker_runs_a_task_end_to_end(settings, js, docker):
     rs = RunnerSettings(host="dke", simulate="2xH100", time_scale=50, simulated_runtime="docker", docker_image=IMAGE, docker_binds=HOST_BINDS, docker_hf_cache="/nonexistent")
-    svc = Services()
-    svc.start(lambda stop: scheduler_run(settings, stop=stop), "scheduler")
-    svc.start(lambda stop: runner_run(settings, stop=stop, runner=rs), "runner")
-    try:
+    async with scheduler_and_runner(settings, rs):
         task = await submit(js, spec("dend", optimization={"max_iterations": 2}))
         final = await task_finished(js, task, timeout=90)
         assert isinstance(final, ev.TaskCompleted), final
         history = [e for _, e in await events_of(js, subj.task_all(task))]
         assert sorted(e.n for e in history if isinstance(e, ev.ExperimentCompleted)) == [0, 1]
         assert {e.runtime for e in history if isinstance(e, ev.ExperimentStarted)} == {"docker"}
-    finally:
-        await svc.stop_all()
     assert await containers_of(docker, "dke") == []
 
 

@@ -12,12 +12,11 @@ from autotune.runner.runtimes import Launch
 from autotune.runner.runtimes.kubernetes import A_KEY, K_EXPERIMENT, KubernetesRuntime, label_value, resource_name
 from autotune.runner.service import run as runner_run
 from autotune.runner.settings import RunnerSettings
-from autotune.scheduler.service import run as scheduler_run
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
 from tests.fixtures.k8s_standin import KubeStandin, gpu_node, gpu_pod
 from tests.fixtures.runner_kit import context, engines_of, log_lines, run_one, spec
-from tests.helpers import Services, events_of, submit, task_finished
+from tests.helpers import Services, events_of, scheduler_and_runner, submit, task_finished
 
 pytestmark = pytest.mark.kubernetes
 
@@ -172,14 +171,9 @@ async def test_a_runner_with_simulated_engines_on_kubernetes_against_api_standin
     async with KubeStandin() as k:
         rs = RunnerSettings(host="kr", simulate="2xH100", time_scale=50, simulated_runtime="kubernetes", k8s_api_url=k.url, k8s_namespace="tuning",
                             k8s_service_url="http://127.0.0.1:{port}", k8s_poll_s=0.1)
-        svc = Services()
-        svc.start(lambda stop: scheduler_run(settings, stop=stop), "scheduler")
-        svc.start(lambda stop: runner_run(settings, stop=stop, runner=rs), "runner")
-        try:
+        async with scheduler_and_runner(settings, rs):
             task = await submit(js, spec("kend", optimization={"max_iterations": 2}))
             final = await task_finished(js, task, timeout=90)
-        finally:
-            await svc.stop_all()
         assert isinstance(final, ev.TaskCompleted), final
         history = [e for _, e in await events_of(js, subj.task_all(task))]
         assert {e.runtime for e in history if isinstance(e, ev.ExperimentStarted)} == {"kubernetes"}
@@ -251,16 +245,11 @@ async def test_an_earlier_ome_task_file_runs_end_to_end_on_simulated_hosts_again
         raw["parameters"] = {"tp_size": [1, 2], "mem_frac": 0.8, "max_total_tokens": 60000, "schedule_policy": "lpm"}
         rs = RunnerSettings(host="omehost", simulate="2xH100", time_scale=50, simulated_runtime="kubernetes", k8s_api_url=k.url,
                             k8s_namespace="tuning", k8s_service_url="http://127.0.0.1:{port}", k8s_poll_s=0.1)  # fmt: skip
-        svc = Services()
-        svc.start(lambda stop: scheduler_run(settings, stop=stop), "scheduler")
-        svc.start(lambda stop: runner_run(settings, stop=stop, runner=rs), "runner")
-        try:
+        async with scheduler_and_runner(settings, rs):
             from autotune.shared import commands
 
             task = (await commands.submit_task(js, commands.parse(json.dumps(raw), source="ome.json"))).task
             final = await task_finished(js, task, timeout=120)
-        finally:
-            await svc.stop_all()
         cbms, csrs, isvcs = k.created("ClusterBaseModel"), k.created("ClusterServingRuntime"), k.created("InferenceService")
         assert not k.pods
     assert isinstance(final, ev.TaskCompleted) and final.experiments == 2, final

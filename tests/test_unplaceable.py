@@ -11,12 +11,10 @@ import pytest
 import yaml
 
 from autotune import reads
-from autotune.runner.service import run as runner_run
 from autotune.runner.settings import RunnerSettings
-from autotune.scheduler.service import run as scheduler_run
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
-from tests.helpers import Services, events_of, small_spec, task_finished
+from tests.helpers import events_of, scheduler_and_runner, small_spec, task_finished
 from tests.test_cli import cli  # noqa: F401 - the fixture: a projector on its own thread and the CLI
 
 REASON = "needs 4 GPUs on one host; the largest matching host has 2"
@@ -37,10 +35,7 @@ async def until(check, timeout: float = 30.0):
 @pytest.mark.long
 async def test_an_unplaceable_experiment_says_why_then_fails_and_the_task_finishes(settings, js, nc, cli, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("AUTOTUNE_UNPLACEABLE_GRACE_S", "10")
-    svc = Services()
-    svc.start(lambda stop: scheduler_run(settings, stop=stop), "scheduler")
-    svc.start(lambda stop: runner_run(settings, stop=stop, runner=RunnerSettings(host="two", simulate="2xH100", time_scale=50)), "runner")
-    try:
+    async with scheduler_and_runner(settings, RunnerSettings(host="two", simulate="2xH100", time_scale=50)):
         await until(lambda: _host_seen(nc, js))
         spec = small_spec("too-big", parameters={"mem-fraction-static": [0.8], "max-running-requests": [8]},
                           parallel_config={"tp": [4, 2]}, optimization={"max_iterations": 2, "max_parallel": 1})  # fmt: skip
@@ -56,8 +51,6 @@ async def test_an_unplaceable_experiment_says_why_then_fails_and_the_task_finish
         out = (await cli("experiments", task)).stdout
         assert "needs 4 GPUs" in out, out
         final = await task_finished(js, task, timeout=90)
-    finally:
-        await svc.stop_all()
     assert isinstance(final, ev.TaskCompleted) and final.best_experiment == 1, final
     history = [e for _, e in await events_of(js, subj.task_all(task))]
     (failed,) = [e for e in history if isinstance(e, ev.ExperimentFailed)]
