@@ -99,16 +99,16 @@ def label(combo: Mapping[str, Any]) -> str:
 
 
 def config_bundles(
-    cfg: Any, *, name: str, base: str, fields: tuple[str, ...], mixed: str,
-    presets: Callable[[str, str], list[tuple[str, Flags]]],
+    cfg: Any, *, name: str, base: str, kind: str, presets: Mapping[str, Any], fields: tuple[str, ...], mixed: str,
+    preset_flags: Callable[[str, str], list[tuple[str, Flags]]],
     value: Callable[[str, Any, str], Any],
     flags_of: Callable[[Mapping[str, Any]], Flags],
     by_field: bool = False,
 ) -> Bundles | None:
-    """A *_config at `base` as the bundle dimension `name`: its presets (`presets(preset, path)` gives each
-    one's labelled flag sets), else every combination of its per-field values (`value` checks one,
-    `flags_of` turns a combination into flags). `mixed` refuses presets and fields together. A flag's
-    source is the config, or with `by_field` the given field of the flag's name."""
+    """A *_config at `base` as the bundle dimension `name`: the `kind` presets it names (`preset_flags(preset,
+    path)` gives each one's labelled flag sets), else every combination of its per-field values (`value`
+    checks one, `flags_of` turns a combination into flags). `mixed` refuses presets and fields together.
+    A flag's source is the config, or with `by_field` the given field of the flag's name."""
     if cfg is None:
         return None
     chosen = presets_of(cfg, base)
@@ -118,7 +118,9 @@ def config_bundles(
     if chosen:
         out = Bundles(name=name, path=f"{base}.presets" if cfg.presets else f"{base}.preset")
         for preset, path in chosen:
-            for preset_label, flags in presets(preset, path):
+            if preset not in presets:
+                raise ExpandError(f"unknown {kind} preset `{preset}`; known presets: {', '.join(presets)}", path)
+            for preset_label, flags in preset_flags(preset, path):
                 out.add(preset_label, flags, dedupe=False, source=lambda _, path=path: path)
         return out
     if not given:

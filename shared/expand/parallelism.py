@@ -120,8 +120,6 @@ def parallel_bundles(spec: TaskSpec) -> Bundles | None:
     base = "$.parallel_config"
 
     def preset(name: str, path: str) -> list[tuple[str, Flags]]:
-        if name not in PARALLEL_PRESETS:
-            raise ExpandError(f"unknown parallel preset `{name}`; known presets: {', '.join(PARALLEL_PRESETS)}", path)
         out = []
         for layout in PARALLEL_PRESETS[name]:
             try:
@@ -131,7 +129,7 @@ def parallel_bundles(spec: TaskSpec) -> Bundles | None:
         return out
 
     return config_bundles(
-        spec.parallel_config, name="__parallel", base=base, fields=PARALLEL_FIELDS,
+        spec.parallel_config, name="__parallel", base=base, kind="parallel", presets=PARALLEL_PRESETS, fields=PARALLEL_FIELDS,
         mixed="a preset fixes the whole layout; use presets or per-field values, not both",
-        presets=preset, value=_parallel_value, flags_of=lambda combo: _parallel_flags(spec.engine, combo, base), by_field=True,
+        preset_flags=preset, value=_parallel_value, flags_of=lambda combo: _parallel_flags(spec.engine, combo, base), by_field=True,
     )  # fmt: skip

@@ -104,8 +104,6 @@ def quant_bundles(spec: TaskSpec) -> Bundles | None:
     base = "$.quant_config"
 
     def preset(name: str, path: str) -> list[tuple[str, Flags]]:
-        if name not in QUANT_PRESETS:
-            raise ExpandError(f"unknown quantization preset `{name}`; known presets: {', '.join(QUANT_PRESETS)}", path)
         combo = QUANT_PRESETS[name]
         try:
             for field in QUANT_FIELDS:
@@ -115,8 +113,8 @@ def quant_bundles(spec: TaskSpec) -> Bundles | None:
             raise ExpandError(f"preset `{name}`: {e.message}", path) from None
 
     return config_bundles(
-        spec.quant_config, name="__quant", base=base, fields=QUANT_FIELDS,
+        spec.quant_config, name="__quant", base=base, kind="quantization", presets=QUANT_PRESETS, fields=QUANT_FIELDS,
         mixed="a preset fixes all four dtypes; use presets or per-field dtypes, not both (or list the combination you want as per-field values)",
-        presets=preset, value=lambda field, value, path: _quant_value(field, value, spec.engine, path),
+        preset_flags=preset, value=lambda field, value, path: _quant_value(field, value, spec.engine, path),
         flags_of=lambda combo: _quant_flags(spec.engine, combo, base),
     )  # fmt: skip
