@@ -9,7 +9,6 @@ transcript."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import httpx2
 import pytest
-import uvicorn
 import yaml
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
@@ -31,7 +29,7 @@ from autotune.runner.service import run as runner_run
 from autotune.runner.settings import RunnerSettings
 from autotune.scheduler.service import Scheduler
 from autotune.shared.net import free_port
-from tests.fixtures.api_kit import answering
+from tests.fixtures.api_kit import answering, served
 from tests.helpers import Services, small_spec, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,13 +163,8 @@ async def test_fleet_changes_are_offered_only_when_allowed_and_http_needs_the_to
     assert not names & FLEET_CHANGES and {"list_hosts", "submit_task", "get_task", "sql"} <= names
 
     settings.api_token, settings.mcp_allow_fleet_changes = "s3cret", True
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(nc=nc, settings=settings), host="127.0.0.1", port=port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            await asyncio.sleep(0.05)
-        url = f"http://127.0.0.1:{port}/mcp"
+    async with served(create_app(nc=nc, settings=settings)) as base:
+        url = f"{base}/mcp"
         async with httpx2.AsyncClient() as http:  # no token: refused before any tool runs
             r = await http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "drain_host", "arguments": {"host": "h1"}}},
                                 headers={"Accept": "application/json, text/event-stream"})  # fmt: skip
@@ -184,9 +177,6 @@ async def test_fleet_changes_are_offered_only_when_allowed_and_http_needs_the_to
             assert tools["drain_host"].annotations.destructive_hint is True
             r = await client.call_tool("drain_host", {"host": "nowhere"})  # reaches the tool: the CLI's message for an unknown host
             assert r.is_error and "no host `nowhere`; `autotune hosts` lists them" in r.content[0].text
-    finally:
-        server.should_exit = True
-        await serving
 
 
 async def test_get_task_says_why_its_experiments_wait(settings, nc, js, tmp_path):

@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
-import uvicorn
 import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -31,9 +30,8 @@ from autotune.schemas import subjects as subj
 from autotune.schemas.spec import spec_from_obj
 from autotune.schemas.stats import ServiceStats
 from autotune.shared import bus, commands
-from autotune.shared.net import free_port
 from autotune.shared.stats import Histogram, StatsPublisher
-from tests.fixtures.api_kit import alive, answering, applied, publish, seed_fleet
+from tests.fixtures.api_kit import alive, answering, applied, publish, seed_fleet, served
 from tests.helpers import Services, golden, small_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,17 +88,8 @@ async def test_metrics_carry_the_fleet_tasks_and_pipeline(settings, nc, js, proj
         if any(st.service == "projector" and st.histograms["query_seconds"].counts[-1] for st in await service_stats(js)):
             break
         await asyncio.sleep(0.1)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(nc=nc, settings=settings), host="127.0.0.1", port=port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            await asyncio.sleep(0.05)
-        async with httpx.AsyncClient() as http:
-            r = await http.get(f"http://127.0.0.1:{port}/metrics")
-    finally:
-        server.should_exit = True
-        await serving
+    async with served(create_app(nc=nc, settings=settings)) as url, httpx.AsyncClient() as http:
+        r = await http.get(f"{url}/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=")
     s = parse(r.text)
     gpu1 = {"host": "h1", "gpu": "1", "model": H100, "node": ""}
