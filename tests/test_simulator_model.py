@@ -156,23 +156,23 @@ def test_interior_optimum_in_chunked_prefill():
     assert tpot[32768] < tpot[1024]  # the other side of the trade: fewer decode steps stalled by prefill
 
 
-def test_interior_optimum_in_the_batch_limit():
-    def goodput(n: int) -> float:
-        r = ss("vllm", f"serve Llama-3.1-8B --gpu-memory-utilization 0.3 --max-model-len 4096 --max-num-seqs {n}", inp=500, out=1500, conc=128)
-        return r["output_tps"] if r["ok"] else 0.0
+def goodput(engine: str, command: str, **load) -> float:
+    """Output tokens per second under `load`; 0 where the configuration fails under it."""
+    r = ss(engine, command, **load)
+    return r["output_tps"] if r["ok"] else 0.0
 
-    scores = {n: goodput(n) for n in (8, 16, 32, 40, 256)}
+
+def test_interior_optimum_in_the_batch_limit():
+    command = "serve Llama-3.1-8B --gpu-memory-utilization 0.3 --max-model-len 4096 --max-num-seqs {}"
+    scores = {n: goodput("vllm", command.format(n), inp=500, out=1500, conc=128) for n in (8, 16, 32, 40, 256)}
     best = max(scores, key=scores.get)
     assert best not in (8, 256), scores
     assert scores[256] == 0.0  # far beyond the KV cache: errors under load
 
 
 def test_interior_optimum_in_the_memory_fraction():
-    def tps(f: float) -> float:
-        r = ss("sglang", f"--model-path Llama-3.1-70B --tp-size 2 --mem-fraction-static {f}", inp=1000, out=1000, conc=128)
-        return r["output_tps"] if r["ok"] else 0.0
-
-    scores = {f: tps(f) for f in (0.84, 0.88, 0.92, 0.94, 0.99)}
+    command = "--model-path Llama-3.1-70B --tp-size 2 --mem-fraction-static {}"
+    scores = {f: goodput("sglang", command.format(f), inp=1000, out=1000, conc=128) for f in (0.84, 0.88, 0.92, 0.94, 0.99)}
     best = max(scores, key=scores.get)
     assert best in (0.92, 0.94), scores
     assert scores[0.99] == 0.0 and scores[0.84] < scores[best]
