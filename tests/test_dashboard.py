@@ -254,6 +254,37 @@ async def test_experiment_page_runs_distributions_telemetry_log_and_failure(clie
     assert missing.status_code == 404 and "has no experiment 9" in missing.text
 
 
+async def test_a_real_engine_on_cpu_is_labelled_on_every_page_and_its_engine_telemetry_is_shown(client, js, nc):
+    """Issue 21: a real engine on CPU is marked wherever its figures are shown, as simulated ones are; the
+    experiment page shows the engine's own /metrics summary (what explains a slow configuration)."""
+    await submit(client, "oncpu", base_runtime="vllm", deployment_mode="local", gpu_type="cpu")
+    x = ev.exp_id
+    engine = {"source": "vllm", "samples": 31, "mean_running": 3.5, "max_running": 16.0, "mean_waiting": 7.25, "max_waiting": 12.0,
+              "mean_kv_cache_usage": 0.625, "max_kv_cache_usage": 0.97, "preemptions": 4.0, "prompt_tokens": 6400.0, "generation_tokens": 3200.0}
+    seq = await publish(
+        js,
+        (subj.task("oncpu", "started"), golden("task.started", id="oncpu.started", task="oncpu", strategy="grid_search", budget=1, space_size=1)),
+        (subj.experiment("oncpu", 0, "planned"), golden("experiment.planned", id=x("oncpu", 0, 0, "planned"), task="oncpu", n=0, attempt=0)),
+        (subj.experiment("oncpu", 0, "assigned", "c1"), golden("experiment.assigned", id=x("oncpu", 0, 0, "assigned"), task="oncpu", n=0, attempt=0,
+                                                               host="c1", gpu_indices=[], gpu_uuids=[], gpu_type="cpu", deployment_mode="local", simulated=False)),
+        (subj.experiment("oncpu", 0, "started"), golden("experiment.started", id=x("oncpu", 0, 0, "started"), task="oncpu", n=0, attempt=0, host="c1",
+                                                        device="cpu", env={"VLLM_CPU_KVCACHE_SPACE": "1"})),
+        (subj.experiment("oncpu", 0, "completed"), golden("experiment.completed", id=x("oncpu", 0, 0, "completed"), task="oncpu", n=0, attempt=0,
+                                                          host="c1", score=1.0, engine=engine)),
+    )  # fmt: skip
+    await applied(nc, seq)
+    banner = "<b>REAL ENGINE ON CPU</b>"
+    task = (await client.get("/tasks/oncpu")).text
+    assert banner in task and "SIMULATED" not in task and '<span class="cpu"' in task
+    assert '<span class="cpu"' in (await client.get("/tasks", params={"q": "oncpu"})).text
+    exp = (await client.get("/tasks/oncpu/experiments/0")).text
+    assert banner in exp and "SIMULATED" not in exp
+    section = exp[exp.index('<section id="engine">'):]
+    section = section[: section.index("</section>")]
+    assert "(vllm), 31 samples" in section and "0.97" in section and "<b>4</b>" in section and "7.25" in section
+    assert "VLLM_CPU_KVCACHE_SPACE" in exp and "<dt>device</dt><dd>cpu" in exp
+
+
 async def test_host_page_gpus_history_and_experiments(client, js, nc):
     await submit(client, "hp")
     await applied(nc, await seed_fleet(js, "hp"), gpu_samples=24)

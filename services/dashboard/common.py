@@ -209,9 +209,10 @@ async def positions(request: Request) -> dict[str, int]:
 EVENT_TYPES = sorted({ev.tag_of(t) for t in typing.get_args(ev.AnyEvent)} | {"log", "end", "error", "undecodable", "unknown"})
 
 
-def page(template: str, request: Request, *, title: str, live: list[Live] = (), simulated: bool = False, **context: Any) -> Template:
+def page(template: str, request: Request, *, title: str, live: list[Live] = (), simulated: bool = False, real_cpu: bool = False, **context: Any) -> Template:
+    """A whole page; `simulated` and `real_cpu` put their banner on it (what its figures were measured on)."""
     config = {"streams": [msgspec.to_builtins(x) for x in live], "types": EVENT_TYPES}
-    return Template(template_name=template, context={"request": request, "title": title, "live": config, "simulated": simulated, **context})
+    return Template(template_name=template, context={"request": request, "title": title, "live": config, "simulated": simulated, "real_cpu": real_cpu, **context})
 
 
 def fragment(template: str, request: Request, **context: Any) -> Template:

@@ -45,7 +45,7 @@ class ExperimentPages(Controller):
         host = d.experiment.get("host")
         if host and not finished:
             live.append(Live(id="telemetry", url=events_url(subj.gpu_all(host)), since_seq=pos[subj.TELEMETRY_STREAM] + 1, stream=subj.TELEMETRY_STREAM))
-        return page("experiment.html", request, title=f"{task_id} experiment {n}", live=live, simulated=d.simulate, d=d, dist=dist, log=log,
+        return page("experiment.html", request, title=f"{task_id} experiment {n}", live=live, simulated=d.simulate, real_cpu=d.real_cpu, d=d, dist=dist, log=log,
                     run_columns=RUN_COLUMNS, finished=finished, task_id=task_id)  # fmt: skip
 
 

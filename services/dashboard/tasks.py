@@ -116,7 +116,7 @@ class TaskPages(Controller):
         if part == "table":
             return fragment("task_table", request, **ctx)
         live = [Live(id="events", url=events_url(subj.tasks_all()), since_seq=pos[subj.EVENTS_STREAM] + 1)] if pos else []
-        return page("tasks.html", request, title="tasks", live=live, simulated=any(t.simulate for t in got.items), **ctx)
+        return page("tasks.html", request, title="tasks", live=live, simulated=any(t.simulate for t in got.items), real_cpu=any(t.real_cpu for t in got.items), **ctx)
 
     @get("/tasks/{task_id:str}", name="task")
     async def task(
@@ -147,7 +147,7 @@ class TaskPages(Controller):
         t = head["t"]
         live = [Live(id="events", url=f"/api/tasks/{task_id}/events?follow=true", since_seq=pos[subj.EVENTS_STREAM] + 1,
                      until=["task.completed", "task.failed", "task.cancelled", "task.rejected"])]  # fmt: skip
-        return page("task.html", request, title=f"task {task_id}", live=live, simulated=t.simulate, task_id=task_id,
+        return page("task.html", request, title=f"task {task_id}", live=live, simulated=t.simulate, real_cpu=t.real_cpu, task_id=task_id,
                     metrics=results.METRICS, x=x, y=y, **head, **best, **exps)  # fmt: skip
 
     @get("/tasks/{task_id:str}/points.json", name="task-points")
@@ -186,7 +186,7 @@ class TaskPages(Controller):
             asyncio.gather(*(results.task_points(conn, t, x=x, y=y) for t in chosen)),
         )
         live = [Live(id="events", url=events_url(subj.tasks_all()), since_seq=pos[subj.EVENTS_STREAM] + 1)] if chosen else []
-        return page("compare.html", request, title="compare", live=live, simulated=any(d.simulate for d in details), recent=recent.items,
+        return page("compare.html", request, title="compare", live=live, simulated=any(d.simulate for d in details), real_cpu=any(d.real_cpu for d in details), recent=recent.items,
                     chosen=chosen, details=details, points=points, metrics=results.METRICS, x=x, y=y)  # fmt: skip
 
     @get("/submit", name="submit")
