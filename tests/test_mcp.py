@@ -191,9 +191,15 @@ async def test_get_task_says_why_its_experiments_wait(settings, nc, js, tmp_path
         await applied(nc, await known_state(js))
         async with Client(build_server(fixed_link(lambda: nc))) as client:
             r = await client.call_tool("get_task", {"task": "m"})
+            # what `autotune submit` warns about, the agent is told too: configurations no live host could run
+            big = small_spec("too-big", parallel_config={"tp": [4, 2]})
+            submitted = await client.call_tool("submit_task", {"spec": yaml.safe_dump(big)})
         t = r.structured_content
         assert t["status"] == "running" and t["waiting"] == "1 experiment(s) planned and not placed, waiting for free GPUs of type H100 (1 free of 2 NVIDIA H100 80GB HBM3)", t["waiting"]
         assert "; waiting: 1 experiment(s) planned" in r.content[0].text
+        unfit = submitted.structured_content["unfit"]
+        assert [g["gpus"] for g in unfit] == [4] and "needs 4 GPUs" in unfit[0]["reason"], unfit
+        assert "warning: the live fleet" in submitted.content[0].text and "fail as unplaceable" in submitted.content[0].text
     finally:
         await svc.stop_all()
 

@@ -131,12 +131,9 @@ class TaskController(Controller):
 
 
 async def _unfit(nc: NATS, spec, simulate: bool) -> list:
-    """The configurations the live fleet could never run: a warning only, so a fleet that cannot be read
-    (no projector yet) never stops a submit."""
-    try:
-        return (await reads.fleet_fit(nc, nc.jetstream(), spec, simulate=simulate)).unfit
-    except Exception:
-        return []
+    """The configurations the live fleet could never run: a warning only (none when the fleet cannot be read)."""
+    fit = await reads.fleet_fit_or_none(nc, nc.jetstream(), spec, simulate=simulate)
+    return fit.unfit if fit else []
 
 
 def resume_from(request: Request, since_seq: int | None) -> int | None:

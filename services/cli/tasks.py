@@ -115,9 +115,8 @@ async def _unfit_warning(conn: Connection, spec, *, simulate: bool, quiet: bool)
 
     from autotune import reads
 
-    try:
-        fitness = await reads.fleet_fit(conn.nc, conn.js, spec, simulate=simulate)
-    except Exception:  # the warning is a courtesy: a fleet that cannot be read must not stop a submit
+    fitness = await reads.fleet_fit_or_none(conn.nc, conn.js, spec, simulate=simulate)
+    if fitness is None:  # the warning is a courtesy: a fleet that cannot be read must not stop a submit
         return []
     groups = [msgspec.to_builtins(g) for g in fitness.unfit]
     if groups and not quiet:

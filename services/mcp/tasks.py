@@ -81,7 +81,13 @@ async def submit_task(
     spec_ = commands.validate(spec).spec
     task, seq, _, simulated = await commands.submit_task(nc.jetstream(), spec_, simulate=simulate, submitted_by="mcp")
     link.wrote(seq)
-    return await answer(link, f"submitted task {task}{_sim(simulated)}; follow it with get_task", {"id": task, "seq": seq, "simulate": simulated})
+    fit = await reads.fleet_fit_or_none(nc, nc.jetstream(), spec_, simulate=simulated)
+    unfit = [msgspec.to_builtins(g) for g in fit.unfit] if fit else []
+    warning = (f"; warning: the live fleet ({fit.hosts} hosts) cannot run some of its configurations ("
+               + "; ".join(f"{g['gpus']} GPUs: {g['reason']}" for g in unfit)
+               + "): unless a host that fits joins, they will fail as unplaceable") if fit and unfit else ""  # fmt: skip
+    return await answer(link, f"submitted task {task}{_sim(simulated)}; follow it with get_task{warning}",
+                        {"id": task, "seq": seq, "simulate": simulated, "unfit": unfit})
 
 
 @tool("Clone a task with overrides", reads=False)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from autotune.reads.common import BadRequest, NotFound, redact, rows, simulated
 from autotune.reads.experiments import experiment_detail, list_experiments
-from autotune.reads.fleet import fleet_fit
+from autotune.reads.fleet import fleet_fit, fleet_fit_or_none
 from autotune.reads.hosts import gpu_history, gpu_summary, host_detail, list_hosts, live_hosts
 from autotune.reads.tasks import export, list_tasks, task_detail, task_row
 
 __all__ = [
-    "BadRequest", "NotFound", "experiment_detail", "export", "fleet_fit", "gpu_history", "gpu_summary", "host_detail", "list_experiments",
+    "BadRequest", "NotFound", "experiment_detail", "export", "fleet_fit", "fleet_fit_or_none", "gpu_history", "gpu_summary", "host_detail", "list_experiments",
     "list_hosts", "list_tasks", "live_hosts", "redact", "rows", "simulated", "task_detail", "task_row",
 ]  # fmt: skip

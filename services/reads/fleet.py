@@ -27,3 +27,12 @@ async def fleet_fit(nc, js, spec: TaskSpec, *, simulate: bool = False) -> m.Flee
     )
     groups = [m.UnfitGroup(gpus=u.gpus, configurations=u.configurations, examples=list(u.examples), reason=u.reason) for u in unfit]
     return m.FleetFit(hosts=len(hosts), space_size=size, unfit=groups)
+
+
+async def fleet_fit_or_none(nc, js, spec: TaskSpec, *, simulate: bool = False) -> m.FleetFit | None:
+    """fleet_fit for a warning at submit: None when the fleet cannot be read (no projector yet), so that
+    a courtesy never stops a submit."""
+    try:
+        return await fleet_fit(nc, js, spec, simulate=simulate)
+    except Exception:
+        return None
