@@ -8,13 +8,13 @@ later `autotune up` still shows the demo task.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autotune.schemas.spec import SpecError, load_spec_file, spec_from_obj
+from autotune.shared.commands import spec_to_dict
 from autotune.shared.net import free_port
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ def demo_spec(task_file: str | None, example: str) -> tuple[TaskSpec, dict] | No
     except SpecError as e:
         sys.stderr.write(f"autotune: invalid task file {e}\n")
         return None
-    raw = json.loads(json.dumps(__import__("msgspec").to_builtins(spec)))
+    raw = spec_to_dict(spec)
     raw["task_name"] = f"{spec.task_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return spec_from_obj(raw), raw
 
