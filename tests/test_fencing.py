@@ -141,3 +141,25 @@ async def test_a_clean_stop_is_stopped_not_lost_and_its_experiment_is_accounted_
             again.stop()
         await svc.stop_all()
     assert engines_of("cs") == []
+
+
+async def test_scan_sees_an_engine_process_no_attempt_owns_through_the_local_runtimes(tmp_path):
+    """What a returning (or restarted) runner counts as busy: a real process labelled as an engine of this
+    host. LocalRuntime keeps the engines' executables too (`vllm=<path>`), which once hid its `engines()`
+    method, so every scan of a local host failed and logged instead of answering."""
+    from autotune.runner import fencing
+    from autotune.runner.runtimes import LABEL_EXPERIMENT, LABEL_GPUS, LABEL_HOST
+    from autotune.runner.runtimes.local import LocalRuntime, SimulatedRuntime
+
+    host = f"scan-{os.getpid()}"
+    env = {**os.environ, LABEL_HOST: host, LABEL_EXPERIMENT: "t/1/0", LABEL_GPUS: "2,3"}
+    stray = await asyncio.create_subprocess_exec("sleep", "60", env=env)
+    try:
+        runtimes = {"local": LocalRuntime(engines={"vllm": str(tmp_path / "vllm")}), "simulated": SimulatedRuntime()}
+        found = await fencing.scan(runtimes, host, set())
+        assert found == {"t/1/0": [2, 3]}
+        assert fencing.busy_gpus({}, found, [0, 1, 2, 3]) == [2, 3]
+        assert await fencing.scan(runtimes, host, {"t/1/0"}) == {}  # its own attempt's engine: accounted for
+    finally:
+        stray.kill()
+        await stray.wait()

@@ -91,7 +91,7 @@ class LocalRuntime:
 
     def __init__(self, models_dir: str | None = None, engines: dict[str, str] | None = None, engine_env: dict[str, str] | None = None) -> None:
         self.models_dir = models_dir
-        self.engines = dict(engines or {})  # engine → its executable on this host (RunnerSettings.engines)
+        self.executables = dict(engines or {})  # engine → its executable on this host (RunnerSettings.engines)
         self.engine_env = dict(engine_env or {})  # the host's engine environment (RunnerSettings.engine_env)
 
     async def available(self) -> str | None:
@@ -105,7 +105,7 @@ class LocalRuntime:
             argv = served_as(argv, spec.engine, model)
         if spec.simulated or self.always_simulate:
             return simulated_argv(argv)
-        exe = self.engines.get(spec.engine)
+        exe = self.executables.get(spec.engine)
         if exe and argv[:2] == ["vllm", "serve"]:
             argv[0] = exe
         elif exe and argv[:3] == ["python3", "-m", "sglang.launch_server"]:
