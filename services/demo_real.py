@@ -104,7 +104,7 @@ async def _explain(nc, js, task: str) -> None:
     except Exception as e:  # the projection is late or down: the result above stands
         print(f"\n(the projection did not answer: {e})")
         return
-    cols = ("n", "parameters", "status", "output tok/s", "TTFT p50 ms", "startup s", "running mean/max", "waiting mean/max", "KV cache max", "preemptions")
+    cols = ("n", "parameters", "status", "output tok/s", "TTFT p50 ms", "startup s", "running mean/max", "waiting mean/max", "KV cache max", "preemptions", "tokens/pass")
     rows = []
     for r in page.items:
         p = {k: v for k, v in (r.get("parameters") or {}).items() if k != "max-model-len"}
@@ -113,7 +113,7 @@ async def _explain(nc, js, task: str) -> None:
             _f((r.get("p50_ttft") or 0) * 1000 if r.get("p50_ttft") is not None else None, 0), _f(r.get("startup_s"), 0),
             f"{_f(r.get('engine_mean_running'), 1)}/{_f(r.get('engine_max_running'), 0)}",
             f"{_f(r.get('engine_mean_waiting'), 1)}/{_f(r.get('engine_max_waiting'), 0)}",
-            _f(r.get("engine_max_kv_cache_usage"), 3), _f(r.get("engine_preemptions"), 0),
+            _f(r.get("engine_max_kv_cache_usage"), 3), _f(r.get("engine_preemptions"), 0), _f(_per_pass(r), 1),
         ))  # fmt: skip
     widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
     print("\nexperiments, with the engine's own /metrics while it was benchmarked (vllm:num_requests_running, _waiting, kv_cache_usage_perc, ...):")
@@ -125,17 +125,29 @@ async def _explain(nc, js, task: str) -> None:
         return
     best = max(done, key=lambda r: r["mean_output_tps"])
     worst = min(done, key=lambda r: r["mean_output_tps"])
-    print(f"\nwhy: the best ({_params(best)}) kept {_f(best.get('engine_mean_running'), 1)} requests running on average "
-          f"(at most {_f(best.get('engine_max_running'), 0)}) with {_f(best.get('engine_mean_waiting'), 1)} waiting; "
-          f"the slowest ({_params(worst)}) ran {_f(worst.get('engine_mean_running'), 1)} while {_f(worst.get('engine_mean_waiting'), 1)} "
-          f"waited: {best['mean_output_tps'] / worst['mean_output_tps']:.1f}x the output tokens per second.")
-    kv = max((r.get("engine_max_kv_cache_usage") or 0.0) for r in done)
+    ratio = best["mean_output_tps"] / worst["mean_output_tps"]
+    if best.get("engine_mean_running") is not None and worst.get("engine_mean_running") is not None:
+        print(f"\nwhy: the best ({_params(best)}) kept {_f(best.get('engine_mean_running'), 1)} requests running on average "
+              f"(at most {_f(best.get('engine_max_running'), 0)}) with {_f(best.get('engine_mean_waiting'), 1)} waiting; "
+              f"the slowest ({_params(worst)}) ran {_f(worst.get('engine_mean_running'), 1)} while {_f(worst.get('engine_mean_waiting'), 1)} "
+              f"waited: {ratio:.1f}x the output tokens per second.")  # fmt: skip
+    else:  # no gauge sample landed mid-benchmark (a loaded machine): the counters still tell
+        print(f"\nwhy: the best ({_params(best)}) gave {ratio:.1f}x the output tokens per second of the slowest ({_params(worst)}).")
+    if _per_pass(best) and _per_pass(worst):  # the engine's own count of forward passes: no sampling gaps
+        print(f"Each forward pass of the best carried {_per_pass(best):.1f} tokens, of the slowest {_per_pass(worst):.1f}.")
+    kvs = [r["engine_max_kv_cache_usage"] for r in done if r.get("engine_max_kv_cache_usage") is not None]
     preempted = sum((r.get("engine_preemptions") or 0.0) for r in done)
-    if kv < 0.9 and not preempted:
-        print(f"The KV cache stayed below {kv:.1%} and nothing was preempted: the batch size, not memory, set the pace.")
-    else:
-        print(f"The KV cache reached {kv:.1%} and {preempted:.0f} requests were preempted: memory limited the batch too.")
+    if kvs and max(kvs) < 0.9 and not preempted:
+        print(f"The KV cache stayed below {max(kvs):.1%} and nothing was preempted: the batch size, not memory, set the pace.")
+    elif kvs or preempted:
+        print(f"The KV cache reached {max(kvs, default=0.0):.1%} and {preempted:.0f} requests were preempted: memory limited the batch too.")
     print(f"({REAL_CPU_NOTE}.)")
+
+
+def _per_pass(r: dict) -> float | None:
+    from autotune.reads.experiments import tokens_per_step
+
+    return tokens_per_step(r.get("engine_prompt_tokens"), r.get("engine_generation_tokens"), r.get("engine_steps"))
 
 
 def _params(r: dict) -> str:

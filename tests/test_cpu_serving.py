@@ -153,7 +153,7 @@ def test_real_vllm_failures_are_classified_with_the_line_that_says_why():
     assert (f.kind, f.message) == ("crashed", "the engine exited with code -9 during benchmark")
 
 
-async def test_a_cpu_task_runs_one_engine_at_a_time_and_records_what_it_started_with(settings, js, nc, tmp_path):
+async def test_a_cpu_task_runs_one_engine_at_a_time_and_records_what_it_started_with(settings, js, nc, tmp_path, capsys):
     vllm = tmp_path / "vllm-venv" / "bin" / "vllm"  # the simulator under the vLLM executable's name
     vllm.parent.mkdir(parents=True)
     vllm.write_text(f'#!/bin/sh\n[ "$1" = serve ] || exit 64\nexec {sys.executable} -m autotune.simulator vllm "$@"\n')
@@ -202,6 +202,12 @@ async def test_a_cpu_task_runs_one_engine_at_a_time_and_records_what_it_started_
         d = await reads.experiment_detail(nc, task, 0)
         assert d.real_cpu and d.device == "cpu" and d.engine_env["VLLM_CPU_KVCACHE_SPACE"] == "1"
         assert d.engine_telemetry is not None and d.engine_telemetry["generation_tokens"] == 12 * 16
+        assert d.engine_telemetry["steps"] and d.engine_telemetry["tokens_per_step"] > 1  # a prefill pass carries 64 tokens
+        from autotune import demo_real
+
+        await demo_real._explain(nc, js, task)  # `just demo-real`'s table: the engine's batch per forward pass beside the gauges
+        table = capsys.readouterr().out
+        assert "tokens/pass" in table and "Each forward pass of the best carried" in table, table
         assert (await reads.list_experiments(nc, task)).real_cpu
         assert "REAL engine serving on CPU" in ((await reads.export(nc, task, fmt="cmd")).note or "")
         shown = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "autotune.cli", "experiment", task, "0", "--nats", settings.nats_url],

@@ -260,7 +260,8 @@ async def test_a_real_engine_on_cpu_is_labelled_on_every_page_and_its_engine_tel
     await submit(client, "oncpu", base_runtime="vllm", deployment_mode="local", gpu_type="cpu")
     x = ev.exp_id
     engine = {"source": "vllm", "samples": 31, "mean_running": 3.5, "max_running": 16.0, "mean_waiting": 7.25, "max_waiting": 12.0,
-              "mean_kv_cache_usage": 0.625, "max_kv_cache_usage": 0.97, "preemptions": 4.0, "prompt_tokens": 6400.0, "generation_tokens": 3200.0}
+              "mean_kv_cache_usage": 0.625, "max_kv_cache_usage": 0.97, "preemptions": 4.0, "prompt_tokens": 6400.0, "generation_tokens": 3200.0,
+              "steps": 3840.0}
     seq = await publish(
         js,
         (subj.task("oncpu", "started"), golden("task.started", id="oncpu.started", task="oncpu", strategy="grid_search", budget=1, space_size=1)),
@@ -282,6 +283,7 @@ async def test_a_real_engine_on_cpu_is_labelled_on_every_page_and_its_engine_tel
     section = exp[exp.index('<section id="engine">'):]
     section = section[: section.index("</section>")]
     assert "(vllm), 31 samples" in section and "0.97" in section and "<b>4</b>" in section and "7.25" in section
+    assert "forward passes 3,840 (<b>2.5</b> tokens per pass)" in section  # (6,400 + 3,200) / 3,840: the engine's batch
     assert "VLLM_CPU_KVCACHE_SPACE" in exp and "<dt>device</dt><dd>cpu" in exp
 
 

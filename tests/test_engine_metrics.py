@@ -29,13 +29,19 @@ vllm:prompt_tokens_total{engine="0",model_name="/m/tiny-llama"} 3202.0
 vllm:prompt_tokens_created{engine="0",model_name="/m/tiny-llama"} 1.7966548375649457e+09
 # TYPE vllm:generation_tokens counter
 vllm:generation_tokens_total{engine="0",model_name="/m/tiny-llama"} 3200.0
+# TYPE vllm:iteration_tokens_total histogram
+vllm:iteration_tokens_total_sum{engine="0",model_name="/m/tiny-llama"} 6402.0
+vllm:iteration_tokens_total_bucket{engine="0",le="1.0",model_name="/m/tiny-llama"} 3100.0
+vllm:iteration_tokens_total_bucket{engine="0",le="+Inf",model_name="/m/tiny-llama"} 3232.0
+vllm:iteration_tokens_total_count{engine="0",model_name="/m/tiny-llama"} 3232.0
 """
 
 
 def test_parse_reads_vllm_names_and_skips_created_timestamps():
     source, values = parse(VLLM_TEXT)
     assert source == "vllm"
-    assert values == {"running": 3.0, "waiting": 5.0, "kv": 0.25, "preemptions": 2.0, "prompt_tokens": 3202.0, "generation_tokens": 3200.0}
+    assert values == {"running": 3.0, "waiting": 5.0, "kv": 0.25, "preemptions": 2.0, "prompt_tokens": 3202.0, "generation_tokens": 3200.0,
+                      "steps": 3232.0}
 
 
 def test_parse_adds_up_data_parallel_engines_but_takes_the_fullest_kv_cache():
@@ -90,3 +96,7 @@ async def test_scraper_against_the_simulator_counts_what_the_benchmark_sent(engi
     assert got.generation_tokens == sum(s.output_tokens for s in metrics.samples) == 40 * 40
     assert got.max_running is not None and 1 <= got.max_running <= 8
     assert got.max_kv_cache_usage is not None and 0 < got.max_kv_cache_usage <= 1
+    if engine[0] == "vllm":  # forward passes: 8 clients batch, so fewer steps than tokens, never under a token each per client
+        assert got.generation_tokens / 8 <= got.steps < got.generation_tokens, got
+    else:
+        assert got.steps is None  # SGLang has no step counter: unknown, not zero

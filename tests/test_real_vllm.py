@@ -107,8 +107,14 @@ async def test_more_running_sequences_mean_more_throughput_on_the_real_vllm(sett
         by_seqs = {seqs[n]: e for n, e in done.items()}
         one, sixteen = by_seqs[1], by_seqs[16]
         tps1, tps16 = one.metrics.runs[0].output_tps, sixteen.metrics.runs[0].output_tps
-        # the big effect (measured here: ~435 vs ~1,600 output tok/s): a queue of 16 served one at a time
-        assert tps16 > 2 * tps1, (tps1, tps16)
+        # the big effect, as the engine itself counts it: at max-num-seqs 1 each forward pass serves one request,
+        # so it runs a pass per generated token; at 16 the 16 clients' requests share passes. Counters, not
+        # timing: the same on a loaded machine
+        assert one.engine.steps is not None and sixteen.engine.steps is not None
+        assert one.engine.steps >= 65 * 100 and sixteen.engine.steps * 4 < one.engine.steps, (one.engine, sixteen.engine)
+        # and what it buys: more throughput (measured: 1.9x in a loaded CI run, 3.7-6.6x on a quiet machine;
+        # "more" is the claim, its size is the machine's)
+        assert tps16 > tps1, (tps1, tps16)
         assert final.best_parameters is not None and final.best_parameters["max-num-seqs"] == 16
         for e in (one, sixteen):
             assert e.metrics.success_rate == 1.0 and e.metrics.requests == 64
@@ -126,7 +132,7 @@ async def test_more_running_sequences_mean_more_throughput_on_the_real_vllm(sett
         last = (await js.stream_info("AUTOTUNE_EVENTS")).state.last_seq
         assert (await reads.task_detail(nc, task, min_seq=last)).real_cpu
         print(f"\nreal vLLM task: {time.monotonic() - t0:.0f} s; startup {one.startup_s:.0f}/{sixteen.startup_s:.0f} s; "
-              f"output tok/s at max-num-seqs 1: {tps1:.0f}, 16: {tps16:.0f}")
+              f"output tok/s at max-num-seqs 1: {tps1:.0f}, 16: {tps16:.0f}; forward passes {one.engine.steps:.0f} vs {sixteen.engine.steps:.0f}")
     finally:
         await svc.stop_all()
     assert engines_left("cpu-real") == []

@@ -129,6 +129,7 @@ class EngineMetricsSummary(msgspec.Struct, frozen=True, kw_only=True):
     preemptions: float | None = None  # requests evicted for lack of KV cache (recomputed later)
     prompt_tokens: float | None = None  # prefilled tokens, as the engine counts them
     generation_tokens: float | None = None  # generated tokens, as the engine counts them
+    steps: float | None = None  # forward passes the engine ran (tokens / steps: its batch per step); vLLM only
 
 
 class ExperimentCompleted(Event, frozen=True, kw_only=True, tag="experiment.completed"):

@@ -77,6 +77,11 @@ async def experiment(args: argparse.Namespace, conn: Connection) -> int:
     return shown(args, d, lambda: _show_experiment(d))
 
 
+def per_step(t: dict) -> str:
+    """The engine's forward passes and its batch, where the engine counts them (vLLM)."""
+    return f", steps {cell(t['steps'])} ({cell(t['tokens_per_step'])} tokens per step)" if t.get("steps") else ""
+
+
 def _show_experiment(d) -> None:
     c = console()
     e = d.experiment
@@ -95,7 +100,7 @@ def _show_experiment(d) -> None:
         c.print(f"  engine      {t['source']} /metrics, {t['samples']} samples: running mean {cell(t['mean_running'])} max {cell(t['max_running'])}, "
                 f"waiting mean {cell(t['mean_waiting'])} max {cell(t['max_waiting'])}, KV cache mean {cell(t['mean_kv_cache_usage'])} "
                 f"max {cell(t['max_kv_cache_usage'])}, preemptions {cell(t['preemptions'])}, tokens prompt {cell(t['prompt_tokens'])} "
-                f"generated {cell(t['generation_tokens'])}", soft_wrap=True)  # fmt: skip
+                f"generated {cell(t['generation_tokens'])}{per_step(t)}", soft_wrap=True)  # fmt: skip
     if d.failure:
         f = d.failure
         c.print(f"  [red]failed[/red]      {f['kind']} at {f['stage']}" + (" (retried)" if f.get("retryable") else "") + f": {f.get('message') or ''}")

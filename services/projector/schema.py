@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from autotune.schemas.status import EXPERIMENT_ON_HOST, sql_list
 
-SCHEMA_VERSION = 9  # v9: host_rows.returned_at and stopped_at (host.returned, host.stopped)
+SCHEMA_VERSION = 10  # v10: experiment_rows.engine_steps (the engine's forward passes over the benchmark)
 
 ARROW = {
     "VARCHAR": pa.string(),
@@ -125,7 +125,7 @@ TELEMETRY = ("mean_util_gpu", "max_util_gpu", "max_memory_used_mib", "mean_power
 # the engine's own /metrics during the benchmark (events.EngineMetricsSummary, under an engine_ prefix)
 ENGINE = (
     "engine_mean_running", "engine_max_running", "engine_mean_waiting", "engine_max_waiting", "engine_mean_kv_cache_usage",
-    "engine_max_kv_cache_usage", "engine_preemptions", "engine_prompt_tokens", "engine_generation_tokens",
+    "engine_max_kv_cache_usage", "engine_preemptions", "engine_prompt_tokens", "engine_generation_tokens", "engine_steps",
 )  # fmt: skip
 
 EVENTS = Table(

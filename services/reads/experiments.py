@@ -156,6 +156,14 @@ def engine_telemetry(exp: dict) -> dict | None:
         return None
     out = {"source": exp.get("engine_source"), "samples": exp.get("engine_samples")}
     out.update({f: finite(exp.get(f"engine_{f}")) for f in EngineMetricsSummary.__struct_fields__ if f not in out})
+    out["tokens_per_step"] = tokens_per_step(out["prompt_tokens"], out["generation_tokens"], out["steps"])
     return out
+
+
+def tokens_per_step(prompt_tokens: float | None, generation_tokens: float | None, steps: float | None) -> float | None:
+    """The engine's batch: tokens (prefilled and generated) per forward pass, where it counts its passes.
+    About 2 when requests are served one at a time (a prefill pass, then one token per pass)."""
+    tokens = (prompt_tokens or 0) + (generation_tokens or 0)
+    return round(tokens / steps, 2) if steps and tokens else None
 
 

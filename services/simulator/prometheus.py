@@ -42,4 +42,8 @@ def exposition(server: SimServer) -> str:
                   "prompt_tokens": server.prompt_tokens, "generation_tokens": server.generation_tokens}[value]  # fmt: skip
         family = name.removesuffix("_total")
         lines += [f"# TYPE {family} {kind}", f"{name}{labels} {float(figure)}"]
+    if server.cfg.engine == "vllm":  # tokens per forward pass, as a histogram whose count is the steps run
+        tokens, inf = float(server.prompt_tokens + server.generation_tokens), labels[:-1] + ',le="+Inf"}'
+        lines += ["# TYPE vllm:iteration_tokens_total histogram", f"vllm:iteration_tokens_total_bucket{inf} {float(server.steps)}",
+                  f"vllm:iteration_tokens_total_count{labels} {float(server.steps)}", f"vllm:iteration_tokens_total_sum{labels} {tokens}"]  # fmt: skip
     return "\n".join(lines) + "\n"

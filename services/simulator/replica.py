@@ -82,6 +82,7 @@ class Replica:
                 last_yield = loop.time()
             self.sim_now = end
             out = self.sched.finish_step(step, end, emit)
+            server.steps += 1
             if out.finished or out.failed:
                 server.flush()
                 clock = time.monotonic

@@ -34,6 +34,7 @@ class SimServer:
         self.rng = random.Random(sim.seed)
         self.completed = self.failed = self.cancelled = self.preempted = self.received = 0
         self.prompt_tokens = self.generation_tokens = 0
+        self.steps = 0  # forward passes, across replicas (vLLM's iteration_tokens histogram counts them)
 
     def sim_clock(self) -> float:
         return (time.monotonic() - self.wall0) * self.sim.time_scale
