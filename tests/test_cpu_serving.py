@@ -213,6 +213,7 @@ async def test_a_cpu_task_runs_one_engine_at_a_time_and_records_what_it_started_
         shown = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "autotune.cli", "experiment", task, "0", "--nats", settings.nats_url],
                                         capture_output=True, text=True, timeout=60)  # fmt: skip
         assert "REAL engine on CPU" in shown.stdout and "engine      vllm /metrics" in shown.stdout, shown.stdout + shown.stderr
+        assert "tokens per pass)" in shown.stdout, shown.stdout
         assert "VLLM_CPU_KVCACHE_SPACE=1" in shown.stdout
         (host,) = [h for h in await reads.list_hosts(nc, js) if h.host == "cpu1"]
         assert (host.cpu_slots, host.cpu_engines, host.engine_paths) == (1, ["vllm"], {"vllm": str(vllm)})

@@ -79,7 +79,7 @@ async def experiment(args: argparse.Namespace, conn: Connection) -> int:
 
 def per_step(t: dict) -> str:
     """The engine's forward passes and its batch, where the engine counts them (vLLM)."""
-    return f", steps {cell(t['steps'])} ({cell(t['tokens_per_step'])} tokens per step)" if t.get("steps") else ""
+    return f", forward passes {cell(t['steps'])} ({cell(t['tokens_per_step'])} tokens per pass)" if t.get("steps") else ""
 
 
 def _show_experiment(d) -> None:

@@ -60,7 +60,6 @@ NAMES: dict[str, dict[str, tuple[str, ...]]] = {
         "generation_tokens": ("sglang:generation_tokens_total",),
     },
 }
-COUNTERS = ("preemptions", "prompt_tokens", "generation_tokens", "steps")
 
 
 def parse(text: str) -> tuple[str, dict[str, float]]:
