@@ -135,3 +135,14 @@ def test_the_exported_kubernetes_manifest_of_a_storage_task_mounts_its_claim():
     assert flags(c["args"])["--model-path"] == "/mnt/models" and flags(c["args"])["--mem-fraction-static"] == "0.8"
     assert {"name": "model-storage", "mountPath": "/mnt/models", "readOnly": True, "subPath": "llama"} in c["volumeMounts"]
     assert {"name": "model-storage", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}} in pod["volumes"]
+
+
+def test_the_command_line_of_a_storage_task_is_the_one_its_experiments_ran_and_says_where_the_model_is():
+    from autotune.reads.export import render, storage_note
+
+    spec = make(deployment_mode="kubernetes", storage={"pvc_name": "models", "pvc_subpath": "llama"})
+    line = render("cmd", spec, {"mem_frac": 0.8})
+    got = flags(line.split())
+    assert got["--model-path"] == "/mnt/models" and got["--served-model-name"] == spec.model_id, line
+    assert storage_note(spec) == "the model is read from PersistentVolumeClaim models:llama, mounted at /mnt/models (`--format k8s` mounts it)"
+    assert storage_note(make(deployment_mode="kubernetes")) is None

@@ -33,6 +33,25 @@ def command_argv(spec: TaskSpec, params: dict[str, Any], *, port: int | None = N
     return engine_command(spec, params, port=port_for(spec, port))
 
 
+def served_argv(spec: TaskSpec, params: dict[str, Any], *, port: int | None = None) -> list[str]:
+    """The engine's command line as its experiments ran it: a storage task reads the model from its claim,
+    mounted at `mount_path`, under the model's name."""
+    st = spec.storage
+    if st is None:
+        return command_argv(spec, params, port=port)
+    served = {"served-model-name": spec.benchmark.model_name or spec.model_id}
+    return engine_command(spec, {**served, **params}, port=port_for(spec, port), model_path=st.mount_path)
+
+
+def storage_note(spec: TaskSpec) -> str | None:
+    """Where a storage task's model comes from, for the formats that cannot mount a claim themselves."""
+    st = spec.storage
+    if st is None:
+        return None
+    where = f"{st.pvc_name}:{st.pvc_subpath}" if st.pvc_subpath else st.pvc_name
+    return f"the model is read from PersistentVolumeClaim {where}, mounted at {st.mount_path} (`--format k8s` mounts it)"
+
+
 def command_line(spec_dict: dict[str, Any], params: dict[str, Any], *, port: int | None = None) -> str | None:
     spec = spec_of(spec_dict)
     return display_command(command_argv(spec, params, port=port)) if spec else None
@@ -74,12 +93,8 @@ def container_name(task: str) -> str:
 
 def kubernetes(spec: TaskSpec, params: dict[str, Any], *, port: int | None = None, note: str | None = None) -> str:
     p = port_for(spec, port)
-    st = spec.storage
-    if st is not None:  # the task's claim, read-only at mount_path, where the model path points (as its experiments ran)
-        served = {"served-model-name": spec.benchmark.model_name or spec.model_id}
-        argv = engine_command(spec, {**served, **params}, port=p, model_path=st.mount_path)
-    else:
-        argv = command_argv(spec, params, port=p)
+    st = spec.storage  # its claim, read-only at mount_path, where the model path points (as its experiments ran)
+    argv = served_argv(spec, params, port=p)
     command, args = _split_entrypoint(spec, argv)
     gpus = gpus_for(params)
     name = container_name(spec.task_id)
@@ -135,7 +150,7 @@ class _Plain(yaml.SafeDumper):
 
 def render(fmt: str, spec: TaskSpec, params: dict[str, Any], *, port: int | None = None, note: str | None = None) -> str:
     if fmt == "cmd":
-        return display_command(command_argv(spec, params, port=port))
+        return display_command(served_argv(spec, params, port=port))
     if fmt == "docker":
         return docker_run(spec, params, port=port)
     if fmt == "k8s":

@@ -175,6 +175,8 @@ async def export(nc, task: str, fmt: str, *, n: int | None = None, attempt: int 
         raise NotFound(f"the recorded spec of task `{task}` no longer validates; cannot build a command line")
     sim, cpu = simulated(row), on_cpu(row)
     note = "measured on SIMULATED engines and GPUs: confirm on real hardware before relying on it" if sim else (REAL_CPU_NOTE if cpu else None)
+    if fmt != "k8s" and (where := ex.storage_note(spec)):
+        note = f"{note}; {where}" if note else where
     return m.Export(
         task=task, n=n, attempt=attempt or 0, score=finite(score), format=fmt,  # type: ignore[arg-type]
         content=ex.render(fmt, spec, params, port=port, note=note), parameters=params, simulate=sim, real_cpu=cpu, note=note,
