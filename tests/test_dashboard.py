@@ -259,7 +259,7 @@ async def test_a_real_engine_on_cpu_is_labelled_on_every_page_and_its_engine_tel
     experiment page shows the engine's own /metrics summary (what explains a slow configuration)."""
     await submit(client, "oncpu", base_runtime="vllm", deployment_mode="local", gpu_type="cpu")
     x = ev.exp_id
-    engine = {"source": "vllm", "samples": 31, "mean_running": 3.5, "max_running": 16.0, "mean_waiting": 7.25, "max_waiting": 12.0,
+    engine = {"source": "vllm", "samples": 31, "scrape_failures": 2, "mean_running": 3.5, "max_running": 16.0, "mean_waiting": 7.25, "max_waiting": 12.0,
               "mean_kv_cache_usage": 0.625, "max_kv_cache_usage": 0.97, "preemptions": 4.0, "prompt_tokens": 6400.0, "generation_tokens": 3200.0,
               "steps": 3840.0}
     seq = await publish(
@@ -282,6 +282,7 @@ async def test_a_real_engine_on_cpu_is_labelled_on_every_page_and_its_engine_tel
     assert banner in exp and "SIMULATED" not in exp
     section = exp[exp.index('<section id="engine">'):]
     section = section[: section.index("</section>")]
+    assert "(vllm), 31 samples over the benchmark (2 scrapes failed or timed out)" in section
     assert "(vllm), 31 samples" in section and "0.97" in section and "<b>4</b>" in section and "7.25" in section
     assert "forward passes 3,840 (<b>2.5</b> tokens per pass)" in section  # (6,400 + 3,200) / 3,840: the engine's batch
     assert "VLLM_CPU_KVCACHE_SPACE" in exp and "<dt>device</dt><dd>cpu" in exp

@@ -100,3 +100,17 @@ async def test_scraper_against_the_simulator_counts_what_the_benchmark_sent(engi
         assert got.generation_tokens / 8 <= got.steps < got.generation_tokens, got
     else:
         assert got.steps is None  # SGLang has no step counter: unknown, not zero
+
+
+async def test_a_scrape_that_fails_is_counted_not_summarized():
+    """An engine that does not answer /metrics (here: nothing listens on the port) leaves no sample, and
+    the summary says how many scrapes failed: "no gauge figure" is then told apart from "idle"."""
+    import asyncio
+
+    from autotune.shared.net import free_port
+
+    async with EngineScraper(f"http://127.0.0.1:{free_port()}", interval_s=0.05, timeout_s=0.5) as scraper:
+        await asyncio.sleep(0.3)
+    got = scraper.summary()
+    assert got.source == "" and got.samples == 0 and got.generation_tokens is None
+    assert got.scrape_failures >= 3, got

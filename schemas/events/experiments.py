@@ -120,6 +120,7 @@ class EngineMetricsSummary(msgspec.Struct, frozen=True, kw_only=True):
 
     source: str = ""  # the metric family scraped: "vllm" | "sglang"; "" when none answered
     samples: int = 0
+    scrape_failures: int = 0  # scrapes that failed or timed out (a saturated engine answers /metrics late)
     mean_running: float | None = None  # requests being decoded or prefilled
     max_running: float | None = None
     mean_waiting: float | None = None  # requests queued for a slot or for KV cache

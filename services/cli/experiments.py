@@ -97,7 +97,8 @@ def _show_experiment(d) -> None:
     if d.engine_env:
         c.print(f"  engine env  {cell(d.engine_env)}", soft_wrap=True)
     if t := d.engine_telemetry:
-        c.print(f"  engine      {t['source']} /metrics, {t['samples']} samples: running mean {cell(t['mean_running'])} max {cell(t['max_running'])}, "
+        failed = f" ({t['scrape_failures']} scrapes failed or timed out)" if t.get("scrape_failures") else ""
+        c.print(f"  engine      {t['source']} /metrics, {t['samples']} samples{failed}: running mean {cell(t['mean_running'])} max {cell(t['max_running'])}, "
                 f"waiting mean {cell(t['mean_waiting'])} max {cell(t['max_waiting'])}, KV cache mean {cell(t['mean_kv_cache_usage'])} "
                 f"max {cell(t['max_kv_cache_usage'])}, preemptions {cell(t['preemptions'])}, tokens prompt {cell(t['prompt_tokens'])} "
                 f"generated {cell(t['generation_tokens'])}{per_step(t)}", soft_wrap=True)  # fmt: skip

@@ -262,7 +262,7 @@ def _engine(row: dict, x: ev.EngineMetricsSummary) -> None:
     """The engine's own telemetry (its /metrics during the benchmark) onto the attempt's row."""
     if not x.source:  # no engine metrics scraped (a gauge summary may rest on no sample while the counters have a window)
         return
-    row.update(engine_source=x.source or None, engine_samples=x.samples)
+    row.update(engine_source=x.source or None, engine_samples=x.samples, engine_scrape_failures=x.scrape_failures)
     for c in sc.ENGINE:
         row[c] = getattr(x, c.removeprefix("engine_"))
 

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from autotune.schemas.status import EXPERIMENT_ON_HOST, sql_list
 
-SCHEMA_VERSION = 10  # v10: experiment_rows.engine_steps (the engine's forward passes over the benchmark)
+SCHEMA_VERSION = 10  # v10: experiment_rows.engine_steps and engine_scrape_failures (the engine's forward passes; failed scrapes)
 
 ARROW = {
     "VARCHAR": pa.string(),
@@ -178,7 +178,7 @@ EXPERIMENTS = Table(
         ("waiting_reason", "VARCHAR"), ("waiting_fits", "BOOLEAN"), ("waiting_since", "TIMESTAMPTZ"),
         *[(h, "DOUBLE") for h in HEADLINE],
         ("telemetry_samples", "BIGINT"), *[(t, "DOUBLE") for t in TELEMETRY],
-        ("engine_source", "VARCHAR"), ("engine_samples", "BIGINT"), *[(t, "DOUBLE") for t in ENGINE],
+        ("engine_source", "VARCHAR"), ("engine_samples", "BIGINT"), ("engine_scrape_failures", "BIGINT"), *[(t, "DOUBLE") for t in ENGINE],
         ("last_seq", "BIGINT"), ("last_event_at", "TIMESTAMPTZ"),
     ],
     key=("task", "n", "attempt"),

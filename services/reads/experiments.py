@@ -154,7 +154,7 @@ def engine_telemetry(exp: dict) -> dict | None:
     """The engine's own /metrics summary of an attempt's row, or None when none was scraped."""
     if not exp.get("engine_source"):
         return None
-    out = {"source": exp.get("engine_source"), "samples": exp.get("engine_samples")}
+    out = {"source": exp.get("engine_source"), "samples": exp.get("engine_samples"), "scrape_failures": exp.get("engine_scrape_failures") or 0}
     out.update({f: finite(exp.get(f"engine_{f}")) for f in EngineMetricsSummary.__struct_fields__ if f not in out})
     out["tokens_per_step"] = tokens_per_step(out["prompt_tokens"], out["generation_tokens"], out["steps"])
     return out
