@@ -46,9 +46,9 @@ real-engine-test *ARGS: setup engine-setup
 demo-real: setup engine-setup
     uv run --locked python -m autotune.demo_real
 
-# a benchmark: loadgen | tuning | projector | dashboard | metrics | tunnel | agreement — prints one JSON line of figures at the end
+# a benchmark: loadgen | tuning | projector | dashboard | metrics | tunnel | agreement | scrape — prints one JSON line of figures at the end
 bench NAME *ARGS: setup
-    if [ "{{NAME}}" = agreement ]; then just engine-setup; fi
+    if [ "{{NAME}}" = agreement ] || [ "{{NAME}}" = scrape ]; then just engine-setup; fi
     uv run --locked python tests/benchmarks/{{NAME}}.py {{ARGS}}
 
 # the chaos suite: a 30-experiment task while a seeded driver kill -9s services; one JSON line (`--short` for the CI form)

@@ -123,9 +123,9 @@ async def test_more_running_sequences_mean_more_throughput_on_the_real_vllm(sett
             # requests and the warm-up one, 100 tokens each)
             assert e.engine.source == "vllm" and e.engine.generation_tokens == 65 * 100
         # its gauges never contradict the configuration. How many land mid-benchmark is left to the machine:
-        # on 2 cores saturated by vLLM its /metrics took ~6 s to answer mid-benchmark (past the scraper's 2 s
-        # timeout: counted in scrape_failures), and what did land once read "0 running, 0 waiting" while
-        # tokens advanced, so the gauges' story (1 running, the rest waiting) is no assertion here
+        # on 2 cores saturated by vLLM a scrape took up to 6 s (past the scraper's 2 s timeout: counted in
+        # scrape_failures), and vLLM's gauges read "0 running, 0 waiting" while its tokens advanced (`just
+        # bench scrape`), so the gauges' story (1 running, the rest waiting) is no assertion here
         assert one.engine.max_running is None or one.engine.max_running <= 1
         started = [e for e in history if isinstance(e, ev.ExperimentStarted)]
         assert all(s.device == "cpu" and s.command[0] == str(rv.vllm_exe()) and s.env["VLLM_CPU_KVCACHE_SPACE"] == "1" for s in started)

@@ -24,9 +24,10 @@ steps is its batch: `--max-num-seqs 1` under 16 concurrent requests shows about 
 Several label sets of one name (data-parallel engines: `engine="0"`, `engine="1"`) are added up,
 except the KV cache usage, of which the fullest counts. A scrape that fails (the engine is busy or
 has no metrics endpoint) is skipped: the summary says how many samples it rests on, and how many
-scrapes failed. On two cores saturated by vLLM its /metrics took about 6 s to answer mid-benchmark,
-past the 2 s timeout: the gauges then rest on few samples or none, while the counters, read before
-and after the benchmark, stay exact.
+scrapes failed. On two cores saturated by vLLM (`just bench scrape`) a scrape mid-benchmark took up
+to 6 s, past the 2 s timeout, and the once-a-second loop ran at 4-6 s gaps; vLLM's gauges there read
+"0 running, 0 waiting" while its token counter advanced. The gauges then rest on few samples, and
+may be wrong at the source; the counters, read before and after the benchmark, stay exact.
 """
 
 from __future__ import annotations
