@@ -324,11 +324,39 @@ async def test_a_release_that_does_not_come_up_is_rolled_back(fleet, tmp_path):
     assert fleet.hosts()["ha"]["status"] == "online"
 
 
-async def test_rollback_by_hand(fleet):
+async def test_rollback_by_hand_waits_for_the_experiment_running_on_the_host(fleet):
+    """A rollback (like an upgrade or an undeploy) drains the host first: the experiment running there
+    finishes on it, by the same attempt, before the node stops; nothing is failed or moved."""
     a = fleet.lab.hosts["a"]
-    r = fleet.deploy(a, "ha", "--rollback")
-    assert r.returncode == 0, (r.stdout, r.stderr)
-    assert "rollback ha: succeeded" in r.stdout
+    # two experiments at once on two 1-GPU hosts: one runs on ha. One run of 12 simulated minutes: ~14 s at time scale 50
+    spec = small_spec("during-rollback", optimization={"max_iterations": 2, "max_parallel": 2, "timeout_per_iteration": 300},
+                      benchmark={"num_concurrency": [1], "max_requests_per_iteration": 1_000_000, "max_time_per_iteration": 12, "warmup_requests": 0})  # fmt: skip
+    path = fleet.base / "during-rollback.json"
+    path.write_text(json.dumps(spec))
+    r = fleet.cli("submit", str(path), "--json")
+    assert r.returncode == 0, r.stderr
+    task = json.loads(r.stdout)["id"]
+    nc, js = await fleet.admin()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # its engine on ha answers: the benchmark runs
+            if any(isinstance(e, ev.ExperimentReady) and e.host == "ha" for e in await events_of(js, subj.task_all(task))):
+                break
+            await asyncio.sleep(0.5)
+        else:
+            raise AssertionError("no experiment started on ha")
+        r = fleet.deploy(a, "ha", "--rollback", "--json")
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        got = json.loads(r.stdout)
+        steps = {s["step"]: s for s in got["steps"]}
+        assert (got["action"], got["outcome"]) == ("rollback", "succeeded")
+        assert steps["drain"]["detail"] == "1 experiment(s) finished", steps["drain"]
+        history = await events_of(js, subj.task_all(task))
+        on_ha = [e for e in history if isinstance(e, ev.ExperimentCompleted | ev.ExperimentFailed) and e.host == "ha"]
+        assert [(type(e).__name__, e.attempt) for e in on_ha] == [("ExperimentCompleted", 0)], on_ha  # finished there, not moved
+        assert await events_of(js, subj.host("ha", "drained")), "the host said it was drained before it stopped"
+    finally:
+        await nc.close()
     assert current_release(a) == fleet.releases["first"]
     assert fleet.hosts()["ha"]["version"] == "0.1.0"
 
