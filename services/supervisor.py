@@ -45,11 +45,12 @@ class Stack:
     children: list[Child]
 
     secure: bool = False
+    tls_ca: str | None = None  # NATS over TLS: the CA its clients verify the server against
 
     def info(self) -> dict:
         return {
             "nats_url": self.nats_url, "api_url": self.api_url, "api_token": self.api_token, "pid": os.getpid(),
-            "data_dir": str(self.data_dir), "secure": self.secure,
+            "data_dir": str(self.data_dir), "secure": self.secure, "tls_ca": self.tls_ca,
         }
 
 
@@ -77,8 +78,11 @@ def host_ids(count: int) -> list[str]:
     return ["local"] if count == 1 else [f"local-{i}" for i in range(count)]
 
 
-def start_secure_nats(data_dir: Path, port: int, secure_hosts: list[str], *, bind: str = "127.0.0.1") -> tuple[NatsServer, dict[str, str]]:
-    """nats-server with JetStream and a user per role and host (passwords in a 0600 file).
+def start_secure_nats(
+    data_dir: Path, port: int, secure_hosts: list[str], *, bind: str = "127.0.0.1", tls: bool = False
+) -> tuple[NatsServer, dict[str, str]]:
+    """nats-server with JetStream and a user per role and host (passwords in a 0600 file); with `tls`,
+    clients must speak TLS and verify the server against this controller's CA (shared/tls.py).
 
     The users live in `nats/auth.conf`, included by `nats/nats.conf`: `autotune deploy` adds a
     host's users there and reloads the server (its pid in `nats/nats.pid`) without a restart."""
@@ -90,12 +94,41 @@ def start_secure_nats(data_dir: Path, port: int, secure_hosts: list[str], *, bin
     hosts = sorted(set(secure_hosts) | set(security.credential_hosts(existing)))  # deployed hosts keep their users
     passwords = security.generate_credentials(data_dir, hosts)
     security.write_private(nats_dir / AUTH_FILE, security.render_authorization(hosts, passwords))
+    files = None
+    if tls:
+        from autotune.shared import tls as tls_files
+
+        made = tls_files.ensure(nats_dir / "tls", [bind, "127.0.0.1", "localhost", *local_names(bind)])
+        files = security.TlsFiles(cert=made.cert, key=made.key)
     conf = security.render_config(
-        port=port, store_dir=str(nats_dir), host=bind, authorization_file=AUTH_FILE, pid_file=str(nats_dir / NATS_PID_FILE),
+        port=port, store_dir=str(nats_dir), host=bind, authorization_file=AUTH_FILE, pid_file=str(nats_dir / NATS_PID_FILE), tls=files,
     )
     security.write_private(nats_dir / "nats.conf", conf)
     server = NatsServer(nats_dir, port=port, host=bind, config=str(nats_dir / "nats.conf"), log_file=log_file).start()
     return server, passwords
+
+
+def tls_ca(data_dir: Path) -> str | None:
+    """The CA of a TLS-secured stack's NATS, when it has one."""
+    from autotune.shared import tls as tls_files
+
+    ca = data_dir / "nats" / "tls" / tls_files.CA
+    return str(ca) if ca.exists() else None
+
+
+def local_names(bind: str) -> list[str]:
+    """What clients may dial for a server bound to `bind`: this machine's name and its addresses when
+    it listens on every interface (a host deployed over another address: `autotune up --nats-bind ADDR`)."""
+    import socket
+
+    if bind not in ("0.0.0.0", "::"):
+        return []
+    name = socket.gethostname()
+    try:
+        addresses = {i[4][0] for i in socket.getaddrinfo(name, None)}
+    except OSError:
+        addresses = set()
+    return [name, *sorted(addresses)]
 
 
 AUTH_FILE = "auth.conf"
@@ -116,11 +149,13 @@ def role_url(nats_url: str, passwords: dict[str, str] | None, user: str) -> str:
 
 def build_children(
     nats_url: str, data_dir: Path, *, api_port: int, hosts: int, simulate: str | None, time_scale: float, api_token: str | None,
-    passwords: dict[str, str] | None = None,
+    passwords: dict[str, str] | None = None, tls_ca: str | None = None,
 ) -> list[Child]:
     """Every service as a child. In secure mode each connects as its own NATS user, its credentials
     in its environment (never on a command line, which `ps` shows)."""
     env = {"AUTOTUNE_DATA_DIR": str(data_dir)}
+    if tls_ca:
+        env["AUTOTUNE_NATS_CA"] = tls_ca
     if api_token:
         env["AUTOTUNE_API_TOKEN"] = api_token
 
@@ -145,14 +180,15 @@ def build_children(
     return children
 
 
-async def provision_as_admin(nats_url: str, passwords: dict[str, str] | None, data_dir: Path) -> None:
+async def provision_as_admin(nats_url: str, passwords: dict[str, str] | None, data_dir: Path, tls_ca: str | None = None) -> None:
     """Create the streams and buckets before any service starts (in secure mode only admin may)."""
     from autotune.shared import bus
     from autotune.shared.provision import provision
     from autotune.shared.settings import Settings
 
     env = Settings.from_env()  # the streams' max ages; one local server: one replica whatever AUTOTUNE_REPLICAS says
-    s = Settings(nats_url=role_url(nats_url, passwords, "admin"), data_dir=str(data_dir), telemetry_max_age_s=env.telemetry_max_age_s, logs_max_age_s=env.logs_max_age_s)
+    s = Settings(nats_url=role_url(nats_url, passwords, "admin"), data_dir=str(data_dir), telemetry_max_age_s=env.telemetry_max_age_s,
+                 logs_max_age_s=env.logs_max_age_s, tls_ca=tls_ca)  # fmt: skip
     nc = await bus.connect(s, "up")
     try:
         await provision(nc.jetstream(), s)

@@ -37,6 +37,10 @@ log = get_logger("bus")
 WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
+def _no_tls_eof_note(record) -> bool:
+    return not record.getMessage().startswith("returning true from eof_received() has no effect when using ssl")
+
+
 async def connect(settings: Settings, name: str, *, connect_timeout: float = 5.0, stop: asyncio.Event | None = None, **kw: Any) -> NATS:
     """Connect with reconnects forever; the client name shows who is who in `nats server report`.
 
@@ -53,9 +57,12 @@ async def connect(settings: Settings, name: str, *, connect_timeout: float = 5.0
     if settings.creds:
         opts["user_credentials"] = settings.creds
     if settings.tls_ca:
+        import logging
         import ssl
 
         opts["tls"] = ssl.create_default_context(cafile=settings.tls_ca)
+        # nats-py's protocol returns True from eof_received, which asyncio notes on every TLS connection
+        logging.getLogger("asyncio").addFilter(_no_tls_eof_note)
 
     async def _err(e: Exception) -> None:
         log.warning("nats error", error=repr(e))

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -103,7 +104,7 @@ class Fleet:
 
     async def admin(self):
         url = security.nats_url(self.info["nats_url"], "admin", self.passwords["admin"])
-        nc = await bus.connect(Settings(nats_url=url), "ssh-test")
+        nc = await bus.connect(Settings(nats_url=url, tls_ca=self.info.get("tls_ca")), "ssh-test")  # NATS over TLS
         return nc, nc.jetstream()
 
     def hosts(self, *extra: str) -> dict[str, dict]:
@@ -216,6 +217,11 @@ async def test_two_hosts_deploy_at_once_and_register_once(fleet):
     assert current_release(a) == got["release"]
     auth = (fleet.data / "nats" / "auth.conf").read_text()
     assert '"runner-ha"' in auth and '"gpumon-hb"' in auth
+    # NATS over TLS: the node verifies the server against the controller's CA, copied beside its configuration
+    assert fleet.info["tls_ca"] and (etc / "nats-ca.pem").read_bytes() == Path(fleet.info["tls_ca"]).read_bytes()
+    assert json.loads((etc / "node.json").read_text())["nats_ca"] == "/opt/autotune/etc/nats-ca.pem"
+    assert "NATS over TLS" in next(s["detail"] for s in got["steps"] if s["step"] == "credentials")
+    assert "TLS required for client connections" in (fleet.data / "logs" / "nats-server.log").read_text()
 
 
 async def test_a_task_runs_on_both_hosts(fleet):
@@ -493,7 +499,10 @@ async def test_undeploy_leaves_nothing_behind(fleet):
     from nats.aio.client import Client
 
     refused = Client()
-    with pytest.raises(Exception):  # noqa: B017 - the user is gone
-        await refused.connect(security.nats_url(fleet.info["nats_url"], "gpumon-ha", old_password), allow_reconnect=False, connect_timeout=2)
+    trusted = ssl.create_default_context(cafile=fleet.info["tls_ca"])  # over TLS, so that what refuses it is the login
+    with pytest.raises(Exception) as gone:  # noqa: B017 - the user is gone
+        url = security.nats_url(fleet.info["nats_url"], "gpumon-ha", old_password)
+        await asyncio.wait_for(refused.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2, tls=trusted), 30)
+    assert "authorization" in str(gone.value).lower(), repr(gone.value)
     await refused.close()
     assert fleet.hosts() == {}

@@ -42,8 +42,10 @@ def test_up_secure_runs_a_task_with_a_user_per_role(tmp_path):
         r = subprocess.run([sys.executable, "-m", "autotune.cli", "submit", str(spec), "--watch", "--json"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=150)
         assert r.returncode == 0, r.stdout + r.stderr
         assert json.loads(r.stdout.strip().splitlines()[-1])["status"] == "completed"
-        # no service was refused anything it needed
-        assert "Violation" not in (data / "logs" / "nats-server.log").read_text()
+        # no service was refused anything it needed, and every one of them spoke TLS to it
+        server_log = (data / "logs" / "nats-server.log").read_text()
+        assert "Violation" not in server_log and "TLS required for client connections" in server_log
+        assert json.loads((data / "up.json").read_text())["tls_ca"] == str(data / "nats" / "tls" / "ca.pem")
         # and the services' command lines carry no password
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
         assert not any(pw in ps for pw in json.loads(creds.read_text()).values())

@@ -65,7 +65,7 @@ async def start(request: Request, host: str, run) -> DeployStarted:
         if step.step == "preflight":
             preflight.set()
 
-    ctl = d.Controller(js=request.app.state.nc.jetstream(), nats_url=settings.nats_url, data_dir=settings.data_dir, on_step=on_step)
+    ctl = d.Controller.of(request.app.state.nc.jetstream(), settings, on_step)
     task = asyncio.create_task(run(ctl), name=f"deploy-{host}")
     ops[host] = task
     waiter = asyncio.create_task(preflight.wait())

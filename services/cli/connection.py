@@ -61,6 +61,7 @@ def stack_settings(args: argparse.Namespace) -> Settings:
 
             creds = json.loads(security.credentials_path(s.data_dir).read_text())
             s.nats_url = security.nats_url(info["nats_url"], "api", creds["api"])
+        s.tls_ca = info.get("tls_ca") or s.tls_ca  # a TLS-secured stack: verify its server against its CA
     return s
 
 

@@ -123,7 +123,7 @@ async def _operate(args: argparse.Namespace, conn: Connection, op) -> int:
     """Run `op(controller)`; a refusal (nothing was done) is one line and exit 2."""
     from autotune import deploy as d
 
-    ctl = d.Controller(js=conn.js, nats_url=conn.settings.nats_url, data_dir=conn.settings.data_dir, on_step=_printer(args.json))
+    ctl = d.Controller.of(conn.js, conn.settings, _printer(args.json))
     try:
         return _report(await op(ctl), args.json)
     except (d.Refused, d.BadInput) as e:

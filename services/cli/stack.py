@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--simulate", help="simulated GPUs per host, e.g. 4xH100 (default: real GPUs, else simulated)")
     p.add_argument("--time-scale", type=float, default=10.0, help="simulated engines run this much faster than real time (keep it at 10 or below for faithful latencies)")
     p.add_argument("--no-auth", action="store_true", help="do not require an API token for POST calls")
-    p.add_argument("--secure", action="store_true", help="NATS with a user per role and host, each allowed only the subjects it needs (infra/nats/README.md)")
+    p.add_argument("--secure", action="store_true", help="NATS with a user per role and host, each allowed only the subjects it needs, over TLS (infra/nats/README.md)")
+    p.add_argument("--no-tls", action="store_true", help="with --secure: plain TCP instead of TLS (users and passwords then cross the network in the clear)")
 
     p = add_command(sub, "run", "run one service in the foreground",
                     "autotune run scheduler --nats nats://10.0.0.5:4222\nautotune run runner --host gpu-node-7\nautotune run api --bind 0.0.0.0 --port 8080", run)  # fmt: skip
@@ -95,26 +96,28 @@ def up(args: argparse.Namespace) -> int:
             code = err(f"already running (pid {info['pid']}, NATS {info['nats_url']}); stop it first", EXIT_INPUT)
             return
         (data / "logs").mkdir(parents=True, exist_ok=True)
-        passwords = None
+        passwords, ca = None, None
         if args.secure:
-            nats, passwords = sv.start_secure_nats(data, args.nats_port, sv.host_ids(args.hosts), bind=args.nats_bind)
+            nats, passwords = sv.start_secure_nats(data, args.nats_port, sv.host_ids(args.hosts), bind=args.nats_bind, tls=not args.no_tls)
+            ca = None if args.no_tls else sv.tls_ca(data)
         else:
             nats = sv.start_nats(data, args.nats_port, bind=args.nats_bind)
-        await sv.provision_as_admin(nats.url, passwords, data)
+        await sv.provision_as_admin(nats.url, passwords, data, tls_ca=ca)
         token = None if args.no_auth else (s.api_token or sv.new_token())
         children = sv.build_children(
             nats.url, data, api_port=args.api_port, hosts=args.hosts, simulate=args.simulate, time_scale=args.time_scale, api_token=token,
-            passwords=passwords,
+            passwords=passwords, tls_ca=ca,
         )  # fmt: skip
         api_url = f"http://127.0.0.1:{args.api_port}"
-        stack = sv.Stack(data, nats.url, api_url, token, nats, children, secure=args.secure)
+        stack = sv.Stack(data, nats.url, api_url, token, nats, children, secure=args.secure, tls_ca=ca)
         sv.stack_file(data).write_text(json.dumps(stack.info()))
         print(f"autotune {__version__} is up (Ctrl-C stops everything)")
-        print(f"  NATS      {nats.url}   (watch: nats sub 'autotune.>' -s {nats.url})")
+        print(f"  NATS      {nats.url}   (watch: nats sub 'autotune.>' -s {nats.url}" + (f" --tlsca {ca}" if ca else "") + ")")
         if passwords:
             from autotune.shared import security
 
             print(f"  secure    a NATS user per role and host; passwords in {security.credentials_path(data)} (0600)")
+            print(f"  TLS       clients verify NATS against {ca} (autotune deploy copies it to each host)" if ca else "  TLS       off (--no-tls)")
         print(f"  dashboard {api_url}/   (the fleet, tasks and results, live)")
         print(f"  API       {api_url}/api   (OpenAPI: {api_url}/schema)")
         if token:

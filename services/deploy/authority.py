@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import signal
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,8 +34,9 @@ strip_credentials = security.redacted
 class Authority:
     """The NATS server's users, as files on this (the controller's) machine."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], nats_url: str) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], nats_url: str, tls_ca: str | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.tls_ca = tls_ca  # NATS over TLS: logins are checked through it too
         self.auth_file = self.data_dir / "nats" / AUTH_FILE
         self.pid_file = self.data_dir / "nats" / NATS_PID_FILE
         self.credentials = security.credentials_path(self.data_dir)
@@ -130,7 +132,8 @@ class Authority:
         while True:
             nc = Client()  # made here so that a refused login is closed too (nats.connect would leak its socket)
             try:
-                await nc.connect(url, connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False, error_cb=quiet)
+                tls = {"tls": ssl.create_default_context(cafile=self.tls_ca)} if self.tls_ca else {}
+                await nc.connect(url, connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False, error_cb=quiet, **tls)
                 await nc.flush(2)
                 ok = True
             except Exception:

@@ -53,6 +53,12 @@ class Controller(msgspec.Struct, kw_only=True):
     nats_url: str  # how this controller reaches NATS (credentials in it are never shown or passed on)
     data_dir: str  # the NATS users (secured NATS) and the tunnels live here
     on_step: object | None = None
+    tls_ca: str | None = None  # NATS over TLS (`autotune up --secure`): its CA, copied to each host
+
+    @classmethod
+    def of(cls, js: object, settings, on_step: object | None = None) -> Controller:
+        """The controller of a connected adapter (the CLI, the API, the MCP server): its settings' NATS, data and CA."""
+        return cls(js=js, nats_url=settings.nats_url, data_dir=settings.data_dir, on_step=on_step, tls_ca=settings.tls_ca)
 
 
 def check_request(req: DeployRequest) -> tuple[Target, str]:
@@ -139,6 +145,7 @@ class Plan(msgspec.Struct, kw_only=True):
     need_mb: int
     requirements: str = ""
     clone_from: str | None = None  # an installed release with the same dependencies: its virtualenv is cloned
+    ca: bytes | None = None  # NATS over TLS: the CA certificate the node gets
 
 
 async def _preflight(req: DeployRequest, t: Target, host: str, ctl: Controller, conn: sshmod.Connection, build_dir: Path) -> Plan:
@@ -187,18 +194,41 @@ async def _preflight(req: DeployRequest, t: Target, host: str, ctl: Controller, 
     else:
         action = "deploy" if not current else ("upgrade" if current != release.id else "reconfigure")
         target_release = release.id
-    authority = Authority(ctl.data_dir, ctl.nats_url)
+    authority = Authority(ctl.data_dir, ctl.nats_url, ctl.tls_ca)
     url = node_nats_url(req, ctl.nats_url, conn.local_address)
+    ca = _tls_ca(ctl, url)
     cfg = NodeConfig(
         host=host, simulate=req.simulate, time_scale=req.time_scale, data_dir=layout.data, log_dir=layout.log_dir, pidfile=layout.pidfile,
-        credentials=layout.credentials, nats_url=url, via=req.via, env=dict(req.env),
+        credentials=layout.credentials, nats_url=url, via=req.via, env=dict(req.env), nats_ca=layout.nats_ca if ca else None,
     )
     return Plan(
         facts=facts, layout=layout, release=release, pins=pins, wheels=wheels if req.offline else [], action=action,
         target_release=target_release, mode="systemd" if facts.systemd else "daemon", config=cfg,
         passwords=authority.passwords(host) if authority.secured else None, secured=authority.secured, need_mb=need_mb,
-        requirements=requirements, clone_from=clone_from,
+        requirements=requirements, clone_from=clone_from, ca=ca,
     )
+
+
+def _tls_ca(ctl: Controller, url: str) -> bytes | None:
+    """The CA a node needs to verify a TLS-secured NATS, after checking that the server's certificate
+    names the address the node dials (else the node could never connect: say so now)."""
+    if not ctl.tls_ca:
+        return None
+    from autotune.shared import tls
+
+    ca = Path(ctl.tls_ca)
+    try:
+        pem = ca.read_bytes()
+        named = tls.names(ca.parent / tls.CERT) if (ca.parent / tls.CERT).exists() else None
+    except (OSError, ValueError) as e:
+        raise Refused(f"cannot read the NATS TLS files beside {ca}: {e}") from None
+    dialled = [urlsplit(u).hostname or "" for u in url.split(",")]
+    if named is not None and (missing := [h for h in dialled if h not in named]):
+        raise Refused(
+            f"the NATS server's TLS certificate does not name {', '.join(missing)}, the address this host would connect to "
+            f"(it names {', '.join(sorted(named))}): start `autotune up --secure --nats-bind {missing[0]}`, or give --node-nats with a name it has"
+        )
+    return pem
 
 
 def _credentials(url: str, passwords: dict[str, str] | None, host: str) -> Credentials:
@@ -226,6 +256,8 @@ async def _difference(conn: sshmod.Connection, plan: Plan, ctl: Controller, host
         return "the node's configuration changed"
     if await remote.read_json(conn, layout.credentials) != msgspec.to_builtins(_credentials(plan.config.nats_url, plan.passwords, host)):
         return "the node's NATS credentials changed"
+    if plan.ca is not None and await conn.read_file(layout.nats_ca) != plan.ca:
+        return "the NATS CA changed"
     if plan.mode == "systemd":
         unit = await conn.read_file(layout.unit)
         if unit is None or unit.decode() != render_unit(layout, host):
@@ -258,6 +290,8 @@ def describe(plan: Plan, req: DeployRequest, t: Target) -> list[str]:
     else:
         lines.append("upload    nothing (the release is there)")
     lines.append(f"nats      {plan.config.nats_url} as runner-{req.host} / gpumon-{req.host}" if plan.secured else f"nats      {plan.config.nats_url} (open: no users)")
+    if plan.ca is not None:
+        lines.append(f"tls       the node verifies NATS against this controller's CA, copied to {plan.layout.nats_ca}")
     if req.via == "ssh-tunnel":
         lines.append(f"tunnel    host 127.0.0.1:{req.tunnel_port} -> this controller's NATS, held by `autotune tunnel {req.host}`")
     if plan.action in ("upgrade", "rollback"):
@@ -341,7 +375,7 @@ async def _apply(req: DeployRequest, ctl: Controller, conn: sshmod.Connection, p
         async with rec.timed("credentials") as d:
             passwords = plan.passwords
             if plan.secured:
-                authority = Authority(ctl.data_dir, ctl.nats_url)
+                authority = Authority(ctl.data_dir, ctl.nats_url, ctl.tls_ca)
                 if passwords is None:
                     passwords = await authority.add_host(host)
                     d.append(f"users runner-{host}, gpumon-{host} added; nats-server reloaded")
@@ -349,7 +383,9 @@ async def _apply(req: DeployRequest, ctl: Controller, conn: sshmod.Connection, p
                     d.append(f"users runner-{host}, gpumon-{host} exist")
             else:
                 d.append("NATS is open (no users)")
-            await remote.write_config(conn, layout, plan.config, _credentials(plan.config.nats_url, passwords, host))
+            await remote.write_config(conn, layout, plan.config, _credentials(plan.config.nats_url, passwords, host), plan.ca)
+            if plan.ca is not None:
+                d.append(f"NATS over TLS: its CA in {layout.nats_ca}")
         if req.via == "ssh-tunnel":
             async with rec.timed("tunnel") as d:
                 d.append(await _tunnel(req, ctl, conn, host, facts))
@@ -442,7 +478,7 @@ async def _undo_first(req, ctl, conn, plan: Plan, rec: Recorder, host: str) -> N
     try:
         await remote.remove(conn, plan.layout, plan.mode, None)
         if plan.secured and plan.passwords is None:
-            await Authority(ctl.data_dir, ctl.nats_url).revoke_host(host)
+            await Authority(ctl.data_dir, ctl.nats_url, ctl.tls_ca).revoke_host(host)
         tunnel.forget(ctl.data_dir, host)
         await rec.step("remove", "done", 0, f"removed {plan.layout.prefix}: the machine is as it was")
     except Exception as e:

@@ -9,6 +9,7 @@ Everything autotune puts on a host is under one prefix (root: /opt/autotune; ano
     <prefix>/wheels/                 the --offline wheelhouse, shared by releases
     <prefix>/etc/node.json           the node's configuration (no secrets)
     <prefix>/etc/nats.json           its NATS URLs with credentials (0600)
+    <prefix>/etc/nats-ca.pem         the CA it verifies NATS against (a TLS-secured NATS)
     <prefix>/state.json              host name, current and previous release, how it runs
     <prefix>/log/                    node.log, runner.log, gpumon.log
     <prefix>/run/node.pid            the daemon's pid (where systemd does not run)
@@ -60,6 +61,10 @@ class Layout(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def credentials(self) -> str:
         return self._p("etc", "nats.json")
+
+    @property
+    def nats_ca(self) -> str:
+        return self._p("etc", "nats-ca.pem")
 
     @property
     def state(self) -> str:
@@ -122,6 +127,7 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True):
     nats_url: str  # where it connects (no credentials): shown to people
     via: str = "direct"
     env: dict[str, str] = {}  # extra AUTOTUNE_* settings for the runner and the GPU monitor
+    nats_ca: str | None = None  # NATS over TLS: the CA file the runner and the GPU monitor verify it against
 
 
 class Credentials(msgspec.Struct, frozen=True, kw_only=True):

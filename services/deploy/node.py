@@ -65,6 +65,8 @@ def children(cfg: NodeConfig, creds: Credentials, python: str | None = None):
 
     py = python or sys.executable
     env = {"AUTOTUNE_DATA_DIR": cfg.data_dir, "AUTOTUNE_HOST": cfg.host, **cfg.env}
+    if cfg.nats_ca:
+        env["AUTOTUNE_NATS_CA"] = cfg.nats_ca
     runner = [py, "-m", "autotune.cli", "run", "runner", "--host", cfg.host]
     gpumon = [py, "-m", "autotune.cli", "run", "gpumon", "--host", cfg.host]
     if cfg.simulate:

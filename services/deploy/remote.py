@@ -121,7 +121,9 @@ async def read_json(conn: Connection, path: str) -> dict | None:
     return got if isinstance(got, dict) else None
 
 
-async def write_config(conn: Connection, layout: Layout, cfg: NodeConfig, creds: Credentials) -> None:
+async def write_config(conn: Connection, layout: Layout, cfg: NodeConfig, creds: Credentials, ca: bytes | None = None) -> None:
+    if cfg.nats_ca and ca is not None:
+        await conn.write_file(cfg.nats_ca, ca, mode=0o644)
     await conn.write_file(layout.credentials, msgspec.json.encode(creds), mode=0o600)
     await conn.write_file(layout.node_config, msgspec.json.format(msgspec.json.encode(cfg)), mode=0o644)
 

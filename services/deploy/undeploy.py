@@ -93,7 +93,7 @@ async def undeploy(req: UndeployRequest, ctl: Controller) -> Outcome:
                 await commands.remove_host(ctl.js, host, requested_by=req.requested_by or "undeploy")
                 with contextlib.suppress(Exception):  # only admin may delete consumers; a new deploy resumes it anyway
                     await ctl.js.delete_consumer(subj.EVENTS_STREAM, f"runner-{host}")
-            authority = Authority(ctl.data_dir, ctl.nats_url)
+            authority = Authority(ctl.data_dir, ctl.nats_url, ctl.tls_ca)
             revoked = authority.secured and await authority.revoke_host(host)
             d.append("removed from the fleet" + (f"; NATS users runner-{host}, gpumon-{host} revoked" if revoked else ""))
         out.outcome = "succeeded"

@@ -184,7 +184,7 @@ async def _deploying(ctx: Context, op) -> CallToolResult:
             notes.add(note)
             note.add_done_callback(notes.discard)
 
-    ctl = d.Controller(js=nc.jetstream(), nats_url=link.settings.nats_url, data_dir=link.settings.data_dir, on_step=on_step)
+    ctl = d.Controller.of(nc.jetstream(), link.settings, on_step)
     out = await op(ctl)
     summary = (f"plan for {out.host} ({out.action}, dry run: nothing was changed):\n{out.message}" if out.outcome == "planned"
                else f"{out.action} {out.host}: {out.outcome} in {out.seconds:.1f} s: {out.message}")  # fmt: skip

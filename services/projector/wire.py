@@ -37,7 +37,7 @@ Handler = Callable[[str, str | None, str, str, bytes], None]
 
 async def connect(nc: NATS, settings: Settings | None, lean: bool) -> Any:
     """The feeds' wire: a LeanWire of their own where it can speak to the servers, else `nc`'s."""
-    if settings is not None and lean and LeanWire.usable(settings.nats_url, settings.creds):
+    if settings is not None and lean and not settings.tls_ca and LeanWire.usable(settings.nats_url, settings.creds):
         try:
             return await LeanWire([u.strip() for u in settings.nats_url.split(",")]).connect()
         except (ConnectionError, TimeoutError) as e:
@@ -136,7 +136,9 @@ class LeanWire(asyncio.Protocol):
                 self._write(f"SUB {subject} {sid}\r\n".encode())
             self.connected.set()
             return
-        raise ConnectionError(f"cannot reach any NATS server of {self.servers}: {last}")
+        from autotune.shared.security import redacted
+
+        raise ConnectionError(f"cannot reach any NATS server of {[redacted(s) for s in self.servers]}: {last}")
 
     async def _keep_alive(self) -> None:
         """Ping to notice a dead connection; reconnect forever while open."""
