@@ -9,7 +9,8 @@ import ssl
 
 import pytest
 
-from autotune.deploy.engine import Controller, Refused, _tls_ca
+from autotune.deploy.authority import node_ca
+from autotune.deploy.record import Refused
 from autotune.shared import bus, security, tls
 from autotune.shared.settings import Settings
 from autotune.supervisor import start_secure_nats, tls_ca
@@ -49,11 +50,10 @@ def test_the_ca_is_kept_and_the_server_certificate_grows_the_names_it_must_have(
 
 def test_deploy_refuses_a_host_that_would_dial_an_address_the_certificate_does_not_name(tmp_path):
     files = tls.ensure(tmp_path / "tls", ["127.0.0.1", "10.9.0.1"])
-    ctl = Controller(js=None, nats_url="nats://10.9.0.1:4222", data_dir=str(tmp_path), tls_ca=files.ca)
-    assert _tls_ca(ctl, "nats://10.9.0.1:4222") == (tmp_path / "tls" / tls.CA).read_bytes()
-    assert _tls_ca(ctl, "nats://127.0.0.1:4333") is not None  # through a tunnel's local end
+    assert node_ca(files.ca, "nats://10.9.0.1:4222") == (tmp_path / "tls" / tls.CA).read_bytes()
+    assert node_ca(files.ca, "nats://127.0.0.1:4333") is not None  # through a tunnel's local end
     with pytest.raises(Refused) as refused:
-        _tls_ca(ctl, "nats://10.9.0.7:4222")
+        node_ca(files.ca, "nats://10.9.0.7:4222")
     assert "does not name 10.9.0.7" in str(refused.value) and "--nats-bind 10.9.0.7" in str(refused.value)
-    assert _tls_ca(Controller(js=None, nats_url="nats://x:1", data_dir=str(tmp_path)), "nats://10.9.0.7:4222") is None  # no TLS: no CA
+    assert node_ca(None, "nats://10.9.0.7:4222") is None  # no TLS: no CA
     assert json.loads(json.dumps({"ca": files.ca}))["ca"].endswith("ca.pem")

@@ -19,7 +19,9 @@ import signal
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from autotune.deploy.layout import Credentials
 from autotune.shared import security
 from autotune.supervisor import AUTH_FILE, NATS_PID_FILE
 
@@ -146,3 +148,35 @@ class Authority:
             if loop.time() > deadline:
                 return False
             await asyncio.sleep(0.2)
+
+
+def node_credentials(url: str, passwords: dict[str, str] | None, host: str) -> Credentials:
+    if passwords is None:
+        return Credentials(runner=url, gpumon=url)
+    return Credentials(
+        runner=security.nats_url(url, security.user_name("runner", host), passwords[security.user_name("runner", host)]),
+        gpumon=security.nats_url(url, security.user_name("gpumon", host), passwords[security.user_name("gpumon", host)]),
+    )
+
+
+def node_ca(tls_ca: str | None, url: str) -> bytes | None:
+    """The CA a node needs to verify a TLS-secured NATS, after checking that the server's certificate
+    names the address the node dials (else the node could never connect: say so now)."""
+    if not tls_ca:
+        return None
+    from autotune.deploy.record import Refused
+    from autotune.shared import tls
+
+    ca = Path(tls_ca)
+    try:
+        pem = ca.read_bytes()
+        named = tls.names(ca.parent / tls.CERT) if (ca.parent / tls.CERT).exists() else None
+    except (OSError, ValueError) as e:
+        raise Refused(f"cannot read the NATS TLS files beside {ca}: {e}") from None
+    dialled = [urlsplit(u).hostname or "" for u in url.split(",")]
+    if named is not None and (missing := [h for h in dialled if h not in named]):
+        raise Refused(
+            f"the NATS server's TLS certificate does not name {', '.join(missing)}, the address this host would connect to "
+            f"(it names {', '.join(sorted(named))}): start `autotune up --secure --nats-bind {missing[0]}`, or give --node-nats with a name it has"
+        )
+    return pem

@@ -30,8 +30,8 @@ from autotune.deploy import lock, remote, tunnel, verify
 from autotune.deploy import probe as pr
 from autotune.deploy import release as rel
 from autotune.deploy import ssh as sshmod
-from autotune.deploy.authority import Authority, AuthorityError, strip_credentials
-from autotune.deploy.layout import Credentials, Layout, NodeConfig, State, layout_for, render_unit
+from autotune.deploy.authority import Authority, AuthorityError, node_ca, node_credentials, strip_credentials
+from autotune.deploy.layout import Layout, NodeConfig, State, layout_for, render_unit
 from autotune.deploy.record import DeployRequest, Outcome, Recorder, Refused, new_id, with_ssh_defaults
 from autotune.deploy.target import BadInput, Target, check_host_name, check_prefix, check_via, parse_target
 from autotune.runner.gpus import GpuSpecError, parse_simulated
@@ -196,7 +196,7 @@ async def _preflight(req: DeployRequest, t: Target, host: str, ctl: Controller, 
         target_release = release.id
     authority = Authority(ctl.data_dir, ctl.nats_url, ctl.tls_ca)
     url = node_nats_url(req, ctl.nats_url, conn.local_address)
-    ca = _tls_ca(ctl, url)
+    ca = node_ca(ctl.tls_ca, url)
     cfg = NodeConfig(
         host=host, simulate=req.simulate, time_scale=req.time_scale, data_dir=layout.data, log_dir=layout.log_dir, pidfile=layout.pidfile,
         credentials=layout.credentials, nats_url=url, via=req.via, env=dict(req.env), nats_ca=layout.nats_ca if ca else None,
@@ -206,39 +206,6 @@ async def _preflight(req: DeployRequest, t: Target, host: str, ctl: Controller, 
         target_release=target_release, mode="systemd" if facts.systemd else "daemon", config=cfg,
         passwords=authority.passwords(host) if authority.secured else None, secured=authority.secured, need_mb=need_mb,
         requirements=requirements, clone_from=clone_from, ca=ca,
-    )
-
-
-def _tls_ca(ctl: Controller, url: str) -> bytes | None:
-    """The CA a node needs to verify a TLS-secured NATS, after checking that the server's certificate
-    names the address the node dials (else the node could never connect: say so now)."""
-    if not ctl.tls_ca:
-        return None
-    from autotune.shared import tls
-
-    ca = Path(ctl.tls_ca)
-    try:
-        pem = ca.read_bytes()
-        named = tls.names(ca.parent / tls.CERT) if (ca.parent / tls.CERT).exists() else None
-    except (OSError, ValueError) as e:
-        raise Refused(f"cannot read the NATS TLS files beside {ca}: {e}") from None
-    dialled = [urlsplit(u).hostname or "" for u in url.split(",")]
-    if named is not None and (missing := [h for h in dialled if h not in named]):
-        raise Refused(
-            f"the NATS server's TLS certificate does not name {', '.join(missing)}, the address this host would connect to "
-            f"(it names {', '.join(sorted(named))}): start `autotune up --secure --nats-bind {missing[0]}`, or give --node-nats with a name it has"
-        )
-    return pem
-
-
-def _credentials(url: str, passwords: dict[str, str] | None, host: str) -> Credentials:
-    from autotune.shared import security
-
-    if passwords is None:
-        return Credentials(runner=url, gpumon=url)
-    return Credentials(
-        runner=security.nats_url(url, security.user_name("runner", host), passwords[security.user_name("runner", host)]),
-        gpumon=security.nats_url(url, security.user_name("gpumon", host), passwords[security.user_name("gpumon", host)]),
     )
 
 
@@ -254,7 +221,7 @@ async def _difference(conn: sshmod.Connection, plan: Plan, ctl: Controller, host
     layout = plan.layout
     if await remote.read_json(conn, layout.node_config) != msgspec.to_builtins(plan.config):
         return "the node's configuration changed"
-    if await remote.read_json(conn, layout.credentials) != msgspec.to_builtins(_credentials(plan.config.nats_url, plan.passwords, host)):
+    if await remote.read_json(conn, layout.credentials) != msgspec.to_builtins(node_credentials(plan.config.nats_url, plan.passwords, host)):
         return "the node's NATS credentials changed"
     if plan.ca is not None and await conn.read_file(layout.nats_ca) != plan.ca:
         return "the NATS CA changed"
@@ -383,7 +350,7 @@ async def _apply(req: DeployRequest, ctl: Controller, conn: sshmod.Connection, p
                     d.append(f"users runner-{host}, gpumon-{host} exist")
             else:
                 d.append("NATS is open (no users)")
-            await remote.write_config(conn, layout, plan.config, _credentials(plan.config.nats_url, passwords, host), plan.ca)
+            await remote.write_config(conn, layout, plan.config, node_credentials(plan.config.nats_url, passwords, host), plan.ca)
             if plan.ca is not None:
                 d.append(f"NATS over TLS: its CA in {layout.nats_ca}")
         if req.via == "ssh-tunnel":
