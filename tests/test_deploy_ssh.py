@@ -92,6 +92,14 @@ class Fleet:
     def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "autotune.cli", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
 
+    def submit(self, spec: dict) -> str:
+        """`autotune submit` of a task file made from `spec`: the task's id."""
+        path = self.base / f"{spec['task_name']}.json"
+        path.write_text(json.dumps(spec))
+        r = self.cli("submit", str(path), "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["id"]
+
     def deploy(self, h: sshlab.Host, name: str, *extra: str, user: str = "root", timeout: float = 600) -> subprocess.CompletedProcess:
         return self.cli(
             "deploy", h.url(user), "--host", name, "--identity", str(self.lab.client_key), "--known-hosts", str(self.lab.known_hosts),
@@ -225,12 +233,7 @@ async def test_two_hosts_deploy_at_once_and_register_once(fleet):
 
 
 async def test_a_task_runs_on_both_hosts(fleet):
-    spec = small_spec("on-two-hosts", optimization={"max_iterations": 4, "max_parallel": 2})
-    path = fleet.base / "task.json"
-    path.write_text(json.dumps(spec))
-    r = fleet.cli("submit", str(path), "--json")
-    assert r.returncode == 0, r.stderr
-    task = json.loads(r.stdout)["id"]
+    task = fleet.submit(small_spec("on-two-hosts", optimization={"max_iterations": 4, "max_parallel": 2}))
     nc, js = await fleet.admin()
     try:
         deadline = time.monotonic() + 240
@@ -337,11 +340,7 @@ async def test_rollback_by_hand_waits_for_the_experiment_running_on_the_host(fle
     # two experiments at once on two 1-GPU hosts: one runs on ha. One run of 12 simulated minutes: ~14 s at time scale 50
     spec = small_spec("during-rollback", optimization={"max_iterations": 2, "max_parallel": 2, "timeout_per_iteration": 300},
                       benchmark={"num_concurrency": [1], "max_requests_per_iteration": 1_000_000, "max_time_per_iteration": 12, "warmup_requests": 0})  # fmt: skip
-    path = fleet.base / "during-rollback.json"
-    path.write_text(json.dumps(spec))
-    r = fleet.cli("submit", str(path), "--json")
-    assert r.returncode == 0, r.stderr
-    task = json.loads(r.stdout)["id"]
+    task = fleet.submit(spec)
     nc, js = await fleet.admin()
     try:
         deadline = time.monotonic() + 120
