@@ -9,7 +9,8 @@ CLI, deployed nodes) verifies the server against the CA; the users and passwords
 
 The CA is made once and kept, so hosts deployed earlier keep trusting the server; the server's
 certificate is issued again when an address it must name is missing. To use your own PKI, put your
-files under those names: they are used as they are while they name the addresses.
+files under those names (`ca-key.pem` may stay away): they are used as they are while they name the
+addresses; without the CA's key, a certificate that lacks one is an error (TlsError), never replaced.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from autotune.shared.security import TlsFiles, write_private
 CA, CA_KEY, CERT, KEY = "ca.pem", "ca-key.pem", "server.pem", "server-key.pem"
 
 
+class TlsError(Exception):
+    """The TLS files cannot serve the addresses asked for (and autotune may not replace them)."""
+
+
 def ensure(directory: Path, addresses: list[str]) -> TlsFiles:
     """The server's TLS files in `directory`, made or completed so that the certificate names every one
     of `addresses` (IP addresses or DNS names); `TlsFiles.ca` is the CA clients trust."""
@@ -30,11 +35,15 @@ def ensure(directory: Path, addresses: list[str]) -> TlsFiles:
 
     directory.mkdir(parents=True, exist_ok=True)
     wanted = {a for a in addresses if a and a not in ("0.0.0.0", "::")}
-    if not (directory / CA).exists() or not (directory / CA_KEY).exists():
+    if not (directory / CA).exists():  # a CA of our own; one that is there (yours) is never replaced
         key, cert = _issue("autotune NATS CA", set(), None)
         write_private(directory / CA_KEY, _key_pem(key))
         (directory / CA).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     if not (directory / CERT).exists() or not wanted <= names(directory / CERT):
+        if not (directory / CA_KEY).exists():
+            missing = sorted(wanted - names_if_any(directory / CERT))
+            raise TlsError(f"{directory / CERT} does not name {', '.join(missing) or 'anything'} and there is no {directory / CA_KEY} to issue one: "
+                           f"add those names to your server certificate, or remove {directory} to let autotune make its own CA")  # fmt: skip
         ca_key = serialization.load_pem_private_key((directory / CA_KEY).read_bytes(), password=None)
         ca = _load(directory / CA)
         key, cert = _issue("autotune NATS server", wanted | names_if_any(directory / CERT), (ca, ca_key))
@@ -101,4 +110,4 @@ def _issue(common_name: str, sans: set[str], issuer):
     return key, b.sign(ca_key, hashes.SHA256())
 
 
-__all__ = ["ensure", "names"]
+__all__ = ["TlsError", "ensure", "names"]

@@ -55,3 +55,20 @@ def test_deploy_refuses_a_host_that_would_dial_an_address_the_certificate_does_n
         node_ca(files.ca, "nats://10.9.0.7:4222")
     assert "does not name 10.9.0.7" in str(refused.value) and "--nats-bind 10.9.0.7" in str(refused.value)
     assert node_ca(None, "nats://10.9.0.7:4222") is None  # no TLS: no CA
+
+
+def test_your_own_pki_is_used_as_it_is_and_never_replaced(tmp_path):
+    """Your CA and server certificate, without the CA's key: used while they name the addresses; one
+    that lacks a name is an error that says what to do, and nothing is overwritten."""
+    made = tls.ensure(tmp_path / "made", ["127.0.0.1", "10.9.0.1"])
+    yours = tmp_path / "yours"
+    yours.mkdir()
+    for name in (tls.CA, tls.CERT, tls.KEY):
+        (yours / name).write_bytes((tmp_path / "made" / name).read_bytes())
+    ca = (yours / tls.CA).read_bytes()
+    assert tls.ensure(yours, ["10.9.0.1"]).cert == str(yours / tls.CERT)
+    with pytest.raises(tls.TlsError) as missing:
+        tls.ensure(yours, ["10.9.0.2"])
+    assert "does not name 10.9.0.2" in str(missing.value) and "no " in str(missing.value)
+    assert (yours / tls.CA).read_bytes() == ca and not (yours / tls.CA_KEY).exists()
+    assert (yours / tls.CERT).read_bytes() == (tmp_path / "made" / tls.CERT).read_bytes() and made.ca

@@ -98,7 +98,13 @@ def up(args: argparse.Namespace) -> int:
         (data / "logs").mkdir(parents=True, exist_ok=True)
         passwords, ca = None, None
         if args.secure:
-            nats, passwords = sv.start_secure_nats(data, args.nats_port, sv.host_ids(args.hosts), bind=args.nats_bind, tls=not args.no_tls)
+            from autotune.shared.tls import TlsError
+
+            try:
+                nats, passwords = sv.start_secure_nats(data, args.nats_port, sv.host_ids(args.hosts), bind=args.nats_bind, tls=not args.no_tls)
+            except TlsError as e:
+                code = err(str(e), EXIT_INPUT)
+                return
             ca = None if args.no_tls else sv.tls_ca(data)
         else:
             nats = sv.start_nats(data, args.nats_port, bind=args.nats_bind)
