@@ -34,10 +34,10 @@ from autotune.deploy.authority import Authority, AuthorityError, node_ca, node_c
 from autotune.deploy.layout import Layout, NodeConfig, State, layout_for, render_unit
 from autotune.deploy.record import DeployRequest, Outcome, Recorder, Refused, new_id, with_ssh_defaults
 from autotune.deploy.target import BadInput, Target, check_host_name, check_prefix, check_via, parse_target
+from autotune.deploy.verify import drain
 from autotune.runner.gpus import GpuSpecError, parse_simulated
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
-from autotune.shared import bus, commands
 from autotune.shared.log import get_logger
 
 log = get_logger("deploy")
@@ -59,6 +59,10 @@ class Controller(msgspec.Struct, kw_only=True):
     def of(cls, js: object, settings, on_step: object | None = None) -> Controller:
         """The controller of a connected adapter (the CLI, the API, the MCP server): its settings' NATS, data and CA."""
         return cls(js=js, nats_url=settings.nats_url, data_dir=settings.data_dir, on_step=on_step, tls_ca=settings.tls_ca)
+
+    def authority(self) -> Authority:
+        """The NATS server's users, checked through this controller's NATS (over TLS where it is)."""
+        return Authority(self.data_dir, self.nats_url, self.tls_ca)
 
 
 def check_request(req: DeployRequest) -> tuple[Target, str]:
@@ -194,7 +198,7 @@ async def _preflight(req: DeployRequest, t: Target, host: str, ctl: Controller, 
     else:
         action = "deploy" if not current else ("upgrade" if current != release.id else "reconfigure")
         target_release = release.id
-    authority = Authority(ctl.data_dir, ctl.nats_url, ctl.tls_ca)
+    authority = ctl.authority()
     url = node_nats_url(req, ctl.nats_url, conn.local_address)
     ca = node_ca(ctl.tls_ca, url)
     cfg = NodeConfig(
@@ -342,7 +346,7 @@ async def _apply(req: DeployRequest, ctl: Controller, conn: sshmod.Connection, p
         async with rec.timed("credentials") as d:
             passwords = plan.passwords
             if plan.secured:
-                authority = Authority(ctl.data_dir, ctl.nats_url, ctl.tls_ca)
+                authority = ctl.authority()
                 if passwords is None:
                     passwords = await authority.add_host(host)
                     d.append(f"users runner-{host}, gpumon-{host} added; nats-server reloaded")
@@ -445,7 +449,7 @@ async def _undo_first(req, ctl, conn, plan: Plan, rec: Recorder, host: str) -> N
     try:
         await remote.remove(conn, plan.layout, plan.mode, None)
         if plan.secured and plan.passwords is None:
-            await Authority(ctl.data_dir, ctl.nats_url, ctl.tls_ca).revoke_host(host)
+            await ctl.authority().revoke_host(host)
         tunnel.forget(ctl.data_dir, host)
         await rec.step("remove", "done", 0, f"removed {plan.layout.prefix}: the machine is as it was")
     except Exception as e:
@@ -471,23 +475,6 @@ async def _tunnel(req: DeployRequest, ctl: Controller, conn: sshmod.Connection, 
         if time.monotonic() > deadline:
             raise RuntimeError(f"the tunnel to {host} did not come up in 30s; see {Path(ctl.data_dir) / 'logs' / f'tunnel-{host}-connection.log'}")
         await asyncio.sleep(0.5)
-
-
-async def drain(js, host: str, timeout: float) -> str:
-    """Ask the host to take no new experiments and wait until its running ones are done (or `timeout`)."""
-    from autotune.reads.hosts import live_hosts
-
-    live = (await live_hosts(js, [host])).get(host)
-    if live is None or not live.running:
-        return "nothing running"
-    before = await bus.last_seq(js, subj.host(host, "drained"))
-    await commands.drain_host(js, host, requested_by="deploy")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await bus.last_seq(js, subj.host(host, "drained")) > before:
-            return f"{len(live.running)} experiment(s) finished"
-        await asyncio.sleep(0.5)
-    return f"{len(live.running)} experiment(s) still running after {timeout:.0f}s: stopping moves them to other hosts"
 
 
 async def _safe(coro, default):

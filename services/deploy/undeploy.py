@@ -14,7 +14,6 @@ from nats.js.errors import NotFoundError
 
 from autotune.deploy import remote, tunnel
 from autotune.deploy import ssh as sshmod
-from autotune.deploy.authority import Authority
 from autotune.deploy.engine import Controller, drain
 from autotune.deploy.layout import Layout, State, layout_for
 from autotune.deploy.record import Outcome, Recorder, Refused, UndeployRequest, new_id, with_ssh_defaults
@@ -93,7 +92,7 @@ async def undeploy(req: UndeployRequest, ctl: Controller) -> Outcome:
                 await commands.remove_host(ctl.js, host, requested_by=req.requested_by or "undeploy")
                 with contextlib.suppress(Exception):  # only admin may delete consumers; a new deploy resumes it anyway
                     await ctl.js.delete_consumer(subj.EVENTS_STREAM, f"runner-{host}")
-            authority = Authority(ctl.data_dir, ctl.nats_url, ctl.tls_ca)
+            authority = ctl.authority()
             revoked = authority.secured and await authority.revoke_host(host)
             d.append("removed from the fleet" + (f"; NATS users runner-{host}, gpumon-{host} revoked" if revoked else ""))
         out.outcome = "succeeded"

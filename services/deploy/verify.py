@@ -5,6 +5,7 @@ is ever reported without them."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import msgspec
 from nats.js.errors import NotFoundError
@@ -13,7 +14,7 @@ from autotune.deploy.probe import Facts
 from autotune.runner.gpus import parse_simulated
 from autotune.schemas import events as ev
 from autotune.schemas import subjects as subj
-from autotune.shared import bus
+from autotune.shared import bus, commands
 
 
 class NotRegistered(RuntimeError):
@@ -80,3 +81,20 @@ async def registered(js, host: str, since: Mark, *, timeout: float, version: str
             raise NotRegistered(f"host {host} registered, but its GPU monitor sent no sample within {timeout:.0f}s")
         await asyncio.sleep(0.3)
     return got
+
+
+async def drain(js, host: str, timeout: float) -> str:
+    """Ask the host to take no new experiments and wait until its running ones are done (or `timeout`)."""
+    from autotune.reads.hosts import live_hosts
+
+    live = (await live_hosts(js, [host])).get(host)
+    if live is None or not live.running:
+        return "nothing running"
+    before = await bus.last_seq(js, subj.host(host, "drained"))
+    await commands.drain_host(js, host, requested_by="deploy")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await bus.last_seq(js, subj.host(host, "drained")) > before:
+            return f"{len(live.running)} experiment(s) finished"
+        await asyncio.sleep(0.5)
+    return f"{len(live.running)} experiment(s) still running after {timeout:.0f}s: stopping moves them to other hosts"
